@@ -1,0 +1,1 @@
+"""The visual tokenizer: clip encoders, hierarchical k-means and the codebook file."""
