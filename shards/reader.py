@@ -86,8 +86,39 @@ def iter_raw_samples(urls: Iterable[str], on_error: ErrorCallback | None = None)
             on_error(url, exn)
         return True
 
-    samples = wds.tariterators.tarfile_samples(({"url": u} for u in urls), handler=handler if on_error else wds.reraise_exception)
+    def checked(urls: Iterable[str]) -> Iterator[dict[str, str]]:
+        for url in urls:
+            problem = truncation(url)
+            if problem:
+                exc = schema.ShardFormatError(f"{url}: {problem}")
+                if on_error is None:
+                    raise exc
+                on_error(url, exc)
+            yield {"url": url}
+
+    samples = wds.tariterators.tarfile_samples(checked(urls), handler=handler if on_error else wds.reraise_exception)
     yield from samples
+
+
+_TAR_BLOCK = 512
+
+
+def truncation(url: str) -> str | None:
+    """Why a local tar looks cut short, or None. A tar ends with two zero blocks; Python's tarfile
+    stops quietly at a partial header, so a shard cut at the wrong byte would otherwise lose its
+    tail without a word."""
+    if not is_local(url):
+        return None
+    try:
+        size = os.path.getsize(url)
+        with open(url, "rb") as f:
+            f.seek(max(0, size - 2 * _TAR_BLOCK))
+            tail = f.read(2 * _TAR_BLOCK)
+    except OSError as e:
+        return f"cannot be read ({e})"
+    if size % _TAR_BLOCK or size < 2 * _TAR_BLOCK or tail.count(0) != len(tail):
+        return f"truncated shard ({size} bytes, no end-of-archive marker): the samples after the cut are lost"
+    return None
 
 
 def iter_samples(

@@ -1,0 +1,97 @@
+"""Run configuration: strict loading, overrides, validation that names the fix, shipped recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainer.config import ConfigError, TrainConfig, load_config, save_config
+from trainer.engine import build_ds_config, lr_multiplier
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted((ROOT / "launch" / "recipes").glob("*.yaml"))
+DATA = ["data.train=shards/train", "data.codebook=codebook.safetensors"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(recipe):
+    cfg = load_config(recipe, DATA)
+    assert cfg.max_steps > 0 and cfg.data.train == ["shards/train"]
+
+
+def test_recipes_derive_from_debug():
+    assert {p.name for p in RECIPES} >= {"debug.yaml", "demo.yaml", "base.yaml", "large.yaml"}
+    for recipe in RECIPES:
+        chain, path = [], recipe
+        while True:
+            chain.append(path.name)
+            base = yaml.safe_load(path.read_text()).get("base")
+            if base is None:
+                break
+            path = path.parent / base
+        assert chain[-1] == "debug.yaml", chain
+
+
+def test_base_values_are_inherited_and_overridden(tmp_path):
+    (tmp_path / "a.yaml").write_text("max_steps: 5\noptim: {lr: 0.5, warmup_steps: 2}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\noptim: {lr: 0.25}\n")
+    cfg = load_config(tmp_path / "b.yaml", DATA + ["optim.micro_batch_size=3", "optim.betas=[0.8, 0.9]"])
+    assert (cfg.max_steps, cfg.optim.lr, cfg.optim.warmup_steps) == (5, 0.25, 2)
+    assert cfg.optim.micro_batch_size == 3 and cfg.optim.betas == (0.8, 0.9)
+
+
+def test_all_problems_are_reported_at_once_with_their_fix(tmp_path):
+    (tmp_path / "bad.yaml").write_text("optim: {lr: -1, schedul: linear}\nobjectives: {joint_fraction: 0.9}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "bad.yaml", ["optim.micro_batch_size=many"])
+    message = str(err.value)
+    for expected in ("unknown key optim.schedul", "did you mean 'schedule'", "optim.micro_batch_size must be int",
+                     "data.train is empty", "data.codebook is empty", "add up to 1"):
+        assert expected in message, expected
+
+
+def test_bad_recipe_files_are_named(tmp_path):
+    (tmp_path / "broken.yaml").write_text("optim: {lr: [1, 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml is not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="names itself"):
+        load_config(tmp_path / "loop.yaml")
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_config(None, ["optim.lr"])
+
+
+def test_saved_config_loads_back_identically(tmp_path):
+    cfg = load_config(RECIPES[0], DATA + ["seed=3"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_deepspeed_config_is_filled_and_contradictions_refused(tmp_path):
+    cfg = load_config(None, DATA + ["optim.micro_batch_size=4", "optim.grad_accum_steps=2", f"deepspeed_config={ROOT / 'ds_config.json'}"])
+    ds = build_ds_config(cfg, world_size=3, hidden_size=64)
+    assert ds["train_batch_size"] == 4 * 2 * 3
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["zero_optimization"]["reduce_bucket_size"] == 64 * 64
+    assert ds["bf16"]["enabled"] is False  # no GPU here
+    fixed = json.loads((ROOT / "ds_config.json").read_text())
+    fixed["train_batch_size"] = 100
+    (tmp_path / "ds.json").write_text(json.dumps(fixed))
+    cfg.deepspeed_config = str(tmp_path / "ds.json")
+    with pytest.raises(ConfigError, match="train_batch_size is 100 there but 24"):
+        build_ds_config(cfg, world_size=3, hidden_size=64)
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(max_steps=110)
+    cfg.optim.warmup_steps, cfg.optim.schedule = 10, "linear"
+    assert lr_multiplier(0, cfg) == pytest.approx(0.1)
+    assert lr_multiplier(9, cfg) == pytest.approx(1.0)
+    assert lr_multiplier(60, cfg) == pytest.approx(0.5)
+    assert lr_multiplier(110, cfg) == pytest.approx(0.0)
+    cfg.optim.schedule, cfg.optim.min_lr_ratio = "cosine", 0.1
+    assert lr_multiplier(60, cfg) == pytest.approx(0.55)
+    assert lr_multiplier(110, cfg) == pytest.approx(0.1)

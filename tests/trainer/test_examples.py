@@ -1,0 +1,133 @@
+"""The example builder: sequences, truncation, masking, alignment negatives, clip references."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from transformers import BertTokenizerFast
+
+from models.vocab import IGNORE_INDEX, TEXT_TYPE, VIDEO_TYPE, JointVocab
+from trainer.config import ObjectivesConfig
+from trainer.examples import ALIGNED, JOINT, MISALIGNED, TEXT_ONLY, VIDEO_ONLY, ExampleBuilder, Segment, resolve_visual
+
+NUM_VISUAL = 40
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_dir):
+    return BertTokenizerFast.from_pretrained(str(minilm_dir))
+
+
+@pytest.fixture(scope="module")
+def vocab(tokenizer):
+    return JointVocab.from_tokenizer(tokenizer, NUM_VISUAL)
+
+
+def _objectives(**kw):
+    base = dict(joint_fraction=1.0, text_fraction=0.0, video_fraction=0.0, negative_rate=0.0,
+                text_mask_prob=0.0, video_mask_prob=0.0, max_stride=1)
+    return ObjectivesConfig(**{**base, **kw})
+
+
+def _segments(n=6, clips=5):
+    return [Segment(key=f"v{i}-s0", video_id=f"v{i}", text=f"now we cut the tomato number {i}",
+                    clips=np.arange(i * clips, (i + 1) * clips) % NUM_VISUAL) for i in range(n)]
+
+
+def test_joint_sequence_layout(tokenizer, vocab):
+    builder = ExampleBuilder(vocab, tokenizer, _objectives(), max_seq_len=64)
+    items = _segments(2)
+    batch = builder.build(items, np.random.default_rng(0))
+    text = tokenizer(items[0].text, add_special_tokens=False)["input_ids"]
+    row = batch["input_ids"][0][batch["attention_mask"][0] == 1]
+    expected = [vocab.cls_id, *text, vocab.video_sep_id, *(vocab.visual_offset + items[0].clips), vocab.sep_id]
+    assert row.tolist() == expected
+    types = batch["token_type_ids"][0][: len(row)]
+    assert types.tolist() == [TEXT_TYPE] * (1 + len(text)) + [VIDEO_TYPE] * (len(items[0].clips) + 2)
+    assert batch["alignment_labels"].tolist() == [ALIGNED, ALIGNED]
+    assert batch["input_ids"].shape[1] % 8 == 0
+    assert (batch["mlm_labels"] == IGNORE_INDEX).all()
+
+
+def test_truncation_keeps_both_modalities(tokenizer, vocab):
+    builder = ExampleBuilder(vocab, tokenizer, _objectives(), max_seq_len=16)
+    long = [Segment(key="a", video_id="a", text="word " * 40, clips=np.arange(30) % NUM_VISUAL)]
+    batch = builder.build(long, np.random.default_rng(0))
+    assert batch["attention_mask"].sum() == 16
+    ids = batch["input_ids"][0]
+    assert (ids == vocab.video_sep_id).sum() == 1
+    assert vocab.is_visual(ids).sum() == (16 - 3) // 2
+
+
+def test_masking_rates_and_labels(tokenizer, vocab):
+    builder = ExampleBuilder(vocab, tokenizer, _objectives(text_mask_prob=0.3, video_mask_prob=0.3), max_seq_len=128)
+    unmasked = ExampleBuilder(vocab, tokenizer, _objectives(), max_seq_len=128)
+    items = _segments(64, clips=12)
+    batch = builder.build(items, np.random.default_rng(1))
+    clean = unmasked.build(items, np.random.default_rng(1))
+    labels, ids, original = batch["mlm_labels"], batch["input_ids"], clean["input_ids"]
+    chosen = labels != IGNORE_INDEX
+    assert (labels[chosen] == original[chosen]).all(), "labels are the original tokens"
+    specials = np.isin(original, [vocab.cls_id, vocab.sep_id, vocab.video_sep_id, vocab.pad_id])
+    assert not (chosen & specials).any(), "special tokens are never chosen"
+    rate = chosen.sum() / (~specials & (batch["attention_mask"] == 1)).sum()
+    assert 0.25 < rate < 0.35
+    masked = (ids[chosen] == vocab.mask_id).mean()
+    kept = (ids[chosen] == original[chosen]).mean()
+    assert 0.72 < masked < 0.88 and 0.04 < kept < 0.17
+    changed = chosen & (ids != original) & (ids != vocab.mask_id)
+    assert (vocab.is_visual(ids[changed]) == vocab.is_visual(original[changed])).all(), "random replacements keep the modality"
+
+
+def test_negatives_take_video_from_another_video(tokenizer, vocab):
+    builder = ExampleBuilder(vocab, tokenizer, _objectives(negative_rate=1.0), max_seq_len=64)
+    items = _segments(4)
+    batch = builder.build(items, np.random.default_rng(2))
+    assert batch["alignment_labels"].tolist() == [MISALIGNED] * 4
+    for i, item in enumerate(items):
+        video = batch["input_ids"][i][vocab.is_visual(batch["input_ids"][i])] - vocab.visual_offset
+        assert not np.array_equal(video, item.clips)
+        assert any(np.array_equal(video, other.clips) for other in items if other is not item)
+
+
+def test_no_negative_without_another_video(tokenizer, vocab):
+    builder = ExampleBuilder(vocab, tokenizer, _objectives(negative_rate=1.0), max_seq_len=64)
+    same = [dataclasses.replace(s, video_id="one") for s in _segments(3)]
+    assert builder.build(same, np.random.default_rng(0))["alignment_labels"].tolist() == [ALIGNED] * 3
+
+
+def test_kinds_follow_their_shares(tokenizer, vocab):
+    builder = ExampleBuilder(vocab, tokenizer, _objectives(joint_fraction=0.5, text_fraction=0.25, video_fraction=0.25), 64)
+    batch = builder.build(_segments(400, clips=3), np.random.default_rng(3))
+    shares = np.bincount(batch["kind"], minlength=3) / 400
+    assert abs(shares[JOINT] - 0.5) < 0.08 and abs(shares[TEXT_ONLY] - 0.25) < 0.08
+    text_only = batch["input_ids"][batch["kind"] == TEXT_ONLY]
+    video_only = batch["input_ids"][batch["kind"] == VIDEO_ONLY]
+    assert not vocab.is_visual(text_only).any()
+    assert (batch["alignment_labels"][batch["kind"] != JOINT] == IGNORE_INDEX).all()
+    assert (text_only == vocab.video_sep_id).sum() == 0 and (video_only == vocab.video_sep_id).sum() == 0
+
+
+def test_stride_subsamples_video(tokenizer, vocab):
+    builder = ExampleBuilder(vocab, tokenizer, _objectives(max_stride=5), max_seq_len=256)
+    item = [Segment(key="a", video_id="a", text="x", clips=np.arange(NUM_VISUAL))]
+    lengths = {int(vocab.is_visual(builder.build(item, np.random.default_rng(s))["input_ids"]).sum()) for s in range(40)}
+    assert {NUM_VISUAL} < lengths and min(lengths) == NUM_VISUAL // 5
+
+
+def test_clip_references_resolve_to_the_token_path(tokenizer, vocab):
+    """Frames take the same path as tokens: building with frames, then resolving the clip table with
+    the clips' token ids, gives exactly the batch built from the tokens."""
+    objectives = _objectives(text_mask_prob=0.3, video_mask_prob=0.3, negative_rate=0.5, max_stride=3)
+    builder = ExampleBuilder(vocab, tokenizer, objectives, max_seq_len=48)
+    items = _segments(8, clips=6)
+    frames = [dataclasses.replace(s, clips=np.zeros((len(s.clips), 2, 4, 4, 3), np.uint8)) for s in items]
+    from_tokens = builder.build(items, np.random.default_rng(9))
+    from_frames = builder.build(frames, np.random.default_rng(9))
+    table = np.concatenate([s.clips for s in items]).astype(np.int64)
+    assert from_frames["clips"].shape[0] == len(table)
+    resolve_visual(from_frames, table, vocab)
+    for key in ("input_ids", "mlm_labels", "token_type_ids", "attention_mask", "alignment_labels"):
+        np.testing.assert_array_equal(from_frames[key], from_tokens[key], err_msg=key)

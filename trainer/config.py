@@ -1,0 +1,365 @@
+"""The run's configuration: one typed dataclass per component, loaded strictly, validated at once.
+
+A recipe is a YAML or JSON file whose top-level sections match ``TrainConfig``'s fields. A recipe may
+name another with ``base: other.yaml`` (a path relative to it): the base is loaded first and the
+recipe's values override it, section by section. Command-line overrides ``section.field=value``
+(values parsed as YAML scalars) are applied last. Unknown keys are errors; every problem found is
+reported in one message, each naming the fix. The resolved config is saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """One or more problems with a configuration; the message lists each with its fix."""
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    train: list[str] = field(default_factory=list)
+    """Training shards: folders, globs, brace patterns or ``pipe:`` URLs (token or clip shards)."""
+    heldout: list[str] = field(default_factory=list)
+    """Held-out shards for the evaluation at the end of training (optional)."""
+    codebook: str = ""
+    """The codebook file (``shards fit-codebook``): fixes the number of visual words and, for clip
+    shards, tokenizes clips inside the step. Token shards must carry its hash."""
+    text_model: str = ""
+    """Directory of the BERT whose WordPiece tokenizer reads the text (``minilm`` = the packaged
+    one); empty = the directory of ``model.init``."""
+    max_seq_len: int = 128
+    """Longest sequence in tokens, specials included (see ``models.vocab.fit_lengths`` for the cut)."""
+    num_workers: int = 1
+    """DataLoader worker processes per rank (0 = read in the training process)."""
+    shuffle_buffer: int = 512
+    """Items held by the sample shuffle buffer of each stream."""
+    prefetch_factor: int = 4
+    """Batches each worker prepares ahead."""
+    encoder_weights: str = ""
+    """Clip shards only: weights file of the codebook's clip encoder, when it needs one (S3D)."""
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    init: str = "minilm"
+    """BERT directory to start from (``minilm`` = the packaged MiniLM), or empty to build ``preset``
+    from scratch."""
+    preset: str = "demo"
+    """Preset shape when ``init`` is empty (``models.config.PRESETS``)."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass (less memory, ~30 % more compute)."""
+    hidden_dropout: float | None = None
+    """Override of the hidden dropout (None keeps the initialisation's)."""
+    attention_dropout: float | None = None
+    """Override of the attention-probability dropout (None keeps the initialisation's)."""
+
+
+@dataclass(kw_only=True)
+class ObjectivesConfig:
+    joint_fraction: float = 0.6
+    """Share of examples built as ``[CLS] text [>] video [SEP]``."""
+    text_fraction: float = 0.2
+    """Share of text-only examples (``[CLS] text [SEP]``)."""
+    video_fraction: float = 0.2
+    """Share of video-only examples (``[CLS] video [SEP]``)."""
+    negative_rate: float = 0.5
+    """Share of joint examples whose video comes from another segment (alignment negatives)."""
+    text_mask_prob: float = 0.15
+    """Probability that a text token is chosen for masked prediction."""
+    video_mask_prob: float = 0.15
+    """Probability that a visual token is chosen for masked prediction."""
+    mlm_on_negatives: bool = False
+    """Also mask tokens of misaligned pairs (their video misleads the text prediction)."""
+    concat_prob: float = 0.3
+    """Probability of concatenating a segment with its following neighbours of the same video."""
+    concat_max: int = 3
+    """Most neighbouring segments one example may join."""
+    max_stride: int = 5
+    """Video tokens are subsampled at a random stride in [1, max_stride]."""
+    text_mlm_weight: float = 1.0
+    video_mlm_weight: float = 1.0
+    alignment_weight: float = 1.0
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = 1e-4
+    """Peak learning rate (the paper: 1e-5 for BERT-large at batch 128)."""
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    schedule: str = "linear"
+    """Decay after warm-up: ``linear`` or ``cosine`` (to ``min_lr_ratio`` x lr), or ``constant``."""
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    micro_batch_size: int = 32
+    """Examples per rank per forward pass."""
+    grad_accum_steps: int = 1
+    precision: str = "auto"
+    """``auto`` (bf16 on GPUs that support it, else fp32), ``bf16`` or ``fp32``."""
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    every_steps: int = 500
+    """Save every N optimizer steps (and on SIGTERM/SIGINT, and at the end)."""
+    keep_last: int = 3
+    """Complete checkpoints kept; older ones are deleted after a newer one completes."""
+    resume: str = "auto"
+    """``auto`` (newest complete checkpoint of the run, if any), ``none``, or a ``step-N`` folder."""
+
+
+@dataclass(kw_only=True)
+class LoggingConfig:
+    every_steps: int = 10
+    """TensorBoard and console update interval in optimizer steps."""
+    progress: bool = True
+    """Console progress bar on rank 0."""
+    peak_flops: float = 0.0
+    """Peak FLOP/s per device for MFU; 0 = look the device up in ``trainer.metrics.PEAK_FLOPS``."""
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    run_dir: str = "runs/train"
+    """Everything the run writes: TensorBoard events, checkpoints, the resolved config."""
+    seed: int = 0
+    max_steps: int = 1000
+    """Optimizer steps to train for."""
+    max_bad_steps: int = 10
+    """Consecutive non-finite losses tolerated before training stops (with a checkpoint)."""
+    deepspeed_config: str = "ds_config.json"
+    """DeepSpeed config file; the trainer fills batch sizes, precision and clipping from this config."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The config of a recipe file (or the defaults) plus ``section.field=value`` overrides."""
+    raw = load_recipe(path) if path else {}
+    for item in overrides:
+        _apply_override(raw, item)
+    problems: list[str] = []
+    config = _build(TrainConfig, raw, "", problems)
+    problems += validate(config)
+    if problems:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"{len(problems)} problem(s) with the configuration{where}:\n  - " + "\n  - ".join(problems))
+    return config
+
+
+def load_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe as a dict, its ``base`` chain merged in (base first)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"recipe {path} names itself as a base (through {[str(p) for p in _seen]})")
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"recipe {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    data = dict(data or {})
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return merge(load_recipe(path.parent / base, (*_seen, path)), data)
+
+
+def merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, recursively for nested sections."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form section.field=value")
+    dotted, text = item.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {key} is not a section")
+    node[keys[-1]] = yaml.safe_load(text) if text.strip() else ""
+
+
+def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where or 'the recipe'} must be a mapping, got {type(raw).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = [n for n in fields if n.startswith(str(key)[:3])]
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(fields)})"
+            problems.append(f"unknown key {where}{key}{hint}")
+    values = {}
+    for name in fields:
+        if name not in raw:
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], f"{where}{name}.", problems)
+        else:
+            value = _coerce(raw[name], hint, f"{where}{name}", problems)
+            if value is not _INVALID:
+                values[name] = value
+    return cls(**values)
+
+
+_INVALID = object()
+"""Returned for a value of the wrong type (already reported): the field keeps its default so that
+the cross-field checks can still run and report everything else."""
+
+
+def _coerce(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        items = [_coerce(v, args[0], f"{where}[{i}]", problems) for i, v in enumerate(value if isinstance(value, list) else [value])]
+        return _INVALID if _INVALID in items else items
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            problems.append(f"{where} must be a list of {len(args)} values, got {value!r}")
+            return _INVALID
+        items = tuple(_coerce(v, a, where, problems) for v, a in zip(value, args))
+        return _INVALID if _INVALID in items else items
+    return _scalar(value, hint, where, problems)
+
+
+def _scalar(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads "3e-4" (no dot) as a string.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        problems.append(f"{where} must be {hint.__name__}, got {value!r}")
+        return _INVALID
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def validate(c: TrainConfig) -> list[str]:
+    """Every cross-field problem of a config, each naming the fix."""
+    p: list[str] = []
+    if not c.data.train:
+        p.append("data.train is empty: name the training shards (a folder, glob, brace pattern or pipe: URL)")
+    if not c.data.codebook:
+        p.append("data.codebook is empty: name the codebook file written by `videobert shards fit-codebook`")
+    if c.data.max_seq_len < 8:
+        p.append(f"data.max_seq_len={c.data.max_seq_len} is too short: use at least 8")
+    _positive(p, "data.shuffle_buffer", c.data.shuffle_buffer)
+    _positive(p, "data.prefetch_factor", c.data.prefetch_factor)
+    if c.data.num_workers < 0:
+        p.append("data.num_workers must be >= 0")
+    if not c.model.init and not c.model.preset:
+        p.append("model.init and model.preset are both empty: set one (a BERT directory, or a preset name)")
+    if not c.model.init and not c.data.text_model:
+        p.append("data.text_model is empty and there is no model.init to take the tokenizer from: name a BERT directory (or minilm)")
+    p += _validate_objectives(c.objectives)
+    p += _validate_optim(c.optim)
+    _positive(p, "max_steps", c.max_steps)
+    _positive(p, "max_bad_steps", c.max_bad_steps)
+    _positive(p, "checkpoint.every_steps", c.checkpoint.every_steps)
+    _positive(p, "checkpoint.keep_last", c.checkpoint.keep_last)
+    _positive(p, "logging.every_steps", c.logging.every_steps)
+    return p
+
+
+def _validate_objectives(o: ObjectivesConfig) -> list[str]:
+    p: list[str] = []
+    shares = (o.joint_fraction, o.text_fraction, o.video_fraction)
+    if any(s < 0 for s in shares) or abs(sum(shares) - 1.0) > 1e-6:
+        p.append(
+            f"objectives.joint_fraction + text_fraction + video_fraction = {sum(shares):g}: "
+            "they are shares of the examples and must be non-negative and add up to 1"
+        )
+    for name in ("negative_rate", "text_mask_prob", "video_mask_prob", "concat_prob"):
+        value = getattr(o, name)
+        if not 0.0 <= value <= 1.0:
+            p.append(f"objectives.{name}={value} must lie in [0, 1]")
+    if o.concat_max < 1:
+        p.append("objectives.concat_max must be >= 1 (1 = no concatenation)")
+    if o.max_stride < 1:
+        p.append("objectives.max_stride must be >= 1 (1 = no subsampling)")
+    if min(o.text_mlm_weight, o.video_mlm_weight, o.alignment_weight) < 0:
+        p.append("objectives loss weights must be >= 0")
+    return p
+
+
+def _validate_optim(o: OptimConfig) -> list[str]:
+    p: list[str] = []
+    _positive(p, "optim.lr", o.lr)
+    _positive(p, "optim.micro_batch_size", o.micro_batch_size)
+    _positive(p, "optim.grad_accum_steps", o.grad_accum_steps)
+    if o.schedule not in ("linear", "cosine", "constant"):
+        p.append(f"optim.schedule={o.schedule!r}: use linear, cosine or constant")
+    if o.precision not in ("auto", "bf16", "fp32"):
+        p.append(f"optim.precision={o.precision!r}: use auto, bf16 or fp32")
+    if o.warmup_steps < 0:
+        p.append("optim.warmup_steps must be >= 0")
+    if not 0.0 <= o.min_lr_ratio <= 1.0:
+        p.append("optim.min_lr_ratio must lie in [0, 1]")
+    if o.grad_clip < 0:
+        p.append("optim.grad_clip must be >= 0 (0 = no clipping)")
+    return p
+
+
+def _positive(problems: list[str], name: str, value: float) -> None:
+    if not value > 0:
+        problems.append(f"{name}={value} must be positive")
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

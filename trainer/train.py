@@ -1,0 +1,307 @@
+"""Pretrain VideoBERT on token or clip shards with DeepSpeed ZeRO-3; resumable at any step.
+
+  one process (CPU or one GPU):
+    videobert train --config launch/recipes/demo.yaml data.train=shards/train run_dir=runs/r1
+  all GPUs of one node:
+    deepspeed --module trainer.train --config launch/recipes/base.yaml ...
+    torchrun --nproc_per_node 8 -m trainer.train --config launch/recipes/base.yaml ...
+  several nodes: see launch/ (hostfile, torchrun elastic, SLURM).
+
+Resume: ``checkpoint.resume=auto`` (the default) continues from the newest complete checkpoint of
+``run_dir``; SIGTERM/SIGINT save one and stop at the next step boundary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from trainer.config import ConfigError, TrainConfig, load_config, save_config
+
+HELP = "pretrain on shards with DeepSpeed ZeRO-3 (resumable)"
+log = logging.getLogger("videobert.train")
+
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "alignment_labels")
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (e.g. a run of non-finite losses); a checkpoint was written first."""
+
+
+class Trainer:
+    """Owns the engine, the data and the trainer state; ``train()`` runs to ``max_steps``."""
+
+    def __init__(self, cfg: TrainConfig):
+        from trainer import build
+        from trainer.checkpoint import TrainerState
+        from trainer.engine import build_ds_config, build_engine, init_distributed
+        from trainer.examples import ExampleBuilder
+        from models.vocab import JointVocab
+
+        self.cfg = cfg
+        self.dist = init_distributed()
+        torch.manual_seed(cfg.seed + self.dist.rank)
+        self.run_dir = Path(cfg.run_dir)
+        self.codebook = build.build_codebook(cfg)
+        self.source = build.inspect_source(cfg.data.train, "data.train")
+        build.check_source(self.source, self.codebook, "data.train")
+        self.tokenizer = build.build_tokenizer(cfg)
+        self.vocab = JointVocab.from_tokenizer(self.tokenizer, self.codebook.num_leaves)
+        self.model_config = build.build_model_config(cfg, self.vocab)
+        self.ds_config = build_ds_config(cfg, self.dist.world_size, self.model_config.hidden_size)
+        self.engine = build_engine(build.build_model(cfg, self.vocab, self.ds_config), cfg, self.ds_config)
+        self.visual = build.build_visual_tokenizer(cfg, self.dist.device) if self.source.kind == "clips" else None
+        self.builder = ExampleBuilder(self.vocab, self.tokenizer, cfg.objectives, cfg.data.max_seq_len)
+        self.spec = build.stream_spec(cfg, self.source.urls, self.dist)
+        build.warn_if_few_shards(self.source.urls, self.spec, self.dist.is_main)
+        self.state = TrainerState(codebook_hash=self.codebook.hash, world_size=self.dist.world_size,
+                                  num_streams=self.spec.num_streams)
+        self._batches: Iterator[dict[str, Any]] | None = None
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def state_dict(self):
+        return self.state
+
+    def load_state_dict(self, state) -> None:
+        if state.codebook_hash != self.codebook.hash:
+            raise RuntimeError(f"the checkpoint was trained with codebook {state.codebook_hash}, data.codebook is {self.codebook.hash}")
+        if state.num_streams != self.spec.num_streams:
+            raise RuntimeError(
+                f"the checkpoint's data position has {state.num_streams} streams per rank and this run "
+                f"{self.spec.num_streams}: resume with data.num_workers={state.num_streams}"
+            )
+        self.state = state
+        self._batches = None
+
+    def resume(self) -> bool:
+        from trainer.checkpoint import load_checkpoint, resolve_resume
+
+        folder = resolve_resume(self.checkpoint_root, self.cfg.checkpoint.resume, self.dist.rank)
+        if folder is None:
+            return False
+        self.load_state_dict(load_checkpoint(self.engine, folder, self.dist.rank, self.dist.world_size))
+        self._main_log("resumed from %s (step %d)", folder, self.state.step)
+        return True
+
+    def save(self) -> Path:
+        from trainer.checkpoint import save_checkpoint
+
+        folder = save_checkpoint(self.engine, self.checkpoint_root, self.state, self.cfg, self.dist.rank,
+                                 self.cfg.checkpoint.keep_last)
+        self._main_log("checkpoint %s", folder)
+        return folder
+
+    # -- data ------------------------------------------------------------------------------
+
+    def batches(self) -> Iterator[dict[str, Any]]:
+        if self._batches is None:
+            from trainer.data import make_loader
+
+            d = self.cfg.data
+            loader = make_loader(self.spec, self.state.positions, self.state.batches_consumed, self.builder.build,
+                                 self.cfg.optim.micro_batch_size, d.num_workers, d.prefetch_factor)
+            self._batches = iter(loader)
+        return self._batches
+
+    def next_batch(self) -> tuple[dict[str, Any], float]:
+        from trainer.data import StreamPosition
+
+        started = time.perf_counter()
+        batch = next(self.batches())
+        waited = time.perf_counter() - started
+        st = self.state
+        st.positions[int(batch["stream"])] = StreamPosition(int(batch["epoch"]), int(batch["items"]))
+        st.batches_consumed += 1
+        st.bad_samples += int(batch["bad_samples"])
+        return batch, waited
+
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Move a batch to the device; for clip shards, tokenize its clips and fill video positions."""
+        device = self.dist.device
+        batch = {k: torch.as_tensor(v) for k, v in batch.items()}
+        if "clips" in batch:
+            from trainer.examples import resolve_visual
+
+            with torch.no_grad():
+                ids = self.visual(batch.pop("clips").to(device, non_blocking=True))
+            refs = {k: batch[k].to(device) for k in ("video_ref", "label_ref")}
+            moved = {k: batch[k].to(device) for k in ("input_ids", "mlm_labels")}
+            resolve_visual({**moved, **refs}, ids, self.vocab)
+            batch.update(moved)
+        return {k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUTS}
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def train_step(self, window) -> None:
+        """One optimizer step: ``grad_accum_steps`` good micro-batches (non-finite ones are dropped)."""
+        from trainer.engine import all_reduce_
+
+        done, bad_in_a_row = 0, 0
+        while done < self.cfg.optim.grad_accum_steps:
+            batch, waited = self.next_batch()
+            started = time.perf_counter()
+            inputs = self.model_inputs(batch)
+            out = self.engine(**inputs)
+            finite = all_reduce_(torch.isfinite(out.loss.detach()).float().reshape(1).cpu(), "min").item() > 0
+            if not finite:
+                bad_in_a_row += 1
+                self._skip_bad_batch(window, bad_in_a_row)
+                continue
+            self.engine.backward(out.loss)
+            self.engine.step()
+            done += 1
+            window.add_output(out)
+            self._count(window, batch, inputs, waited, time.perf_counter() - started)
+        self.state.step += 1
+        window.add(grad_norm_sum=_grad_norm(self.engine))
+
+    def _skip_bad_batch(self, window, bad_in_a_row: int) -> None:
+        self.state.skipped_steps += 1
+        window.add(skipped_steps=1)
+        log.warning("rank %d: non-finite loss at step %d; micro-batch skipped (%d in a row)",
+                    self.dist.rank, self.state.step, bad_in_a_row)
+        if bad_in_a_row >= self.cfg.max_bad_steps:
+            folder = self.save()
+            raise TrainingStopped(
+                f"{bad_in_a_row} non-finite losses in a row at step {self.state.step}; saved {folder}. "
+                "Lower optim.lr, raise optim.warmup_steps, or use optim.precision=fp32, then resume"
+            )
+
+    def _count(self, window, batch, inputs, waited: float, computed: float) -> None:
+        from models.videobert import flops_per_token
+
+        tokens = int(inputs["attention_mask"].sum())
+        samples = int(inputs["input_ids"].shape[0])
+        masked = float((inputs["mlm_labels"] >= 0).sum()) / max(tokens, 1)
+        seq_len = int(inputs["input_ids"].shape[1])
+        st = self.state
+        st.samples += samples
+        st.tokens += tokens
+        st.segments += int(batch["segments"])
+        window.add(steps=1, samples=samples, tokens=tokens, segments=int(batch["segments"]),
+                   bad_samples=int(batch["bad_samples"]), data_seconds=waited, compute_seconds=computed,
+                   flops=tokens * flops_per_token(self.model_config, seq_len, masked))
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def train(self):
+        """Train to ``max_steps`` (or until SIGTERM/SIGINT); checkpoint on the way and at the end."""
+        from trainer.checkpoint import StopSignals
+        from trainer.engine import all_reduce_
+        from trainer.metrics import TensorBoard, Window, peak_flops
+
+        cfg = self.cfg
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        board = TensorBoard(self.run_dir / "tensorboard", self.dist.is_main)
+        peak = peak_flops(self.dist.device, cfg.logging.peak_flops)
+        bar = self._progress_bar()
+        self.engine.train()
+        saved_at = self.state.step
+        window = Window()
+        with StopSignals() as signals:
+            while self.state.step < cfg.max_steps:
+                self.train_step(window)
+                if bar is not None:
+                    bar.update(1)
+                if self.state.step % cfg.logging.every_steps == 0 or self.state.step == cfg.max_steps:
+                    self._log(window, board, bar, peak)
+                    window = Window()
+                stop = all_reduce_(torch.tensor([float(signals.requested)]), "max").item() > 0
+                if stop or self.state.step % cfg.checkpoint.every_steps == 0:
+                    self.save()
+                    saved_at = self.state.step
+                if stop:
+                    self._main_log("stopped by signal at step %d", self.state.step)
+                    break
+        if saved_at != self.state.step:
+            self.save()
+        if bar is not None:
+            bar.close()
+        board.close()
+        return self.state
+
+    def _log(self, window, board, bar, peak: float) -> None:
+        from trainer.metrics import console_summary
+
+        values = window.reduce(self.dist.world_size, peak)
+        values["lr"] = float(self.engine.get_lr()[0])
+        board.scalars("train", values, self.state.step)
+        if bar is not None:
+            bar.set_postfix(console_summary(values), refresh=False)
+        elif self.dist.is_main:
+            self._main_log("step %d %s", self.state.step, console_summary(values))
+
+    def _progress_bar(self):
+        if not (self.dist.is_main and self.cfg.logging.progress):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.cfg.max_steps, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True)
+
+    def _main_log(self, msg: str, *args) -> None:
+        if self.dist.is_main:
+            log.info(msg, *args)
+
+
+def _grad_norm(engine) -> float:
+    norm = engine.get_global_grad_norm()
+    return float(norm) if norm is not None else 0.0
+
+
+# ------------------------------------------------------------------------------------------
+# command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="recipe file (YAML or JSON), e.g. launch/recipes/demo.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides, applied last")
+    parser.add_argument("--resume", help="auto (newest complete checkpoint), none, or a step-N folder; overrides checkpoint.resume")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    train(cfg)
+    return 0
+
+
+def train(cfg: TrainConfig):
+    """Build, resume if asked, train, and evaluate on the held-out shards when configured."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    trainer = Trainer(cfg)
+    trainer.resume()
+    state = trainer.train()
+    if cfg.data.heldout:
+        from trainer.heldout import evaluate_heldout
+
+        evaluate_heldout(trainer)
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="videobert train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
