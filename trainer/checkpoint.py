@@ -7,6 +7,8 @@ Layout of ``<run_dir>/checkpoints``::
     step-N/trainer/rank-00000.json  each rank's ``TrainerState`` (counters, its data streams' positions)
     step-N/trainer/rng-00000.pt     each rank's RNG states (tensors only; read with weights_only=True)
     step-N/config.yaml              the resolved run config
+    step-N/model.json               the model's config, joint vocabulary included (enough to rebuild
+                                    the model without the codebook or the BERT directory)
     step-N/COMPLETE                 written last, by rank 0, once every rank finished writing
     latest                          the newest complete folder's name (temp file + os.replace)
 
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
+MODEL_CONFIG = "model.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -105,7 +108,8 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save_checkpoint(engine, root: Path, state: TrainerState, config: TrainConfig, rank: int, keep_last: int) -> Path:
+def save_checkpoint(engine, root: Path, state: TrainerState, config: TrainConfig, model_config: dict[str, Any],
+                    rank: int, keep_last: int) -> Path:
     """Collective: every rank calls it. Returns the completed folder."""
     folder = root / f"step-{state.step}"
     if rank == 0:
@@ -121,6 +125,7 @@ def save_checkpoint(engine, root: Path, state: TrainerState, config: TrainConfig
     _barrier()
     if rank == 0:
         save_config(config, folder / "config.yaml")
+        _atomic_write(folder / MODEL_CONFIG, json.dumps(model_config, indent=1))
         marker = {"step": state.step, "world_size": state.world_size, "time": time.time()}
         _atomic_write(folder / COMPLETE, json.dumps(marker))
         _atomic_write(root / LATEST, folder.name)
@@ -215,3 +220,30 @@ class StopSignals:
     def _handle(self, signum, frame) -> None:
         self.requested = signum
         log.warning("received %s: saving a checkpoint and stopping after this step", signal.Signals(signum).name)
+
+
+def consolidated_model(folder: Path):
+    """The model of a complete checkpoint as one fp32 single-device module (no process group needed):
+    DeepSpeed's ZeRO partitions of every rank are gathered from the files."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from models.config import VideoBertConfig
+    from models.videobert import VideoBertForPreTraining
+
+    folder = Path(folder)
+    if not (folder / COMPLETE).is_file():
+        raise FileNotFoundError(f"{folder} is not a complete checkpoint (no {COMPLETE} marker)")
+    config = VideoBertConfig.from_dict(json.loads((folder / MODEL_CONFIG).read_text()))
+    model = VideoBertForPreTraining(config)
+    state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not _tied(model, k)]:
+        raise RuntimeError(f"{folder}: checkpoint does not fit the model (missing {missing}, unexpected {unexpected})")
+    return model.eval()
+
+
+def _tied(model, name: str) -> bool:
+    # A tied weight is saved once; its other name is legitimately absent from the state dict.
+    params = dict(model.named_parameters(remove_duplicate=False))
+    unique = dict(model.named_parameters())
+    return name in params and name not in unique

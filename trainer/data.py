@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import signal
 import zlib
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -290,6 +291,16 @@ def make_loader(spec: StreamSpec, positions: dict[int, StreamPosition], batches_
     """The rank's DataLoader; ``spec.num_streams`` must equal ``max(1, num_workers)``."""
     dataset = TrainStreams(spec, positions, batches_consumed % spec.num_streams, build, batch_size)
     extra = dict(prefetch_factor=prefetch_factor, persistent_workers=False) if num_workers > 0 else {}
+    if num_workers > 0:
+        extra["worker_init_fn"] = _leave_stop_signals_to_the_trainer
     # A private generator: creating the loader's iterator must not consume the global torch RNG,
     # whose state (dropout) is part of an exactly resumable checkpoint.
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, generator=torch.Generator().manual_seed(0), **extra)
+
+
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    # Schedulers (SLURM, torchrun, Kubernetes) signal every process of a job. A worker that died
+    # of SIGTERM would take the training process down before it could checkpoint; the workers end
+    # when the training process closes the loader (or exits) instead.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

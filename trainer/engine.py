@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,12 @@ if not torch.cuda.is_available():
 
 import deepspeed  # noqa: E402  (after the accelerator choice above)
 import torch.distributed as dist  # noqa: E402
+from deepspeed.utils import logger as _deepspeed_logger  # noqa: E402
+
+# DeepSpeed reports every engine detail at INFO on every rank; the trainer reports what matters.
+_deepspeed_logger.setLevel(os.environ.get("VIDEOBERT_DEEPSPEED_LOG_LEVEL", "WARNING").upper())
+# DeepSpeed still calls collectives that torch has renamed; the notice repeats every step.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
 
 PACKAGED_BERT = "minilm"
 
@@ -147,11 +154,14 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        # Under deepspeed.zero.Init a parameter is already partitioned: its full shape is ds_shape.
+        ndim = len(getattr(param, "ds_shape", param.shape))
+        (no_decay if ndim < 2 or "norm" in name.lower() else decay).append(param)
     groups = [
         {"params": decay, "weight_decay": cfg.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    groups = [g for g in groups if g["params"]]
     o = cfg.optim
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
 

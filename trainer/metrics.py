@@ -13,6 +13,7 @@ gives one. On a CPU there is no reliable peak, so MFU is not reported there unle
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,8 @@ class Window:
             "tokens_per_s": s["tokens"] / seconds,
             "data_wait_share": s["data_seconds"] / max(s["data_seconds"] + s["compute_seconds"], 1e-9),
             "step_seconds": seconds / steps,
+            "samples": s["samples"],
+            "tokens": s["tokens"],
             "skipped_steps": s["skipped_steps"],
             "bad_samples": s["bad_samples"],
         }
@@ -112,14 +115,16 @@ class Window:
 
 
 class TensorBoard:
-    """Rank 0's TensorBoard writer (no-op elsewhere)."""
+    """Rank 0's TensorBoard writer plus a JSON-lines copy of the same scalars (no-op elsewhere)."""
 
-    def __init__(self, log_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool):
         self.writer = None
+        self.jsonl = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(log_dir))
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         if self.writer is None:
@@ -127,10 +132,13 @@ class TensorBoard:
         for key, value in values.items():
             self.writer.add_scalar(f"{prefix}/{key}", value, step)
         self.writer.flush()
+        self.jsonl.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
+        self.jsonl.flush()
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self.jsonl.close()
 
 
 def console_summary(values: dict[str, float]) -> dict[str, str]:

@@ -97,8 +97,8 @@ class Trainer:
     def save(self) -> Path:
         from trainer.checkpoint import save_checkpoint
 
-        folder = save_checkpoint(self.engine, self.checkpoint_root, self.state, self.cfg, self.dist.rank,
-                                 self.cfg.checkpoint.keep_last)
+        folder = save_checkpoint(self.engine, self.checkpoint_root, self.state, self.cfg, self.model_config.to_dict(),
+                                 self.dist.rank, self.cfg.checkpoint.keep_last)
         self._main_log("checkpoint %s", folder)
         return folder
 
@@ -179,7 +179,7 @@ class Trainer:
             )
 
     def _count(self, window, batch, inputs, waited: float, computed: float) -> None:
-        from models.videobert import flops_per_token
+        from models.sizing import flops_per_token
 
         tokens = int(inputs["attention_mask"].sum())
         samples = int(inputs["input_ids"].shape[0])
@@ -205,7 +205,7 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-        board = TensorBoard(self.run_dir / "tensorboard", self.dist.is_main)
+        board = TensorBoard(self.run_dir, self.dist.is_main)
         peak = peak_flops(self.dist.device, cfg.logging.peak_flops)
         bar = self._progress_bar()
         self.engine.train()
@@ -279,7 +279,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    train(cfg)
+    try:
+        train(cfg)
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

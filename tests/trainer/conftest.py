@@ -59,3 +59,30 @@ def token_shards(tmp_path):
         return folder, keys
 
     return make
+
+
+def write_codebook(path: Path, *, branching: int = 8, depth: int = 2, feature_dim: int = 8, seed: int = 0):
+    """A codebook file (random centroids: the trainer only needs its vocabulary size and hash)."""
+    import torch
+
+    from models.visual.codebook import Codebook
+    from models.visual.encoder import EncoderSpec
+
+    g = torch.Generator().manual_seed(seed)
+    spec = EncoderSpec(name="synthetic", fps=10.0, clip_len=15, frame_size=(64, 64), feature_dim=feature_dim)
+    centroids = [torch.randn(branching**level, branching, feature_dim, generator=g) for level in range(depth)]
+    codebook = Codebook(spec=spec, centroids=centroids, seed=seed)
+    codebook.save(path)
+    return codebook
+
+
+@pytest.fixture(scope="module")
+def run_inputs(tmp_path_factory):
+    """Token shards (train: 8 shards, held-out: 2) made with a saved codebook."""
+    root = tmp_path_factory.mktemp("run-inputs")
+    codebook = write_codebook(root / "codebook.safetensors")
+    write_token_shards(root / "train", videos=32, segments=4, shards=8, codebook_hash=codebook.hash,
+                       num_tokens=codebook.num_leaves)
+    write_token_shards(root / "heldout", videos=8, segments=4, shards=2, codebook_hash=codebook.hash,
+                       num_tokens=codebook.num_leaves, seed=1)
+    return root
