@@ -1,0 +1,247 @@
+"""Import from and export to Hugging Face transformers' BERT.
+
+- ``from_pretrained_bert``: a ``VideoBertForPreTraining`` from any local BERT directory (a
+  ``BertModel`` such as the packaged MiniLM, or a ``BertForPreTraining`` such as BERT-large), every
+  pretrained weight kept. The word table grows from the text vocabulary to the joint one; heads the
+  directory lacks are initialised as BERT initialises them, and that is logged.
+- ``export_pretrained``: a directory that ``transformers.BertForPreTraining.from_pretrained`` loads
+  with the joint vocabulary and that gives the same logits as our model; its tokenizer knows ``[>]``.
+- ``bert_key_table``: the one place where our parameter names meet BERT's, used both ways.
+
+The new rows of the word table ([>], visual words, padding rows) are drawn from a normal with the
+per-dimension mean and standard deviation of the pretrained rows: they start inside the cloud of
+existing embeddings, at the scale LayerNorm and attention were trained on, and distinct from each
+other (a shared mean vector would make every visual word identical). Their MLM output biases start
+at the mean pretrained bias, so the new words begin with an average prior rather than an extreme one.
+The draw uses torch's global generator: seed it for a reproducible start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import BertConfig, BertTokenizerFast
+
+from models.config import BERT_SHAPE_FIELDS, VideoBertConfig, config_from_bert_dir
+from models.videobert import VideoBertForPreTraining
+from models.vocab import VIDEO_SEP_TOKEN, JointVocab
+
+logger = logging.getLogger(__name__)
+
+WORD_TABLE = "embeddings.word.weight"
+DECODER_WEIGHT = "mlm_head.decoder.weight"
+"""Our tied decoder weight: the word table under a second name, never stored separately."""
+DECODER_BIAS = "mlm_head.decoder.bias"
+
+HEAD_KEYS_MAY_BE_ABSENT = ("alignment_head.", "mlm_head.")
+"""Prefixes of our parameters a BERT directory may lack (an encoder-only checkpoint)."""
+
+_REGULARISATION_FIELDS = {"hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range"}
+"""Fields shared with BertConfig that a caller may override: they do not change the weights."""
+
+_BERT_MODEL_ROOTS = ("embeddings.", "encoder.", "pooler.")
+"""How a ``BertModel`` names its parameters (``BertForPreTraining`` adds the ``bert.`` prefix)."""
+
+_IGNORED_BERT_KEYS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
+"""Buffers some checkpoints store; they are recomputed, not learned."""
+
+
+def bert_key_table(num_layers: int) -> list[tuple[str, tuple[str, ...]]]:
+    """(our name, BERT names) for every parameter; several BERT names are concatenated along dim 0."""
+    table = [
+        (WORD_TABLE, ("bert.embeddings.word_embeddings.weight",)),
+        ("embeddings.position.weight", ("bert.embeddings.position_embeddings.weight",)),
+        ("embeddings.token_type.weight", ("bert.embeddings.token_type_embeddings.weight",)),
+    ]
+    for s in ("weight", "bias"):
+        table.append((f"embeddings.norm.{s}", (f"bert.embeddings.LayerNorm.{s}",)))
+        table.append((f"alignment_head.pooler.{s}", (f"bert.pooler.dense.{s}",)))
+        table.append((f"alignment_head.classifier.{s}", (f"cls.seq_relationship.{s}",)))
+        table.append((f"mlm_head.dense.{s}", (f"cls.predictions.transform.dense.{s}",)))
+        table.append((f"mlm_head.norm.{s}", (f"cls.predictions.transform.LayerNorm.{s}",)))
+    table.append((DECODER_BIAS, ("cls.predictions.bias",)))
+    for i in range(num_layers):
+        ours, theirs = f"encoder.layers.{i}.", f"bert.encoder.layer.{i}."
+        for s in ("weight", "bias"):
+            qkv = tuple(f"{theirs}attention.self.{n}.{s}" for n in ("query", "key", "value"))
+            table += [
+                (f"{ours}attention.qkv.{s}", qkv),
+                (f"{ours}attention_out.{s}", (f"{theirs}attention.output.dense.{s}",)),
+                (f"{ours}attention_norm.{s}", (f"{theirs}attention.output.LayerNorm.{s}",)),
+                (f"{ours}ffn_in.{s}", (f"{theirs}intermediate.dense.{s}",)),
+                (f"{ours}ffn_out.{s}", (f"{theirs}output.dense.{s}",)),
+                (f"{ours}ffn_norm.{s}", (f"{theirs}output.LayerNorm.{s}",)),
+            ]
+    return table
+
+
+def normalize_bert_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """BERT names as ``BertForPreTraining`` spells them, whichever class and era saved the file.
+
+    A ``BertModel`` saves without the ``bert.`` prefix; TensorFlow-era files call LayerNorm's
+    parameters ``gamma`` / ``beta``; the decoder's bias may appear under ``decoder.bias``.
+    """
+    out = {}
+    for key, value in state.items():
+        if key.startswith(_BERT_MODEL_ROOTS):
+            key = "bert." + key
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        if key == "cls.predictions.decoder.bias":
+            key = "cls.predictions.bias"
+        out.setdefault(key, value)
+    return out
+
+
+def _grow_rows(pretrained: torch.Tensor, rows: int) -> torch.Tensor:
+    """Append rows drawn from the pretrained rows' per-dimension mean and spread (see module doc)."""
+    extra = rows - pretrained.shape[0]
+    if extra <= 0:
+        return pretrained
+    if pretrained.dim() == 1:  # the decoder bias
+        fill = pretrained.float().mean().expand(extra)
+    else:
+        source = pretrained.float()
+        mean, std = source.mean(dim=0), source.std(dim=0)
+        fill = mean + std * torch.randn(extra, pretrained.shape[1])
+    return torch.cat([pretrained, fill.to(pretrained.dtype)])
+
+
+def bert_to_videobert_state(
+    bert_state: Mapping[str, torch.Tensor], config: VideoBertConfig
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Our state dict from a BERT state dict (any naming ``normalize_bert_keys`` accepts).
+
+    Returns the state and the names of our parameters the checkpoint did not have (heads only;
+    anything else missing, or any BERT weight we could not place, is an error).
+    """
+    bert = normalize_bert_keys(bert_state)
+    _check_tied_decoder(bert)
+    used = set(_IGNORED_BERT_KEYS) | {"cls.predictions.decoder.weight"}
+    state, absent = {}, []
+    for ours, theirs in bert_key_table(config.num_hidden_layers):
+        if all(name in bert for name in theirs):
+            state[ours] = torch.cat([bert[name] for name in theirs]) if len(theirs) > 1 else bert[theirs[0]]
+            used.update(theirs)
+        elif ours.startswith(HEAD_KEYS_MAY_BE_ABSENT):
+            absent.append(ours)
+        else:
+            raise ValueError(f"the BERT checkpoint lacks {', '.join(theirs)} (needed for {ours})")
+    unplaced = sorted(set(bert) - used)
+    if unplaced:
+        raise ValueError(
+            f"BERT weights with no place in VideoBERT: {unplaced}; use a BERT encoder or pretraining checkpoint"
+        )
+    rows = config.vocab.size_padded
+    state[WORD_TABLE] = _grow_rows(state[WORD_TABLE], rows)
+    if DECODER_BIAS in state:
+        state[DECODER_BIAS] = _grow_rows(state[DECODER_BIAS], rows)
+    return state, absent
+
+
+def _check_tied_decoder(bert: Mapping[str, torch.Tensor]) -> None:
+    decoder = bert.get("cls.predictions.decoder.weight")
+    if decoder is not None and not torch.equal(decoder, bert["bert.embeddings.word_embeddings.weight"]):
+        raise ValueError("cls.predictions.decoder.weight differs from the word embeddings: VideoBERT ties them")
+
+
+def videobert_to_bert_state(state: Mapping[str, torch.Tensor], config: VideoBertConfig) -> dict[str, torch.Tensor]:
+    """BERT names for our state dict (the tied decoder weight is left to the loader, as BERT saves it)."""
+    out = {}
+    for ours, theirs in bert_key_table(config.num_hidden_layers):
+        parts = state[ours].chunk(len(theirs)) if len(theirs) > 1 else (state[ours],)
+        out.update(zip(theirs, parts))
+    return out
+
+
+def read_bert_state(bert_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a Hugging Face directory: safetensors (single or sharded) or ``pytorch_model.bin``."""
+    root = Path(bert_dir)
+    index = root / "model.safetensors.index.json"
+    if (root / "model.safetensors").is_file():
+        return load_file(root / "model.safetensors")
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(root / shard).items()}
+    if (root / "pytorch_model.bin").is_file():
+        return torch.load(root / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"no model.safetensors(.index.json) or pytorch_model.bin in {root}")
+
+
+def from_pretrained_bert(bert_dir: str | Path, vocab: JointVocab, **config_overrides: Any) -> VideoBertForPreTraining:
+    """A VideoBERT whose encoder (and heads, where present) are the BERT in ``bert_dir``.
+
+    ``config_overrides`` set fields other than the shape (dropouts, loss weights, checkpointing...);
+    the shape comes from the directory.
+    """
+    shape_overrides = sorted(set(config_overrides) & set(BERT_SHAPE_FIELDS) - _REGULARISATION_FIELDS)
+    if shape_overrides:
+        raise ValueError(f"{shape_overrides} come from {bert_dir}/config.json and cannot be overridden here")
+    config = config_from_bert_dir(bert_dir, vocab, **config_overrides)
+    state, absent = bert_to_videobert_state(read_bert_state(bert_dir), config)
+    model = VideoBertForPreTraining(config)  # the constructors initialise the absent heads as BERT does
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    not_loaded = sorted(set(missing) - set(absent) - {DECODER_WEIGHT})
+    if not_loaded or unexpected:
+        raise RuntimeError(f"state mismatch loading {bert_dir}: missing {not_loaded}, unexpected {unexpected}")
+    model.tie_weights()
+    if absent:
+        logger.info("%s has no weights for %s; initialised as BERT does", bert_dir, ", ".join(absent))
+    return model
+
+
+def load_text_tokenizer(bert_dir: str | Path) -> BertTokenizerFast:
+    """The WordPiece tokenizer stored with the BERT in ``bert_dir``."""
+    return BertTokenizerFast.from_pretrained(str(bert_dir))
+
+
+def bert_config_for(config: VideoBertConfig) -> BertConfig:
+    """transformers' BertConfig with our shape and the joint vocabulary's table size."""
+    shape = {name: getattr(config, name) for name in BERT_SHAPE_FIELDS}
+    return BertConfig(
+        vocab_size=config.vocab.size_padded, pad_token_id=config.vocab.pad_id,
+        architectures=["BertForPreTraining"], **shape,
+    )
+
+
+def export_pretrained(model: VideoBertForPreTraining, out_dir: str | Path, tokenizer: Any) -> Path:
+    """Write ``model`` and its joint tokenizer as a transformers ``BertForPreTraining`` directory.
+
+    ``tokenizer`` is the text tokenizer the vocabulary was built from. The directory holds
+    config.json (vocab_size = the joint table), model.safetensors (BERT's names), vocab.txt (text
+    vocabulary, then ``vocab.added_tokens()``) and tokenizer files with ``[>]`` as a special token.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    bert_config_for(config).save_pretrained(out)
+    state = videobert_to_bert_state(model.state_dict(), config)
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}  # q/k/v: own storage
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    write_joint_tokenizer(tokenizer, config.vocab, out)
+    return out
+
+
+def write_joint_tokenizer(tokenizer: Any, vocab: JointVocab, out_dir: Path) -> BertTokenizerFast:
+    """vocab.txt over the whole joint table and a BERT tokenizer reading it, ``[>]`` special."""
+    if tokenizer.vocab_size not in (vocab.text_vocab_size, vocab.size_padded):
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} ids but the joint vocabulary's text part has "
+            f"{vocab.text_vocab_size}: pass the tokenizer the vocabulary was built from"
+        )
+    words = tokenizer.convert_ids_to_tokens(list(range(vocab.text_vocab_size)))
+    vocab_text = "\n".join(words + vocab.added_tokens()) + "\n"
+    settings = {k: getattr(tokenizer, k) for k in ("do_lower_case", "strip_accents", "tokenize_chinese_chars")
+                if hasattr(tokenizer, k)}
+    with tempfile.TemporaryDirectory() as scratch:  # built from vocab.txt alone, never from stale files
+        (Path(scratch) / "vocab.txt").write_text(vocab_text, encoding="utf-8")
+        joint = BertTokenizerFast.from_pretrained(scratch, model_max_length=tokenizer.model_max_length, **settings)
+    joint.add_special_tokens({"additional_special_tokens": [VIDEO_SEP_TOKEN]})
+    joint.save_pretrained(str(out_dir))
+    (out_dir / "vocab.txt").write_text(vocab_text, encoding="utf-8")
+    return joint

@@ -1,0 +1,213 @@
+"""VideoBERT for pretraining: the joint transformer with its masked-token and alignment heads.
+
+One BERT reads ``[CLS] text [>] video [SEP]`` (or text-only / video-only sequences) and learns three
+objectives at once: masked text tokens, masked visual tokens (one tied MLM head over the joint
+vocabulary) and whether the text and the video are aligned (a 2-way classifier on ``[CLS]``, laid
+out like BERT's next-sentence head: class 0 = aligned, BERT's "is next"; 1 = misaligned).
+
+The MLM head runs only at masked positions: the joint vocabulary has about 51K rows and most
+positions carry no label, so the hidden states are gathered first. Every head takes part in every
+step's graph, with zero weight when a micro-batch has no target for it, so that every parameter
+receives a gradient on every rank (ZeRO-3 reduces gradients parameter by parameter).
+
+Every parameter has a place in transformers' ``BertForPreTraining`` (q/k/v are one matrix here,
+three there): ``hf_interop.bert_key_table`` holds the correspondence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.config import VideoBertConfig
+from models.kernels import get_ops
+from models.transformer import BiasGeluLinear, Embeddings, Encoder, NormalLinear, key_padding_mask
+from models.vocab import IGNORE_INDEX
+
+
+@dataclass
+class PreTrainingOutput:
+    """Losses and metric counts of one forward pass (all tensors; accuracy = correct / count)."""
+
+    loss: torch.Tensor
+    """The configured weighted sum of the three losses."""
+    text_mlm_loss: torch.Tensor
+    """Mean cross-entropy over masked text positions (0 when there are none)."""
+    video_mlm_loss: torch.Tensor
+    """Mean cross-entropy over masked visual positions (0 when there are none)."""
+    alignment_loss: torch.Tensor
+    """Mean cross-entropy over examples with an alignment label (0 when there are none)."""
+    text_mlm_correct: torch.Tensor
+    text_mlm_count: torch.Tensor
+    video_mlm_correct: torch.Tensor
+    video_mlm_count: torch.Tensor
+    alignment_correct: torch.Tensor
+    alignment_count: torch.Tensor
+    alignment_logits: torch.Tensor
+    """(B, 2): aligned, misaligned."""
+
+
+class TiedDecoder(nn.Module):
+    """The MLM output layer: the word table (shared with the embeddings) as weight, plus a bias.
+
+    The shared parameter is registered here too (as BERT does), so that the module whose forward
+    uses it owns it; sharded training gathers a parameter around its owner's forward.
+    """
+
+    def __init__(self, word_weight: nn.Parameter, config: VideoBertConfig) -> None:
+        super().__init__()
+        self.weight = word_weight
+        self.bias = nn.Parameter(torch.zeros(config.vocab.size_padded))
+        self.ops = get_ops(config.kernels)
+
+    def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None):
+        """(N, H) -> logits (N, V); with labels (N,): (mean loss, correct count) without keeping logits."""
+        if labels is None:
+            return F.linear(hidden, self.weight, self.bias)
+        return self.ops.linear_cross_entropy(hidden, self.weight, self.bias, labels, return_correct=True)
+
+
+class MlmHead(nn.Module):
+    """BERT's masked-token head: dense, GELU, LayerNorm, then the tied decoder."""
+
+    def __init__(self, config: VideoBertConfig, word_weight: nn.Parameter) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.dense = BiasGeluLinear(h, h, std=config.initializer_range, ops=get_ops(config.kernels))
+        self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.decoder = TiedDecoder(word_weight, config)
+
+    def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None):
+        return self.decoder(self.norm(self.dense(hidden)), labels)
+
+
+class AlignmentHead(nn.Module):
+    """BERT's pooler (dense + tanh on [CLS]) and next-sentence classifier, reused for alignment."""
+
+    def __init__(self, config: VideoBertConfig) -> None:
+        super().__init__()
+        h, std = config.hidden_size, config.initializer_range
+        self.pooler = NormalLinear(h, h, std=std)
+        self.classifier = NormalLinear(h, 2, std=std)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (B, H)
+        return self.classifier(pooled)  # (B, 2)
+
+
+def _mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over non-ignored labels (0, still in the graph, when there are none) and the correct count."""
+    valid = labels != IGNORE_INDEX
+    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    with torch.no_grad():
+        correct = ((logits.argmax(dim=-1) == labels) & valid).sum()
+    return total / valid.sum().clamp(min=1), correct
+
+
+class VideoBertForPreTraining(nn.Module):
+    """The joint transformer with its three pretraining objectives. Build it from a ``VideoBertConfig``.
+
+    To build without memory and materialise later::
+
+        with torch.device("meta"):
+            model = VideoBertForPreTraining(config)
+        model.to_empty(device="cuda"); model.reset_parameters()
+    """
+
+    def __init__(self, config: VideoBertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vocab = config.vocab
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.mlm_head = MlmHead(config, self.embeddings.word.weight)
+        self.alignment_head = AlignmentHead(config)
+
+    def tie_weights(self) -> None:
+        """Point the MLM decoder at the word table again (after ``to_empty`` or loading replaced it)."""
+        self.mlm_head.decoder.weight = self.embeddings.word.weight
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every weight as the constructors do (e.g. after ``to_empty``), and re-tie."""
+        self.tie_weights()
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        nn.init.zeros_(self.mlm_head.decoder.bias)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Switch per-layer activation recomputation on or off (the config sets the initial state)."""
+        self.encoder.gradient_checkpointing = bool(enabled)
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Hidden states (B, T, H). ``attention_mask`` (B, T): 1/True at real tokens (None: all real);
+        ``token_type_ids`` default to 0 (text)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
+        if input_ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+                f"({self.config.max_position_embeddings}): truncate the batch or raise the config"
+            )
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        hidden = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        return self.encoder(hidden, key_padding_mask(attention_mask))
+
+    def mlm_logits(self, hidden_at_positions: torch.Tensor) -> torch.Tensor:
+        """(N, H) hidden states at the positions to predict -> (N, vocab.size_padded) logits."""
+        return self.mlm_head(hidden_at_positions)
+
+    def alignment_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) -> (B, 2) logits from [CLS]: class 0 aligned, 1 misaligned."""
+        return self.alignment_head(hidden)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+        alignment_labels: torch.Tensor | None = None,
+    ) -> PreTrainingOutput:
+        """Losses of one batch.
+
+        ``mlm_labels`` (B, T): joint ids at masked positions, ``IGNORE_INDEX`` elsewhere (None: no
+        MLM target); a label is a video label when ``vocab.is_visual(label)``, otherwise text.
+        ``alignment_labels`` (B,): 0 aligned, 1 misaligned, ``IGNORE_INDEX`` for examples without an
+        alignment target (None: none has one).
+        """
+        hidden = self.encode(input_ids, token_type_ids, attention_mask)
+        if mlm_labels is None:
+            mlm_labels = torch.full_like(input_ids, IGNORE_INDEX)
+        if alignment_labels is None:
+            alignment_labels = torch.full_like(input_ids[:, 0], IGNORE_INDEX)
+        video_at = self.vocab.is_visual(mlm_labels)  # (B, T)
+        text_at = (mlm_labels != IGNORE_INDEX) & ~video_at
+        text_loss, text_correct = self.mlm_head(hidden[text_at], mlm_labels[text_at])  # gathered (N_text, H)
+        video_loss, video_correct = self.mlm_head(hidden[video_at], mlm_labels[video_at])
+        align_logits = self.alignment_head(hidden)
+        align_loss, align_correct = _mean_cross_entropy(align_logits, alignment_labels)
+        cfg = self.config
+        loss = cfg.text_mlm_weight * text_loss + cfg.video_mlm_weight * video_loss + cfg.alignment_weight * align_loss
+        return PreTrainingOutput(
+            loss=loss,
+            text_mlm_loss=text_loss,
+            video_mlm_loss=video_loss,
+            alignment_loss=align_loss,
+            text_mlm_correct=text_correct,
+            text_mlm_count=text_at.sum(),
+            video_mlm_correct=video_correct,
+            video_mlm_count=video_at.sum(),
+            alignment_correct=align_correct,
+            alignment_count=(alignment_labels != IGNORE_INDEX).sum(),
+            alignment_logits=align_logits,
+        )

@@ -1,0 +1,503 @@
+"""``videobert shards tokenize``: clip shards -> token shards (one visual word per clip instead of its frames).
+
+    videobert shards tokenize --clips CLIPS/ --codebook CODEBOOK/ --out TOKENS/
+        [--encoder-weights s3d.pth] [--keep-features] [--workers N] [--device auto] [--batch-size 64]
+
+Each input clip shard becomes one token shard of the same index (``shard-000003.tar`` of the inputs,
+in the order the spec resolves to, gives ``shard-000003.tar`` of the output) with the same keys,
+text and metadata; metadata ``kind`` becomes ``tokens`` and ``codebook_hash`` records the codebook;
+the frames are replaced by the clips' visual-word ids (``tokens.npy``, int32), and with
+``--keep-features`` by the encoder's features too (``features.npy``, float16). The encoder is the one
+the codebook names (S3D needs ``--encoder-weights``).
+
+Work. Input shards are spread over ``--workers`` processes (default: one per CPU core, each with one
+thread; with CUDA, one per GPU). Output bytes do not depend on the number of workers.
+
+Resuming. An output shard is written as ``.partial``, renamed when complete, and then committed by
+its stats file (which also holds its counts and its problems). A re-run with the same arguments
+keeps the committed shards and redoes the rest; a re-run with other inputs or another codebook stops
+and says so (``--overwrite`` starts over).
+
+Bad input never stops the run: a sample of another shard format version, a truncated shard, an
+empty or undecodable sample, a token shard given as input, or clips prepared at another fps / clip
+length / frame size than the codebook's encoder expects are each listed in ``errors.jsonl`` (with
+the shard, key and reason) and counted; ``summary.json`` adds up (samples written + skipped = read).
+Exit status: 0 when samples were written, 1 when none could be (nothing matched), 2 when the
+arguments are wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.visual.codebook import Codebook, CodebookError
+from models.visual.tokenizer import VisualTokenizer
+from shards import reader, schema
+from shards.fit_codebook import encoder_options, resolve_device
+from shards.writer import ErrorLog, ShardStats, ShardWriter, tar_size, write_json_atomic
+
+HELP = "clip shards -> token shards (visual-word ids per clip), parallel and resumable"
+
+STAGE = "tokenize"
+
+
+class TokenizeError(ValueError):
+    """The run cannot start as asked (bad arguments, a folder holding another run)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizeConfig:
+    """Everything the stage needs; validated on construction."""
+
+    clips: tuple[str, ...]
+    """Clip shard specs (folders, tars, globs, brace patterns, ``pipe:`` commands)."""
+    codebook: str
+    """Codebook file, or the folder ``fit-codebook`` wrote."""
+    out: str
+    """Output folder for token shards, stats, errors.jsonl, summary.json, run.json."""
+    encoder_weights: str | None = None
+    keep_features: bool = False
+    workers: int | None = None
+    """Processes; default: one per GPU with CUDA, else one per CPU core."""
+    device: str = "auto"
+    batch_size: int = 64
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        problems = [message for ok, message in [
+            (bool(self.clips), "no --clips given"),
+            (self.workers is None or self.workers >= 1, "--workers must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (not Path(self.out).is_file(), f"--out {self.out} is a file; give a folder"),
+        ] if not ok]
+        if problems:
+            raise TokenizeError("; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------------
+# One input shard -> one output shard (runs in a worker process, or inline)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    index: int
+    url: str
+    out: str
+    codebook: str
+    codebook_hash: str
+    options: tuple[tuple[str, Any], ...]
+    """Encoder options (e.g. the weights file)."""
+    keep_features: bool
+    batch_size: int
+    device: str
+    """``cpu``, ``cuda`` (the worker's GPU) or an explicit device."""
+
+
+@dataclass
+class ShardCounts:
+    """What one output shard accounts for; stored in its stats file."""
+
+    source: str
+    samples_read: int = 0
+    samples_written: int = 0
+    samples_skipped: int = 0
+    clips: int = 0
+    seconds: float = 0.0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def problem(self, reason: str, key: str | None, samples: int) -> None:
+        self.errors.append({"stage": STAGE, "input": self.source, "key": key, "samples": samples, "reason": reason})
+        self.samples_skipped += samples
+
+
+_TOKENIZERS: dict[tuple, VisualTokenizer] = {}
+_WORKER_DEVICE: str | None = None
+
+
+def tokenize_shard(job: ShardJob) -> ShardCounts:
+    """Tokenize one clip shard into the output shard of the same index."""
+    started = time.perf_counter()
+    tokenizer = _tokenizer(job)
+    counts = ShardCounts(source=job.url)
+    writer = ShardWriter(job.out, start_index=job.index, extra=_stats_extra(job, counts))
+    with writer:
+        batcher = _Batcher(tokenizer, writer, job, counts)
+        for raw in reader.iter_raw_samples([job.url], on_error=lambda url, e: counts.problem(str(e), None, 0)):
+            counts.samples_read += 1
+            sample = _usable(raw, tokenizer.codebook, counts)
+            if sample is not None:
+                batcher.add(sample)
+        batcher.flush()
+        counts.seconds = time.perf_counter() - started
+        writer.extra.update(_stats_extra(job, counts))  # the stats file is written when the shard closes
+    if not writer.finished:
+        _write_empty_shard(Path(job.out), job.index, _stats_extra(job, counts))
+    return counts
+
+
+def _tokenizer(job: ShardJob) -> VisualTokenizer:
+    """The process's tokenizer for this codebook and device (built once per process)."""
+    device = _WORKER_DEVICE if (job.device == "cuda" and _WORKER_DEVICE) else job.device
+    key = (job.codebook, job.codebook_hash, device, job.options)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS.clear()  # one at a time: a long-lived process may go through many codebooks
+        tokenizer = VisualTokenizer.from_codebook(job.codebook, **dict(job.options)).to(device)
+        if tokenizer.codebook_hash != job.codebook_hash:
+            raise CodebookError(
+                f"{job.codebook} changed during the run (hash {tokenizer.codebook_hash}, was {job.codebook_hash})"
+            )
+        _TOKENIZERS[key] = tokenizer
+    return _TOKENIZERS[key]
+
+
+def _usable(raw: dict[str, Any], codebook: Codebook, counts: ShardCounts) -> schema.Sample | None:
+    """The decoded clip sample, or None after recording why it cannot be tokenized."""
+    key = str(raw.get("__key__", "?"))
+    where = f"{raw.get('__url__', counts.source)}:{key}"
+    try:
+        sample = schema.decode_sample(raw)
+        if sample.meta.kind != schema.CLIP_KIND:
+            raise schema.ShardFormatError(f"{where}: a {sample.meta.kind} sample; tokenize reads clip shards")
+        meta = sample.meta
+        codebook.check_clips(fps=meta.fps, clip_len=meta.clip_len, frame_size=meta.frame_size, where=where)
+    except (schema.ShardFormatError, CodebookError) as e:
+        counts.problem(str(e), key, 1)
+        return None
+    return sample
+
+
+class _Batcher:
+    """Gathers clips of consecutive samples into encoder batches; writes each sample's tokens in order."""
+
+    def __init__(self, tokenizer: VisualTokenizer, writer: ShardWriter, job: ShardJob, counts: ShardCounts):
+        self.tokenizer, self.writer, self.job, self.counts = tokenizer, writer, job, counts
+        self.pending: list[schema.Sample] = []
+        self.pending_clips = 0
+
+    def add(self, sample: schema.Sample) -> None:
+        self.pending.append(sample)
+        self.pending_clips += sample.meta.n_clips
+        if self.pending_clips >= self.job.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        frames = np.concatenate([s.frames for s in self.pending])  # (clips, T, H, W, 3)
+        size = self.job.batch_size
+        features = torch.cat([
+            self.tokenizer.encode(torch.from_numpy(frames[i: i + size])) for i in range(0, len(frames), size)
+        ])  # (clips, D)
+        ids = self.tokenizer.assign(features).cpu().numpy().astype(schema.TOKENS_DTYPE)
+        features = features.cpu().numpy().astype(schema.FEATURES_DTYPE) if self.job.keep_features else None
+        start = 0
+        for sample in self.pending:
+            stop = start + sample.meta.n_clips
+            self._write(sample, ids[start:stop], None if features is None else features[start:stop])
+            start = stop
+        self.pending, self.pending_clips = [], 0
+
+    def _write(self, sample: schema.Sample, ids: np.ndarray, features: np.ndarray | None) -> None:
+        meta = dataclasses.replace(sample.meta, kind=schema.TOKEN_KIND, codebook_hash=self.job.codebook_hash)
+        tokens = schema.Sample(key=sample.key, text=sample.text, meta=meta, tokens=ids, features=features)
+        self.counts.samples_written += 1
+        self.counts.clips += sample.meta.n_clips
+        self.writer.write(tokens, (self.counts.samples_written,))
+
+
+def _stats_extra(job: ShardJob, counts: ShardCounts) -> dict[str, Any]:
+    return {
+        "kind": schema.TOKEN_KIND, "codebook_hash": job.codebook_hash, "features": job.keep_features,
+        "source": counts.source, "samples_read": counts.samples_read, "samples_skipped": counts.samples_skipped,
+        "seconds": counts.seconds, "errors": counts.errors,
+    }
+
+
+def _write_empty_shard(out: Path, index: int, extra: dict[str, Any]) -> None:
+    """A committed shard without samples: the input was read, and nothing in it could be used."""
+    final = out / schema.shard_name(index)
+    partial = final.with_name(final.name + schema.PARTIAL_SUFFIX)
+    partial.write_bytes(bytes(tar_size(0)))  # an empty tar: the end-of-archive blocks only
+    os.replace(partial, final)
+    stats = ShardStats(shard=final.name, samples=0, clips=0, bytes=final.stat().st_size,
+                       first_position=(), last_position=(), extra=extra)
+    write_json_atomic(schema.stats_path(final), stats.to_json())
+
+
+# ---------------------------------------------------------------------------------------------------
+# The output folder: run.json, starting over, resuming
+
+
+def _check_folder(out: Path, record: dict[str, Any], overwrite: bool) -> None:
+    run_file = out / schema.RUN_FILE
+    if overwrite:
+        _clear(out)
+    elif run_file.exists():
+        previous = json.loads(run_file.read_text(encoding="utf-8"))
+        differences = _differences(previous, record)
+        if differences:
+            raise TokenizeError(
+                f"{out} holds a run with other arguments ({'; '.join(differences)}); re-run with the same "
+                "arguments to finish it, write elsewhere, or add --overwrite to start over"
+            )
+    elif any(out.glob(f"{schema.SHARD_PREFIX}*")):
+        raise TokenizeError(f"{out} holds shards but no {schema.RUN_FILE}; add --overwrite to replace them")
+    write_json_atomic(run_file, record)
+
+
+def _differences(previous: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    old, new = previous.get("arguments", {}), record["arguments"]
+    found = []
+    if old.get("codebook_hash") != new["codebook_hash"]:
+        found.append(f"its token shards were made with codebook {old.get('codebook_hash')}, this run's codebook is "
+                     f"{new['codebook_hash']}")
+    if old.get("clips") != new["clips"]:
+        found.append(f"it read {len(old.get('clips') or [])} other clip shards")
+    if old.get("keep_features") != new["keep_features"]:
+        found.append(f"--keep-features was {old.get('keep_features')}, now {new['keep_features']}")
+    if previous.get("stage") != STAGE or previous.get("format_version") != schema.FORMAT_VERSION:
+        found.append(f"written by stage {previous.get('stage')!r}, format {previous.get('format_version')!r}")
+    return found
+
+
+def _clear(out: Path) -> None:
+    for pattern in (f"{schema.SHARD_PREFIX}*", f"*{schema.PARTIAL_SUFFIX}", schema.RUN_FILE, schema.SUMMARY_FILE,
+                    schema.ERRORS_FILE):
+        for path in out.glob(pattern):
+            if path.is_file():
+                path.unlink()
+
+
+def finished_shards(out: Path, count: int) -> dict[int, ShardStats]:
+    """Committed output shards by index, after removing what an interrupted run left half-done."""
+    for leftover in out.glob(f"*{schema.PARTIAL_SUFFIX}"):
+        leftover.unlink()
+    done = {}
+    for index in range(count):
+        tar = out / schema.shard_name(index)
+        if tar.exists() and schema.stats_path(tar).exists():
+            done[index] = ShardStats.read(schema.stats_path(tar))
+        elif tar.exists():
+            tar.unlink()  # renamed but not committed: redo it
+    return done
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class TokenizeSummary:
+    """``summary.json``: the whole output folder (resumed parts included)."""
+
+    codebook_hash: str
+    shards_read: int
+    shards_written: int
+    shards_kept: int
+    """Shards committed by an earlier run and not redone."""
+    samples_read: int
+    samples_written: int
+    samples_skipped: int
+    clips: int
+    bytes: int
+    features: bool
+    errors_lines: int
+    seconds: float
+    clips_per_second: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stage": STAGE, **asdict(self)}
+
+
+def tokenize(config: TokenizeConfig) -> TokenizeSummary:
+    """Run the stage (library entry point; ``run`` is the command line's). Raises ``TokenizeError``."""
+    started = time.perf_counter()
+    urls, codebook = _inputs(config)
+    device = resolve_device(config.device)
+    options = tuple(sorted(encoder_options(config.encoder_weights).items()))
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"stage": STAGE, "format_version": schema.FORMAT_VERSION, "arguments": {
+        "clips": urls, "codebook_hash": codebook.hash, "keep_features": config.keep_features}}
+    _check_folder(out, record, config.overwrite)
+    kept = finished_shards(out, len(urls))
+    jobs = [
+        ShardJob(i, url, str(out), str(config.codebook), codebook.hash, options, config.keep_features,
+                 config.batch_size, device.type if device.type == "cuda" and device.index is None else str(device))
+        for i, url in enumerate(urls) if i not in kept
+    ]
+    _build_first(jobs, config)
+    _execute(jobs, config, device, len(urls), len(kept))
+    return _summarize(out, urls, codebook, len(kept), config.keep_features, time.perf_counter() - started)
+
+
+def _inputs(config: TokenizeConfig) -> tuple[list[str], Codebook]:
+    try:
+        return reader.resolve_shards(list(config.clips)), Codebook.load(config.codebook)
+    except (reader.ShardSpecError, CodebookError) as e:
+        raise TokenizeError(str(e)) from None
+
+
+def _build_first(jobs: list[ShardJob], config: TokenizeConfig) -> None:
+    """Build the tokenizer here before any worker starts, so a wrong weights file fails at once."""
+    if not jobs:
+        return
+    job = dataclasses.replace(jobs[0], device="cpu" if jobs[0].device == "cuda" else jobs[0].device)
+    try:
+        _tokenizer(job)
+    except (ValueError, TypeError, CodebookError) as e:  # unknown encoder or option, missing or wrong weights
+        raise TokenizeError(f"cannot build the encoder codebook {config.codebook} names: {e}") from None
+
+
+def _workers(config: TokenizeConfig, device: torch.device) -> tuple[int, list[str] | None]:
+    """(processes, the GPU of each, or None on the CPU) for this machine."""
+    if device.type == "cuda" and device.index is None:
+        gpus = torch.cuda.device_count()
+        workers = config.workers or gpus
+        return workers, [f"cuda:{i % gpus}" for i in range(workers)]
+    if device.type != "cpu":
+        return config.workers or 1, None  # one named accelerator
+    return config.workers or (os.cpu_count() or 1), None
+
+
+def _execute(jobs: list[ShardJob], config: TokenizeConfig, device: torch.device, total: int, kept: int) -> None:
+    workers, devices = _workers(config, device)
+    bar = tqdm(total=total, initial=kept, unit="shard", desc="tokenize", disable=not config.progress)
+    clips, started = 0, time.perf_counter()
+
+    def done(counts: ShardCounts) -> None:
+        nonlocal clips
+        clips += counts.clips
+        bar.update(1)
+        bar.set_postfix_str(f"{clips / max(time.perf_counter() - started, 1e-9):.0f} clips/s")
+
+    try:
+        if workers == 1 or len(jobs) <= 1:
+            _set_worker_device(devices[0] if devices else None)
+            for job in jobs:
+                done(tokenize_shard(job))
+        else:
+            _in_pool(jobs, workers, devices, done)
+    finally:
+        bar.close()
+
+
+def _in_pool(jobs: list[ShardJob], workers: int, devices: list[str] | None, done) -> None:
+    # spawn, not fork: the workers run torch, whose thread pools do not survive a fork.
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    for name in devices or []:
+        queue.put(name)
+    threads = 1 if devices else max(1, (os.cpu_count() or 1) // workers)
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(threads, queue if devices else None)
+    ) as pool:
+        futures = [pool.submit(tokenize_shard, job) for job in jobs]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                done(future.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _init_worker(threads: int, devices) -> None:
+    torch.set_num_threads(threads)
+    _set_worker_device(devices.get() if devices is not None else None)
+
+
+def _set_worker_device(name: str | None) -> None:
+    """The GPU this process runs jobs marked ``cuda`` on."""
+    global _WORKER_DEVICE
+    _WORKER_DEVICE = name
+
+
+def _summarize(
+    out: Path, urls: list[str], codebook: Codebook, kept: int, features: bool, seconds: float
+) -> TokenizeSummary:
+    """Figures of the whole folder from the shards' stats files; errors.jsonl rewritten from them."""
+    stats = [ShardStats.read(schema.stats_path(out / schema.shard_name(i))) for i in range(len(urls))]
+    lines = [line for s in stats for line in s.extra.get("errors", [])]
+    ErrorLog(out / schema.ERRORS_FILE, lines).close()
+    written = sum(s.samples for s in stats)
+    summary = TokenizeSummary(
+        codebook_hash=codebook.hash, shards_read=len(urls), shards_written=len(stats), shards_kept=kept,
+        samples_read=sum(s.extra["samples_read"] for s in stats), samples_written=written,
+        samples_skipped=sum(s.extra["samples_skipped"] for s in stats), clips=sum(s.clips for s in stats),
+        bytes=sum(s.bytes for s in stats), features=features, errors_lines=len(lines), seconds=seconds,
+        clips_per_second=sum(s.clips for s in stats) / max(sum(s.extra["seconds"] for s in stats), 1e-9),
+    )
+    if summary.samples_written + summary.samples_skipped != summary.samples_read:
+        raise RuntimeError(
+            f"sample accounting does not add up: {summary.samples_written} written + {summary.samples_skipped} "
+            f"skipped != {summary.samples_read} read (a bug: please report it)"
+        )
+    write_json_atomic(out / schema.SUMMARY_FILE, summary.to_json())
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TokenizeConfig(clips=("-",), codebook="-", out=".")
+    add = parser.add_argument
+    add("--clips", action="extend", nargs="+", required=True, metavar="SPEC",
+        help="clip shards: folders, tar files, globs, brace patterns or pipe: commands (repeatable)")
+    add("--codebook", required=True, metavar="PATH", help="codebook file, or the folder fit-codebook wrote")
+    add("--out", required=True, metavar="FOLDER",
+        help="output folder for token shards, stats, errors.jsonl, summary.json")
+    add("--encoder-weights", metavar="PATH",
+        help="weights of the codebook's encoder (S3D: the Kinetics-400 checkpoint)")
+    add("--keep-features", action="store_true", help="also store each clip's encoder features (float16)")
+    add("--workers", type=int, help="processes (default: one per GPU with CUDA, else one per CPU core)")
+    add("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default %(default)s)")
+    add("--batch-size", type=int, default=defaults.batch_size, help="clips per encoder batch (default %(default)s)")
+    add("--overwrite", action="store_true", help="delete the output folder's previous run and start over")
+    add("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = TokenizeConfig(
+            clips=tuple(args.clips), codebook=args.codebook, out=args.out, encoder_weights=args.encoder_weights,
+            keep_features=args.keep_features, workers=args.workers, device=args.device,
+            batch_size=args.batch_size, overwrite=args.overwrite, progress=args.progress,
+        )
+        summary = tokenize(config)
+    except TokenizeError as e:
+        print(f"videobert shards tokenize: error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary, Path(args.out)))
+    return 0 if summary.samples_written > 0 else 1
+
+
+def format_summary(s: TokenizeSummary, out: Path) -> str:
+    """The printed summary."""
+    lines = [
+        f"tokenized {out}: {s.shards_written} shards ({s.shards_kept} kept from an earlier run), "
+        f"{s.samples_written} samples, {s.clips} clips, codebook {s.codebook_hash}",
+        f"  samples  read {s.samples_read} = written {s.samples_written} + skipped {s.samples_skipped}",
+        f"  time     {s.seconds:.1f} s ({s.clips_per_second:.1f} clips/s per worker)",
+    ]
+    if s.errors_lines:
+        lines.append(f"  {s.errors_lines} problems listed in {out / schema.ERRORS_FILE}")
+    if s.samples_written == 0:
+        lines.append("  nothing could be tokenized: no sample matched (see the problems above)")
+    return "\n".join(lines)
