@@ -16,8 +16,6 @@ three there): ``hf_interop.bert_key_table`` holds the correspondence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,9 +26,18 @@ from models.transformer import BiasGeluLinear, Embeddings, Encoder, NormalLinear
 from models.vocab import IGNORE_INDEX
 
 
-@dataclass
-class PreTrainingOutput:
-    """Losses and metric counts of one forward pass (all tensors; accuracy = correct / count)."""
+class PreTrainingOutput(dict):
+    """Losses and metric counts of one forward pass (all tensors; accuracy = correct / count).
+
+    Fields read as attributes (``out.loss``). It is a dict underneath because DeepSpeed ZeRO-3 looks
+    for the tensors a module returns in tuples, lists and dicts only, to hook its backward pass.
+    """
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
     loss: torch.Tensor
     """The configured weighted sum of the three losses."""

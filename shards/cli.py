@@ -10,6 +10,11 @@ import importlib
 import sys
 
 STAGES: dict[str, str] = {
+    "synth": "shards.synth",
+    "prepare": "shards.prepare",
+    "inspect": "shards.inspect",
+    "fit-codebook": "shards.fit_codebook",
+    "tokenize": "shards.tokenize",
 }
 
 

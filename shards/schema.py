@@ -76,9 +76,11 @@ class SampleMeta:
     segment_index: int
     """Position of the segment in the video's time-sorted caption list."""
     start: float
-    """Segment start in seconds, as the transcript gives it."""
+    """Segment start in seconds, as the transcript gives it (or as fixed: moved past an overlap or up to
+    0 s; the fix is listed in the stage's errors.jsonl)."""
     end: float
-    """Segment end in seconds, as the transcript gives it."""
+    """Segment end in seconds, as the transcript gives it (or cut at the end of the video, as listed in
+    errors.jsonl)."""
     fps: float
     """Frame rate the frames were decoded at."""
     clip_len: int
@@ -171,9 +173,14 @@ def complete_shards(folder: str | Path) -> list[Path]:
 
 
 def encode_array(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
+    """The bytes ``np.save(..., allow_pickle=False)`` writes, built with one copy of the data (frames
+    are most of what prepare moves; ``np.save`` into a buffer copies them three times)."""
+    array = np.ascontiguousarray(array)
+    if array.dtype.hasobject:
+        raise ValueError("object arrays are not stored (they would need pickle)")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    return b"".join((header.getvalue(), array.reshape(-1).view(np.uint8)))
 
 
 def decode_array(data: bytes, where: str) -> np.ndarray:

@@ -16,6 +16,8 @@ import sys
 from shards import cli as shards_cli
 
 COMMANDS: dict[str, str] = {
+    "train": "trainer.train",
+    "demo": "trainer.demo",
 }
 
 

@@ -1,0 +1,636 @@
+"""``videobert shards prepare``: videos and their transcripts into WebDataset clip shards.
+
+    videobert shards prepare --videos VIDEOS/ --transcripts caption.json --out SHARDS/
+        [--fps 20] [--size 224] [--crop center|none|HxW] [--clip-len 30] [--min-last-clip N]
+        [--max-samples N] [--max-bytes 1G] [--workers N] [--transcript-format FMT] [--overwrite]
+
+One sample per caption segment: the segment's frames (decoded once per video at ``--fps``, short side
+``--size``, centre crop), grouped into clips of ``--clip-len`` frames (see ``shards.clips`` for the
+boundary and trailing-clip rules), its text and metadata (``shards.schema``). Videos are matched to
+transcript ids by file name without extension; transcripts are read by ``shards.transcripts``
+(HowTo100M caption.json, YouCook2 annotations, WebVTT, SRT, JSONL manifest).
+
+Work. Worker processes (``--workers``, default: one per CPU) each decode one video in one pass and
+spool its samples to a temporary tar in the output folder (``shards.cut``); the main process copies
+the spooled samples into the shards in input order (a kernel copy of ready-made tar members: nothing
+is decoded twice) and deletes the spool. Output is therefore the same bytes whatever the number of
+workers, and memory stays bounded by one sample per worker however long a video is. At most two
+videos per worker are decoded ahead of the one being copied.
+
+Output folder: ``shard-NNNNNN.tar`` + ``shard-NNNNNN.stats.json`` (see ``shards.writer``),
+``run.json`` (the arguments and a fingerprint of the input files), ``errors.jsonl`` (one line per
+video, segment or file that was skipped or fixed, with the reason and the number of caption segments
+it accounts for) and, at the end, ``summary.json`` (videos, segments, clips, bytes, hours of video
+decoded, seconds; segments written + skipped = segments read).
+
+Resuming. Re-running with the same arguments finishes an interrupted run: complete shards are kept,
+videos before the last complete shard's last sample are skipped, the video it ends in is decoded again
+and only its later segments written; errors.jsonl keeps the lines of the skipped videos and the rest
+is regenerated. Re-running with different arguments stops and names them (``--overwrite`` starts over).
+A run killed at any moment leaves no file a reader would take for a complete shard.
+
+Bad input never stops the run: a missing, empty, unreadable or audio-only video file, a malformed or
+non-UTF-8 transcript, segments that are empty, reversed, overlapping, out of order or past the end of
+the video are each fixed or listed in errors.jsonl. A truncated video contributes the frames decoded
+before the damage. Exit status: 0 when samples were written, 1 when nothing at all could be written,
+2 when the arguments are wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from shards import schema
+from shards.clips import ClipConfig
+from shards.cut import SegmentPlan, VideoJob, VideoResult, count_noun, plan_video, process_video
+from shards.decode import DecodeOptions, parse_crop
+from shards.ffmpeg_bin import FFmpegNotFound, ffmpeg_exe
+from shards.transcripts import (
+    FORMATS, SKIPPED, VIDEO_EXTENSIONS, Problem, Transcripts, list_transcript_files, read_transcripts,
+)
+from shards.writer import (
+    ErrorLog, ResumeError, ShardWriter, SpooledSample, read_json_lines, resume_point, write_json_atomic,
+)
+
+HELP = "videos + transcripts -> clip shards (one sample per caption segment), resumable"
+
+STAGE = "prepare"
+VIDEO_ORDER = "video_order"
+"""errors.jsonl field: position of the line's video in the run's video order (None: found reading inputs)."""
+SPOOL_PREFIX = "spool-"
+
+
+class ArgumentsError(ValueError):
+    """The run cannot start as asked (bad values, or an output folder written with other arguments)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrepareConfig:
+    """Everything ``prepare`` needs; validated on construction (all problems reported at once)."""
+
+    videos: tuple[str, ...]
+    """Video files and folders (folders: their video files, recursively, sorted)."""
+    transcripts: tuple[str, ...]
+    """Transcript files and folders."""
+    out: str
+    """Output folder."""
+    transcript_format: str | None = None
+    """Force one of ``shards.transcripts.FORMATS`` instead of detecting each file's."""
+    fps: float = 20.0
+    """Frames per second decoded (the paper: 20)."""
+    size: int = 224
+    """Short side after scaling, in pixels."""
+    crop: str = "center"
+    """``center`` (size x size), ``none`` (whole scaled frame) or ``HxW``."""
+    clip_len: int = 30
+    """Frames per clip (the paper: 30, i.e. 1.5 s)."""
+    min_last_clip: int | None = None
+    """Least frames of a trailing partial clip to keep it (padded); default: half a clip."""
+    max_samples: int | None = 10_000
+    """Samples per shard at most."""
+    max_bytes: int | None = 1 << 30
+    """Bytes per shard at most (a single larger sample gets a shard of its own)."""
+    workers: int = field(default_factory=lambda: available_cpus())
+    """Decoding processes (each runs one ffmpeg at a time)."""
+    overwrite: bool = False
+    """Delete the output folder's previous shards and start over."""
+    progress: bool = True
+    """Show a progress bar (tqdm, on stderr)."""
+
+    def __post_init__(self) -> None:
+        problems = _config_problems(self)
+        if problems:
+            raise ArgumentsError("; ".join(problems))
+
+    def decode_options(self) -> DecodeOptions:
+        return DecodeOptions(fps=self.fps, size=self.size, crop=parse_crop(self.crop, self.size))
+
+    def clip_config(self) -> ClipConfig:
+        return ClipConfig(clip_len=self.clip_len, min_last_clip=self.min_last_clip)
+
+    def arguments(self) -> dict[str, Any]:
+        """The arguments that decide the output (stored in run.json; a re-run must match them)."""
+        crop = parse_crop(self.crop, self.size)
+        return {
+            "videos": [str(Path(v).absolute()) for v in self.videos],
+            "transcripts": [str(Path(t).absolute()) for t in self.transcripts],
+            "transcript_format": self.transcript_format, "fps": float(self.fps), "size": self.size,
+            "crop": list(crop) if crop else None, "clip_len": self.clip_len,
+            "min_last_clip": self.clip_config().min_last, "max_samples": self.max_samples, "max_bytes": self.max_bytes,
+        }
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (the default number of workers)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpucount_noun() or 1
+
+
+def _config_problems(config: PrepareConfig) -> list[str]:
+    problems = []
+    if not config.videos:
+        problems.append("no --videos given")
+    if not config.transcripts:
+        problems.append("no --transcripts given")
+    if config.transcript_format is not None and config.transcript_format not in FORMATS:
+        problems.append(f"--transcript-format must be one of {', '.join(FORMATS)}")
+    checks = [
+        (config.fps > 0, "--fps must be positive"), (config.size >= 1, "--size must be at least 1"),
+        (config.clip_len >= 1, "--clip-len must be at least 1"), (config.workers >= 1, "--workers must be at least 1"),
+        (config.max_samples is None or config.max_samples >= 1, "--max-samples must be at least 1"),
+        (config.max_bytes is None or config.max_bytes >= 10240, "--max-bytes must be at least 10240 (one tar record)"),
+        (config.min_last_clip is None or 1 <= config.min_last_clip <= max(config.clip_len, 1),
+         f"--min-last-clip must be between 1 and --clip-len ({config.clip_len})"),
+    ]
+    problems += [message for ok, message in checks if not ok]
+    try:
+        parse_crop(config.crop, config.size)
+    except ValueError as e:
+        problems.append(f"--crop: {e}")
+    if Path(config.out).exists() and not Path(config.out).is_dir():
+        problems.append(f"--out {config.out} is a file; give a folder")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs: videos in order, matched to transcripts
+
+
+@dataclass(frozen=True)
+class VideoFile:
+    order: int
+    """Position in the run's video order (the first element of every sample position)."""
+    video_id: str
+    path: str
+
+
+def list_videos(paths: Iterable[str | os.PathLike]) -> tuple[list[VideoFile], list[Problem]]:
+    """Video files in argument order (folders: video files inside, sorted); later files with an id
+    already taken are reported, not used."""
+    found: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+        else:
+            found.append(path)
+    videos: list[VideoFile] = []
+    problems: list[Problem] = []
+    by_id: dict[str, VideoFile] = {}
+    seen_paths: set[Path] = set()
+    for path in found:
+        if path.absolute() in seen_paths:
+            continue
+        seen_paths.add(path.absolute())
+        first = by_id.get(path.stem)
+        if first is not None:
+            problems.append(Problem(
+                input=str(path), video_id=path.stem, segment=None, segments=0,
+                reason=f"video id {path.stem} is already taken by {first.path}; {path} is not used",
+            ))
+            continue
+        by_id[path.stem] = VideoFile(len(videos), path.stem, str(path))
+        videos.append(by_id[path.stem])
+    return videos, problems
+
+
+def inputs_fingerprint(videos: Sequence[VideoFile], transcript_files: Sequence[Path]) -> str:
+    """A hash of the input files' names and sizes: a resumed run must see the same inputs."""
+    digest = hashlib.sha256()
+    for kind, path in [("video", Path(v.path)) for v in videos] + [("transcript", p) for p in transcript_files]:
+        size = path.stat().st_size if path.is_file() else -1
+        digest.update(f"{kind}\t{path.absolute()}\t{size}\n".encode("utf-8", errors="surrogateescape"))
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Main side: plan, run, copy into shards in order
+
+
+@dataclass
+class _Counters:
+    """Work done, carried across resumed runs in each sample's ``state``."""
+
+    videos_done: int = 0
+    videos_with_samples: int = 0
+    frames_decoded: int = 0
+    wall_seconds: float = 0.0
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> "_Counters":
+        return cls(**state) if state else cls()
+
+
+@dataclass
+class _Work:
+    """One video of the run: its plans and the problems found before decoding."""
+
+    video: VideoFile
+    plans: tuple[SegmentPlan, ...]
+    problems: list[Problem]
+
+
+def _plan_run(config: PrepareConfig, videos: list[VideoFile], transcripts: Transcripts) -> list[_Work]:
+    by_video: dict[str, list[Problem]] = collections.defaultdict(list)
+    for problem in transcripts.problems:
+        if problem.video_id is not None:
+            by_video[problem.video_id].append(problem)
+    work = []
+    for video in videos:
+        segments = transcripts.segments.get(video.video_id, [])
+        source = transcripts.sources.get(video.video_id, "")
+        plans, problems = plan_video(video.video_id, segments, source, config.fps, config.clip_config())
+        problems = by_video.get(video.video_id, []) + problems
+        if not segments:
+            problems.append(_no_captions(video, transcripts))
+        work.append(_Work(video, plans, problems))
+    return work
+
+
+def _no_captions(video: VideoFile, transcripts: Transcripts) -> Problem:
+    if video.video_id in transcripts.sources:
+        reason = f"none of the caption segments of {video.video_id} is usable (see the lines above)"
+    else:
+        reason = f"no transcript gives captions for video {video.video_id}"
+    if not Path(video.path).exists():
+        reason = f"video file {video.path} not found, and {reason}"
+    return Problem(input=video.path, video_id=video.video_id, segment=None, reason=reason, segments=0)
+
+
+def _input_problems(videos: list[VideoFile], duplicates: list[Problem], transcripts: Transcripts) -> list[Problem]:
+    """Problems not tied to a video file of the run (errors.jsonl lines without a video order)."""
+    ids = {v.video_id for v in videos}
+    problems = list(duplicates) + [p for p in transcripts.problems if p.video_id not in ids]
+    for video_id, segments in transcripts.segments.items():
+        if video_id not in ids:
+            problems.append(Problem(
+                input=transcripts.sources[video_id], video_id=video_id, segment=None, segments=len(segments),
+                reason=f"no video file named {video_id} among the --videos inputs; {count_noun(len(segments), 'segment')} skipped",
+            ))
+    return problems
+
+
+def _line(problem: Problem, order: int | None) -> dict[str, Any]:
+    return {**problem.to_json(), VIDEO_ORDER: order}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The output folder: run.json, starting over, resuming
+
+
+def _check_folder(out: Path, record: dict[str, Any], overwrite: bool) -> bool:
+    """Prepare ``out`` for this run; True when a run with the same arguments already completed it."""
+    run_file = out / schema.RUN_FILE
+    if overwrite:
+        _clear(out)
+    elif run_file.exists():
+        previous = json.loads(run_file.read_text(encoding="utf-8"))
+        differences = _differences(previous, record)
+        if differences:
+            raise ArgumentsError(
+                f"{out} holds a run with other arguments ({'; '.join(differences)}); re-run with the same "
+                "arguments to finish it, or add --overwrite to start over"
+            )
+        return (out / schema.SUMMARY_FILE).exists()
+    elif any(out.glob(f"{schema.SHARD_PREFIX}*")):
+        raise ArgumentsError(f"{out} holds shards but no {schema.RUN_FILE}; add --overwrite to replace them")
+    write_json_atomic(run_file, record)
+    return False
+
+
+def _differences(previous: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    old, new = previous.get("arguments", {}), record["arguments"]
+    found = [
+        f"--{name.replace('_', '-')} was {old.get(name)!r}, now {new.get(name)!r}"
+        for name in new if old.get(name) != new.get(name)
+    ]
+    if previous.get("inputs") != record["inputs"] and not found:
+        found.append("the video or transcript files found changed (added, removed or resized)")
+    if previous.get("stage") != STAGE or previous.get("format_version") != schema.FORMAT_VERSION:
+        found.append(f"written by stage {previous.get('stage')!r}, format {previous.get('format_version')!r}")
+    return found
+
+
+def _clear(out: Path) -> None:
+    """Remove what a previous run of a stage wrote (only files of the shard layout)."""
+    patterns = [f"{schema.SHARD_PREFIX}*", f"{SPOOL_PREFIX}*", f"*{schema.PARTIAL_SUFFIX}",
+                schema.RUN_FILE, schema.SUMMARY_FILE, schema.ERRORS_FILE]
+    for pattern in patterns:
+        for path in out.glob(pattern):
+            if path.is_file():
+                path.unlink()
+
+
+def _start_errors(out: Path, input_problems: list[Problem], resume_order: int, resumed: bool) -> ErrorLog:
+    """errors.jsonl: the input problems, then the kept lines of videos before the resume point."""
+    lines = [_line(p, None) for p in input_problems]
+    if resumed:
+        lines += [
+            line for line in read_json_lines(out / schema.ERRORS_FILE)
+            if isinstance(line.get(VIDEO_ORDER), int) and line[VIDEO_ORDER] < resume_order
+        ]
+    return ErrorLog(out / schema.ERRORS_FILE, lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class _Run:
+    """State of the main process while it copies videos into shards."""
+
+    writer: ShardWriter
+    errors: ErrorLog
+    counters: _Counters
+    out: Path
+    resume_order: int
+    """Order of the first video this run processes."""
+    resume_segment: int
+    """Last segment of that video already in a shard (-1: none, a fresh start)."""
+    wall_before: float
+    """Seconds spent by earlier runs up to the resume point."""
+    started: float = field(default_factory=time.perf_counter)
+
+    def take(self, work: _Work, result: VideoResult | None) -> None:
+        """Record one video: its problems, then its samples in segment order."""
+        order = work.video.order
+        for problem in work.problems + (result.problems if result else []):
+            self.errors.write(_line(problem, order))
+        self.errors.flush()
+        # The resume video's first samples are in shards already, and counted in their state.
+        counted = order == self.resume_order and self.resume_segment >= 0
+        if result is not None and result.samples:
+            self._copy(order, result.samples, counted)
+        self.counters.videos_done += 1
+        self.counters.frames_decoded += result.frames if result else 0
+        self.counters.videos_with_samples += int(bool(result and result.samples) and not counted)
+        self.counters.wall_seconds = self.elapsed()
+
+    def elapsed(self) -> float:
+        return self.wall_before + time.perf_counter() - self.started
+
+    def _copy(self, order: int, samples: list[tuple[int, SpooledSample]], counted: bool) -> None:
+        """Copy a video's spooled samples into the shards; each carries the counters of the videos before
+        it (plus this one as a video with samples), which is what a run resuming after it starts from."""
+        state = asdict(self.counters)
+        state["videos_with_samples"] += int(not counted)
+        state["wall_seconds"] = self.elapsed()
+        spool = self.out / _spool_name(order)
+        with open(spool, "rb") as source:
+            for segment_index, spooled in samples:
+                self.writer.copy_members(source, spooled, (order, segment_index), state=state)
+        spool.unlink()
+
+
+def _spool_name(order: int) -> str:
+    return f"{SPOOL_PREFIX}{order:09d}{schema.SHARD_SUFFIX}{schema.PARTIAL_SUFFIX}"
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    # fork: workers start at once with the parent's modules loaded (webdataset pulls in torch, seconds
+    # of import per worker otherwise); they only run ffmpeg and numpy. Elsewhere: the safe default.
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def _jobs(config: PrepareConfig, work: list[_Work], run: _Run) -> Iterator[tuple[_Work, VideoJob | None]]:
+    """The videos from the resume point on, each with a decoding job when it has segments to cut."""
+    decode, clip = config.decode_options(), config.clip_config()
+    for item in work[run.resume_order :]:
+        order = item.video.order
+        job = None
+        if item.plans:
+            written = run.resume_segment if order == run.resume_order else -1
+            job = VideoJob(order, item.video.video_id, item.video.path, item.plans, decode, clip,
+                           str(run.out / _spool_name(order)), written)
+        yield item, job
+
+
+def _execute(config: PrepareConfig, work: list[_Work], run: _Run) -> None:
+    """Decode in worker processes, a bounded window ahead; copy results into shards in order."""
+    jobs = _jobs(config, work, run)
+    window: collections.deque[tuple[_Work, concurrent.futures.Future | None]] = collections.deque()
+    with concurrent.futures.ProcessPoolExecutor(config.workers, mp_context=_mp_context()) as pool:
+        pool.submit(os.getpid).result()  # start the workers now, before the progress bar starts a thread
+        bar = tqdm(total=len(work), initial=run.resume_order, unit="video", disable=not config.progress)
+        try:
+            _fill(window, jobs, pool, 2 * config.workers)
+            while window:
+                item, future = window.popleft()
+                result = future.result() if future is not None else None
+                _fill(window, jobs, pool, 2 * config.workers)
+                run.take(item, result)
+                bar.update(1)
+                bar.set_postfix_str(f"{run.counters.frames_decoded / max(run.elapsed(), 1e-9):.0f} frames/s")
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            bar.close()
+
+
+def _fill(window: collections.deque, jobs: Iterator[tuple[_Work, VideoJob | None]], pool, size: int) -> None:
+    while len(window) < size:
+        item = next(jobs, None)
+        if item is None:
+            return
+        work, job = item
+        window.append((work, pool.submit(process_video, job) if job is not None else None))
+
+
+@dataclass
+class PrepareSummary:
+    """``summary.json``: what a run (all its resumed parts together) read, wrote and skipped."""
+
+    videos_read: int
+    videos_with_samples: int
+    videos_skipped: int
+    segments_read: int
+    segments_written: int
+    segments_skipped: int
+    transcript_files_read: int
+    transcript_files_skipped: int
+    shards: int
+    clips: int
+    bytes: int
+    frames_decoded: int
+    hours_decoded: float
+    wall_seconds: float
+    frames_per_second: float
+    errors_lines: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stage": STAGE, **asdict(self)}
+
+    @classmethod
+    def read(cls, path: Path) -> "PrepareSummary":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(**{k: v for k, v in data.items() if k != "stage"})
+
+
+def prepare(config: PrepareConfig) -> PrepareSummary:
+    """Run the stage (library entry point; ``run`` is the command line's).
+
+    Raises ``ArgumentsError`` when the output folder holds a run with other arguments.
+    """
+    ffmpeg_exe()  # no ffmpeg at all is not a problem of one video: fail before starting
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    videos, duplicates = list_videos(config.videos)
+    transcript_files, _missing = list_transcript_files(config.transcripts)
+    record = {
+        "stage": STAGE, "format_version": schema.FORMAT_VERSION, "arguments": config.arguments(),
+        "inputs": {"videos": len(videos), "transcript_files": len(transcript_files),
+                   "fingerprint": inputs_fingerprint(videos, transcript_files)},
+    }
+    if _check_folder(out, record, config.overwrite):
+        return PrepareSummary.read(out / schema.SUMMARY_FILE)
+    transcripts = read_transcripts(config.transcripts, config.transcript_format)
+    resume = resume_point(out)
+    order, segment = resume.last_position if resume.last_position is not None else (0, -1)
+    work = _plan_run(config, videos, transcripts)
+    input_problems = _input_problems(videos, duplicates, transcripts)
+    errors = _start_errors(out, input_problems, order, resumed=resume.last_position is not None)
+    counters = _Counters.from_state(resume.last_state)
+    writer = ShardWriter(
+        out, max_samples=config.max_samples, max_bytes=config.max_bytes, start_index=resume.next_index,
+        extra=_stats_extra(config), before_finish=errors.sync,
+    )
+    run = _Run(writer, errors, counters, out, order, segment, wall_before=counters.wall_seconds)
+    try:
+        with writer:
+            _execute(config, work, run)
+    finally:
+        errors.close()
+    unmatched = len(transcripts.segments.keys() - {v.video_id for v in videos})
+    summary = _summarize(out, config, run.counters, len(videos) + len(duplicates) + unmatched, transcripts,
+                         resume.shards + writer.finished)
+    write_json_atomic(out / schema.SUMMARY_FILE, summary.to_json())
+    return summary
+
+
+def _stats_extra(config: PrepareConfig) -> dict[str, Any]:
+    crop = parse_crop(config.crop, config.size)
+    return {"kind": schema.CLIP_KIND, "fps": float(config.fps), "clip_len": config.clip_len,
+            "frame_size": list(crop) if crop else None}
+
+
+def _summarize(out: Path, config: PrepareConfig, counters: _Counters, videos_read: int, transcripts: Transcripts,
+               shards: Sequence) -> PrepareSummary:
+    """The whole run's figures; segments are counted from the shards' stats and errors.jsonl, and must
+    add up to the segments the transcripts hold."""
+    lines = read_json_lines(out / schema.ERRORS_FILE)
+    summary = PrepareSummary(
+        videos_read=videos_read, videos_with_samples=counters.videos_with_samples,
+        videos_skipped=videos_read - counters.videos_with_samples,
+        segments_read=transcripts.segments_read, segments_written=sum(s.samples for s in shards),
+        segments_skipped=sum(int(line["segments"]) for line in lines if line["action"] == SKIPPED),
+        transcript_files_read=transcripts.files_read, transcript_files_skipped=transcripts.files_skipped,
+        shards=len(shards), clips=sum(s.clips for s in shards), bytes=sum(s.bytes for s in shards),
+        frames_decoded=counters.frames_decoded, hours_decoded=counters.frames_decoded / config.fps / 3600,
+        wall_seconds=counters.wall_seconds,
+        frames_per_second=counters.frames_decoded / counters.wall_seconds if counters.wall_seconds else 0.0,
+        errors_lines=len(lines),
+    )
+    if summary.segments_written + summary.segments_skipped != summary.segments_read:
+        raise RuntimeError(
+            f"segment accounting does not add up: {summary.segments_written} written + "
+            f"{summary.segments_skipped} skipped != {summary.segments_read} read: {out} was changed since it was "
+            "written (shards or errors.jsonl edited or removed), or this is a bug"
+        )
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(PrepareConfig)}
+    add = parser.add_argument
+    add("--videos", action="extend", nargs="+", required=True, metavar="PATH",
+        help="video files and/or folders of videos (repeatable)")
+    add("--transcripts", action="extend", nargs="+", required=True, metavar="PATH",
+        help="transcript files and/or folders: HowTo100M caption.json, YouCook2 annotations, VTT, SRT, JSONL")
+    add("--out", required=True, metavar="FOLDER", help="output folder for shards, stats, errors.jsonl, summary.json")
+    add("--transcript-format", choices=FORMATS, help="read every transcript as this format (default: detect)")
+    add("--fps", type=float, default=defaults["fps"], help="frames per second decoded (default %(default)s)")
+    add("--size", type=int, default=defaults["size"], help="short side after scaling, pixels (default %(default)s)")
+    add("--crop", default=defaults["crop"], help="center (size x size), none, or HxW (default %(default)s)")
+    add("--clip-len", type=int, default=defaults["clip_len"], help="frames per clip (default %(default)s)")
+    add("--min-last-clip", type=int, help="least frames to keep a trailing partial clip (default: half a clip)")
+    add("--max-samples", type=int, default=defaults["max_samples"], help="samples per shard at most (default %(default)s)")
+    add("--max-bytes", type=parse_bytes, default=defaults["max_bytes"],
+        help="bytes per shard at most, e.g. 500M, 1G (default 1G)")
+    add("--workers", type=int, default=available_cpus(), help="decoding processes (default: CPUs available, %(default)s)")
+    add("--overwrite", action="store_true", help="delete the output folder's previous run and start over")
+    add("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def parse_bytes(text: str) -> int:
+    """``1G``, ``500M``, ``64k`` or a plain number of bytes (powers of 1024)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    value = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        if value and value[-1] in units:
+            return int(float(value[:-1]) * units[value[-1]])
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 1G, 500M or 1048576") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = PrepareConfig(
+            videos=tuple(args.videos), transcripts=tuple(args.transcripts), out=args.out,
+            transcript_format=args.transcript_format, fps=args.fps, size=args.size, crop=args.crop,
+            clip_len=args.clip_len, min_last_clip=args.min_last_clip, max_samples=args.max_samples,
+            max_bytes=args.max_bytes, workers=args.workers, overwrite=args.overwrite, progress=args.progress,
+        )
+        summary = prepare(config)
+    except (ArgumentsError, ResumeError, FFmpegNotFound) as e:
+        print(f"videobert shards prepare: error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary, Path(args.out)))
+    return 0 if summary.segments_written > 0 else 1
+
+
+def format_summary(summary: PrepareSummary, out: Path) -> str:
+    """The printed summary: what was read, written and skipped, and how fast."""
+    s = summary
+    lines = [
+        f"prepared {out}: shards {s.shards}, samples {s.segments_written}, clips {s.clips}, {s.bytes / 1e9:.3f} GB",
+        f"  videos    read {s.videos_read}, with samples {s.videos_with_samples}, skipped {s.videos_skipped}",
+        f"  segments  read {s.segments_read} = written {s.segments_written} + skipped {s.segments_skipped}",
+        f"  transcript files read {s.transcript_files_read}, skipped {s.transcript_files_skipped}",
+        f"  decoded   {s.frames_decoded} frames, {s.hours_decoded:.3f} h of video in {s.wall_seconds:.1f} s "
+        f"({s.frames_per_second:.0f} frames/s)",
+    ]
+    if s.errors_lines:
+        lines.append(f"  {s.errors_lines} problems listed in {out / schema.ERRORS_FILE}")
+    if s.segments_written == 0:
+        lines.append("  nothing could be written: see the problems above")
+    return "\n".join(lines)

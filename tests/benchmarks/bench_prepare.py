@@ -1,0 +1,175 @@
+"""Benchmark: ``shards prepare`` against a bare ffmpeg decode of the same videos.
+
+    python tests/benchmarks/bench_prepare.py [--videos 8] [--seconds 30] [--source-size 320x240]
+                                             [--workers N] [--repeats 2]
+
+Renders the videos (ffmpeg testsrc2, H.264) with a caption.json covering every second of them, then,
+in the same run:
+
+  (a) bare decode: ffmpeg with the very filter chain prepare uses (``shards.decode.ffmpeg_command``:
+      fps, scale to the short side, centre crop, rgb24) writing raw frames to /dev/null, one video at a
+      time, and with as many concurrent ffmpeg processes as prepare has workers;
+  (b) prepare: the stage itself (``shards.prepare.prepare``) with ``--workers N``.
+
+Prints frames/s for each, prepare's ratio to the faster bare decode (goal: >= 0.8), the realtime factor
+(seconds of video per second) and bytes written per hour of video. Each measurement is repeated (the
+three kinds interleaved) and the best kept. On a shared machine wall times move with the neighbours'
+load, so CPU seconds (this process and all its children: workers, ffmpeg) are printed too: their
+ratio says what prepare costs over the bare decode whatever the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from shards.decode import DecodeOptions, ffmpeg_command
+from shards.ffmpeg_bin import ffmpeg_exe
+from shards.prepare import PrepareConfig, prepare
+
+
+def render(folder: Path, count: int, seconds: float, size: str, workers: int) -> list[Path]:
+    """Render the test videos (testsrc2 with a different pattern offset each) in parallel."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"bench{i:03d}.mp4" for i in range(count)]
+
+    def one(i: int) -> None:
+        source = f"testsrc2=size={size}:rate=30:duration={seconds},hue=h={i * 37 % 360}"
+        subprocess.run(
+            [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", source,
+             "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", str(paths[i])],
+            check=True,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(count)))
+    return paths
+
+
+def captions(paths: list[Path], seconds: float, seed: int = 0) -> dict:
+    """Segments of 2-6 s back to back over each whole video, the last one ending at its end."""
+    rng = random.Random(seed)
+    result = {}
+    for path in paths:
+        starts, ends, t = [], [], 0.0
+        while t < seconds:
+            end = min(seconds, t + rng.uniform(2.0, 6.0))
+            starts.append(round(t, 3))
+            ends.append(round(end, 3))
+            t = end
+        result[path.stem] = {"start": starts, "end": ends, "text": [f"step {i}" for i in range(len(starts))]}
+    return result
+
+
+class Timer:
+    """Wall seconds and CPU seconds of this process and its (waited-for) descendants."""
+
+    def __enter__(self) -> "Timer":
+        self._wall, self._cpu = time.perf_counter(), _cpu_seconds()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = _cpu_seconds() - self._cpu
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def bare_decode(paths: list[Path], options: DecodeOptions, concurrency: int) -> Timer:
+    """Decode every video to /dev/null with ``concurrency`` ffmpeg processes at a time."""
+    def one(path: Path) -> None:
+        subprocess.run(ffmpeg_command(path, options, output="/dev/null"), check=True, capture_output=True)
+
+    with Timer() as timer, concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, paths))
+    return timer
+
+
+def run_prepare(videos: Path, transcript: Path, out: Path, options: DecodeOptions, workers: int) -> tuple[Timer, dict]:
+    shutil.rmtree(out, ignore_errors=True)
+    config = PrepareConfig(
+        videos=(str(videos),), transcripts=(str(transcript),), out=str(out), fps=options.fps,
+        size=options.size, workers=workers, progress=False,
+    )
+    with Timer() as timer:
+        summary = prepare(config)
+    return timer, summary.to_json()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--source-size", default="320x240")
+    parser.add_argument("--fps", type=float, default=20.0)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--folder", type=Path, help="work folder (default: a temporary one, removed after)")
+    args = parser.parse_args(argv)
+
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="bench_prepare_"))
+    try:
+        report(args, folder)
+    finally:
+        if args.folder is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+def report(args: argparse.Namespace, folder: Path) -> None:
+    options = DecodeOptions(fps=args.fps, size=args.size, crop=(args.size, args.size))
+    started = time.perf_counter()
+    paths = render(folder / "videos", args.videos, args.seconds, args.source_size, args.workers)
+    transcript = folder / "caption.json"
+    transcript.write_text(json.dumps(captions(paths, args.seconds)))
+    video_seconds = args.videos * args.seconds
+    frames = round(video_seconds * args.fps)
+    print(f"rendered {args.videos} videos x {args.seconds:g} s at {args.source_size} in {time.perf_counter() - started:.1f} s; "
+          f"decoding at {args.fps:g} fps to {args.size}x{args.size}: {frames} frames, {args.workers} workers, "
+          f"{os.cpu_count()} CPUs")
+
+    runs: dict[str, list[Timer]] = {"bare decode, sequential": [], f"bare decode, {args.workers} concurrent": [],
+                                    f"prepare, {args.workers} workers": []}
+    summary: dict = {}
+    for _ in range(args.repeats):
+        runs["bare decode, sequential"].append(bare_decode(paths, options, 1))
+        runs[f"bare decode, {args.workers} concurrent"].append(bare_decode(paths, options, args.workers))
+        timer, summary = run_prepare(folder / "videos", transcript, folder / "shards", options, args.workers)
+        runs[f"prepare, {args.workers} workers"].append(timer)
+    if summary["frames_decoded"] != frames:
+        print(f"note: prepare decoded {summary['frames_decoded']} of the {frames} frames (it stops after the last "
+              "frame a clip uses)")
+
+    best = {name: min(timers, key=lambda t: t.wall) for name, timers in runs.items()}
+    for name, timer in best.items():
+        print(f"{name:<32} {timer.wall:7.2f} s  {frames / timer.wall:8.0f} frames/s  {video_seconds / timer.wall:6.1f}x "
+              f"realtime  {min(t.cpu for t in runs[name]):7.2f} CPU s")
+    *bare, prepared = best.values()
+    ratio = min(t.wall for t in bare) / prepared.wall
+    cpu_ratio = min(min(t.cpu for t in runs[name]) for name in list(runs)[:2]) / min(t.cpu for t in runs[list(runs)[2]])
+    print(f"prepare / faster bare decode: {ratio:.2f} in frames/s (goal >= 0.80: {'met' if ratio >= 0.8 else 'NOT met'}); "
+          f"{cpu_ratio:.2f} in frames per CPU second")
+    hours = video_seconds / 3600
+    print(f"written: {summary['bytes'] / 1e9:.3f} GB in {summary['shards']} shards, {summary['bytes'] / hours / 1e9:.1f} GB "
+          f"per hour of video ({summary['segments_written']} samples, {summary['clips']} clips)")
+    for name, timers in runs.items():
+        print(f"  {name}: " + ", ".join(f"{t.wall:.2f} s ({t.cpu:.2f} CPU s)" for t in timers))
+    print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

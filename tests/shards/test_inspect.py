@@ -1,0 +1,69 @@
+"""``videobert shards inspect``: schema, counts, one sample, and the PNG grid of its clips."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from shards import inspect as shard_inspect
+from shards import schema
+from shards.cli import main as shards_main
+from shards.writer import ShardWriter
+
+
+def test_clip_shards_schema_counts_and_sample(prepared, capsys):
+    assert shards_main(["inspect", str(prepared), "--sample", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "kind clips, format version 1" in out
+    assert "<key>.frames.npy    uint8 (n_clips, clip_len=5, height=32, width=32, 3) RGB" in out
+    assert "counts (stats files): 3 shards, 6 samples, 15 clips" in out
+    assert "sample alpha-s00001:" in out and "text: second step" in out
+    assert '"padded_frames": 2' in out and "frames.npy: uint8 (3, 5, 32, 32, 3)" in out
+
+
+def test_frames_png_shows_each_clip_in_order(prepared, tmp_path, capsys, media):
+    png = tmp_path / "grid.png"
+    assert shards_main(["inspect", str(prepared), "--key", "alpha-s00001", "--frames", str(png)]) == 0
+    assert f"frames saved to {png}" in capsys.readouterr().out
+    image = np.asarray(Image.open(png).convert("RGB"))
+    rows, per_row, step = 3, 5, shard_inspect.THUMB_HEIGHT + shard_inspect._MARGIN
+    top = image.shape[0] - rows * step  # the caption is drawn above the rows
+    assert top > 0 and image.shape[1] == shard_inspect._LABEL_WIDTH + per_row * step + shard_inspect._MARGIN
+    # Sample alpha-s00001 starts at frame 10 (10 fps) and has 13 frames + 2 repeated: 3 clips of 5.
+    source = [2 * (10 + min(i, 12)) for i in range(15)]
+    for row in range(rows):
+        for column in range(per_row):
+            y = top + row * step + shard_inspect.THUMB_HEIGHT // 2
+            x = shard_inspect._LABEL_WIDTH + column * step + shard_inspect.THUMB_HEIGHT // 2
+            assert media.levels(image[y : y + 1, x : x + 1][None]) == [source[row * per_row + column]]
+
+
+def test_token_shards_have_no_frames_to_draw(tmp_path, capsys):
+    meta = schema.SampleMeta(
+        video_id="v", segment_index=0, start=0.0, end=3.0, fps=10.0, clip_len=15, frame_size=(64, 64),
+        n_clips=2, first_frame=0, source="caption.json (howto100m)", kind=schema.TOKEN_KIND, codebook_hash="c0ffee",
+    )
+    sample = schema.Sample(key="v-s00000", text="stir the soup", meta=meta, tokens=np.array([17, 20735], np.int32))
+    with ShardWriter(tmp_path / "tokens") as writer:
+        writer.write(sample, (0, 0))
+    png = tmp_path / "none.png"
+    assert shards_main(["inspect", str(tmp_path / "tokens"), "--frames", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "kind tokens" in out and "<key>.tokens.npy    int32 (n_clips,) visual-token ids" in out
+    assert "token ids: [   17 20735]" in out and '"codebook_hash": "c0ffee"' in out
+    assert "no picture written" in out and not png.exists()
+
+
+def test_counts_by_reading_when_stats_are_missing(prepared, tmp_path, capsys):
+    shutil.copy(prepared / "shard-000001.tar", tmp_path / "loose.tar")
+    assert shards_main(["inspect", str(tmp_path / "loose.tar")]) == 0
+    assert "counts (reading the shards): 1 shard, 2 samples, 3 clips" in capsys.readouterr().out
+
+
+def test_missing_sample_and_bad_path(prepared, tmp_path, capsys):
+    assert shards_main(["inspect", str(prepared), "--key", "nope"]) == 1
+    assert "no key 'nope'" in capsys.readouterr().err
+    assert shards_main(["inspect", str(tmp_path / "nothing-here")]) == 2
+    assert "no shards found" in capsys.readouterr().err
