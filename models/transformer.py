@@ -11,9 +11,17 @@
   ``with torch.device("meta"):`` allocates nothing.
 - Each layer can be recomputed in the backward pass (activation checkpointing), switched by
   ``VideoBertConfig.gradient_checkpointing``.
+- Padding costs nothing outside attention: the encoder gathers the real tokens of a padded batch
+  once (``TokenLayout``) and runs every projection, feed-forward, LayerNorm and dropout on them
+  alone, (N, H) with N = real tokens; only attention scatters them back into the (B, T) layout.
+  VideoBERT batches mix short text-only and long joint sequences, so most padded positions would
+  otherwise be computed for nothing. Outputs at real positions are unchanged; padded positions of
+  the encoder's output are zero.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +86,36 @@ def key_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None
     return attention_mask.bool()[:, None, None, :]
 
 
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the real tokens of a padded (B, T) batch are, to move between (B, T, ...) and (N, ...)."""
+
+    batch: int
+    length: int
+    index: torch.Tensor | None
+    """(N,) flat positions of the real tokens; None when nothing is padded (N = B x T)."""
+    key_mask: torch.Tensor | None
+    """(B, 1, 1, T) boolean key mask for attention; None when nothing is padded."""
+
+    @classmethod
+    def of(cls, attention_mask: torch.Tensor | None, batch: int, length: int) -> "TokenLayout":
+        if attention_mask is None or bool(attention_mask.bool().all()):
+            return cls(batch, length, None, None)
+        index = attention_mask.reshape(-1).nonzero().squeeze(1)
+        return cls(batch, length, index, key_padding_mask(attention_mask))
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (N, ...)."""
+        flat = x.reshape(self.batch * self.length, *x.shape[2:])
+        return flat if self.index is None else flat.index_select(0, self.index)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (B, T, ...), zeros at padded positions."""
+        if self.index is not None:
+            x = x.new_zeros(self.batch * self.length, *x.shape[1:]).index_copy(0, self.index, x)
+        return x.view(self.batch, self.length, *x.shape[1:])
+
+
 class Embeddings(nn.Module):
     """Word + token-type + position embeddings, then LayerNorm and dropout (BERT's order of sums)."""
 
@@ -107,13 +145,14 @@ class SelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
         self.qkv = NormalLinear(config.hidden_size, 3 * config.hidden_size, std=config.initializer_range)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        b, t, h = x.shape
-        qkv = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hd)
+    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        # x: (N, H) real tokens -> (N, H)
+        b, t, h = layout.batch, layout.length, x.shape[-1]
+        qkv = layout.unpack(self.qkv(x)).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hd)
         context = F.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2], attn_mask=key_mask, dropout_p=self.dropout_p if self.training else 0.0
+            qkv[0], qkv[1], qkv[2], attn_mask=layout.key_mask, dropout_p=self.dropout_p if self.training else 0.0
         )  # (B, nh, T, hd)
-        return context.transpose(1, 2).reshape(b, t, h)
+        return layout.pack(context.transpose(1, 2).reshape(b, t, h))
 
 
 class EncoderLayer(nn.Module):
@@ -131,10 +170,11 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = ResidualLayerNorm(h, eps=eps, ops=ops)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        attended = self.dropout(self.attention_out(self.attention(x, key_mask)))
+    def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        # x: (N, H) real tokens -> (N, H)
+        attended = self.dropout(self.attention_out(self.attention(x, layout)))
         x = self.attention_norm(attended, x)
-        inner = self.ffn_in(x)  # (B, T, intermediate)
+        inner = self.ffn_in(x)  # (N, intermediate)
         return self.ffn_norm(self.dropout(self.ffn_out(inner)), x)
 
 
@@ -146,7 +186,10 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = config.gradient_checkpointing
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, H) embeddings and the (B, T) mask of real tokens -> (B, T, H), zeros at padding."""
+        layout = TokenLayout.of(attention_mask, hidden.shape[0], hidden.shape[1])
+        x = layout.pack(hidden)  # (N, H)
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
             if recompute:
@@ -159,7 +202,7 @@ class Encoder(nn.Module):
                 # every module's post-forward hook fires after its pre-forward hook (ZeRO-3 keeps
                 # a stack of the modules in forward that an interrupted recomputation would leave
                 # unbalanced). The default preserve_rng_state replays the dropout masks.
-                x = checkpoint(layer, x, key_mask, use_reentrant=False, early_stop=False)
+                x = checkpoint(layer, x, layout, use_reentrant=False, early_stop=False)
             else:
-                x = layer(x, key_mask)
-        return x
+                x = layer(x, layout)
+        return layout.unpack(x)

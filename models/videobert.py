@@ -22,7 +22,7 @@ from torch import nn
 
 from models.config import VideoBertConfig
 from models.kernels import get_ops
-from models.transformer import BiasGeluLinear, Embeddings, Encoder, NormalLinear, key_padding_mask
+from models.transformer import BiasGeluLinear, Embeddings, Encoder, NormalLinear
 from models.vocab import IGNORE_INDEX
 
 
@@ -167,7 +167,7 @@ class VideoBertForPreTraining(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         hidden = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        return self.encoder(hidden, key_padding_mask(attention_mask))
+        return self.encoder(hidden, attention_mask)
 
     def mlm_logits(self, hidden_at_positions: torch.Tensor) -> torch.Tensor:
         """(N, H) hidden states at the positions to predict -> (N, vocab.size_padded) logits."""

@@ -76,7 +76,9 @@ def render(out: Path, s: DemoSettings) -> str:
 
     info = render_corpus(out / "corpus", SynthConfig(train_videos=s.train_videos, heldout_videos=s.heldout_videos,
                                                      seed=s.seed), workers=s.workers)
-    return f"{info.segments} segments, {info.seconds / 60:.1f} min of video{' (reused)' if info.reused else ''}"
+    splits = ", ".join(f"{split}: {len(ids)} videos, {info.segments[split]} segments, {info.seconds[split] / 60:.1f} min"
+                       for split, ids in info.videos.items())
+    return splits + (" (reused)" if info.reused else "")
 
 
 def prepare(out: Path, s: DemoSettings, split: str, transcripts: str, name: str) -> str:

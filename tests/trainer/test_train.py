@@ -139,3 +139,25 @@ def test_a_run_of_non_finite_losses_stops_with_a_checkpoint(run_inputs, tmp_path
     assert latest_complete(run / "checkpoints") is not None
     state = json.loads((latest_complete(run / "checkpoints") / "trainer/rank-00000.json").read_text())
     assert state["skipped_steps"] >= 3
+
+
+def test_clip_shards_train_exactly_like_their_token_shards(tmp_path):
+    """Clips tokenized inside the step give the same run as tokens made by `shards tokenize`."""
+    from shards.tokenize import TokenizeConfig, tokenize
+    from shard_factory import fit_codebook_on, write_clip_shards
+
+    inputs = tmp_path / "inputs"
+    write_clip_shards(inputs / "clips", videos=12, segments=3, shards=3)
+    fit_codebook_on(inputs / "clips", inputs / "codebook.safetensors")
+    tokenize(TokenizeConfig(clips=(str(inputs / "clips"),), codebook=str(inputs / "codebook.safetensors"),
+                            out=str(inputs / "train"), workers=1, progress=False))
+    common = ["max_steps=4", "data.num_workers=0", "optim.micro_batch_size=6"]
+    from_tokens, from_clips = tmp_path / "tokens", tmp_path / "clips"
+    assert finish(launch(from_tokens, inputs, *common, nproc=0), from_tokens) == 0, _tail(from_tokens)
+    assert finish(launch(from_clips, inputs, *common, f"data.train={inputs / 'clips'}", nproc=0), from_clips) == 0, _tail(from_clips)
+    a, b = metrics(from_tokens), metrics(from_clips)
+    assert set(a) == set(b) == {1, 2, 3, 4}
+    for step in a:
+        for key in ("loss", "tokens", "samples"):
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-6), (step, key)
+    assert any("video_mlm_acc" in m for m in a.values()), "some video tokens were masked and predicted"
