@@ -221,12 +221,16 @@ def decode_sample(raw: Mapping[str, Any], *, decode_arrays: bool = True) -> Samp
     array_field = FRAMES if meta.kind == CLIP_KIND else TOKENS
     if array_field not in raw:
         raise ShardFormatError(f"{where}: a {meta.kind} sample lacks its {array_field!r} field")
-    if not decode_arrays:
-        return Sample(key=key, text=text, meta=meta)
+    head = Sample(key=key, text=text, meta=meta)
+    return with_arrays(head, raw) if decode_arrays else head
+
+
+def with_arrays(head: Sample, raw: Mapping[str, Any]) -> Sample:
+    """A sample decoded without its arrays (``decode_arrays=False``) completed from its raw fields."""
+    where = f"{raw.get('__url__', '?')}:{head.key}"
     arrays = {name: decode_array(raw[name], f"{where}.{name}") for name in (FRAMES, TOKENS, FEATURES) if name in raw}
-    sample = Sample(
-        key=key, text=text, meta=meta,
-        frames=arrays.get(FRAMES), tokens=arrays.get(TOKENS), features=arrays.get(FEATURES),
+    sample = dataclasses.replace(
+        head, frames=arrays.get(FRAMES), tokens=arrays.get(TOKENS), features=arrays.get(FEATURES)
     )
     _check(sample, where)
     return sample

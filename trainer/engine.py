@@ -55,6 +55,7 @@ class DistInfo:
 
 def init_distributed() -> DistInfo:
     """Join (or, for a plain single process, create) the job's process group."""
+    _ranks_from_slurm()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
@@ -87,6 +88,17 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
     libc.mallopt(m_mmap_threshold, 32 << 20)  # the largest glibc accepts
     libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def _ranks_from_slurm() -> None:
+    """``srun`` starting one task per GPU sets SLURM's variables, not torch's: translate them (the
+    batch script exports MASTER_ADDR and MASTER_PORT). Launchers that set RANK win."""
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) < 2 or "MASTER_ADDR" not in os.environ:
+        return
+    os.environ.update(
+        RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=os.environ["SLURM_NTASKS"], LOCAL_RANK=os.environ["SLURM_LOCALID"],
+        LOCAL_WORLD_SIZE=os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0],
+    )
 
 
 def _free_port() -> int:

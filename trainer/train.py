@@ -27,6 +27,9 @@ from trainer.config import ConfigError, TrainConfig, load_config, save_config
 HELP = "pretrain on shards with DeepSpeed ZeRO-3 (resumable)"
 log = logging.getLogger("videobert.train")
 
+EXIT_RESUMABLE = 75
+"""Exit status after SIGTERM/SIGINT: a checkpoint was saved; the same command continues the run."""
+
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "alignment_labels")
 
 
@@ -63,6 +66,7 @@ class Trainer:
         self.state = TrainerState(codebook_hash=self.codebook.hash, world_size=self.dist.world_size,
                                   num_streams=self.spec.num_streams)
         self._batches: Iterator[dict[str, Any]] | None = None
+        self.stopped_by_signal = False
 
     # -- state -----------------------------------------------------------------------------
 
@@ -225,6 +229,7 @@ class Trainer:
                     saved_at = self.state.step
                 if stop:
                     self._main_log("stopped by signal at step %d", self.state.step)
+                    self.stopped_by_signal = True
                     break
         if saved_at != self.state.step:
             self.save()
@@ -280,24 +285,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        train(cfg)
+        trainer = train(cfg)
     except TrainingStopped as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    return 0
+    return EXIT_RESUMABLE if trainer.stopped_by_signal else 0
 
 
-def train(cfg: TrainConfig):
-    """Build, resume if asked, train, and evaluate on the held-out shards when configured."""
+def train(cfg: TrainConfig) -> Trainer:
+    """Build, resume if asked, train, and evaluate on the held-out shards when configured (unless
+    stopped by a signal)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     trainer = Trainer(cfg)
     trainer.resume()
-    state = trainer.train()
-    if cfg.data.heldout:
+    trainer.train()
+    if cfg.data.heldout and not trainer.stopped_by_signal:
         from trainer.heldout import evaluate_heldout
 
         evaluate_heldout(trainer)
-    return state
+    return trainer
 
 
 def main(argv: list[str] | None = None) -> int:

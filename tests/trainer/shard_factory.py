@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 
 from shards import schema
+from shards.writer import ShardWriter
 
 WORDS = "cut stir pour shake roll flip press lift".split()
 NOUNS = "tomato egg carrot onion cheese bread lemon potato".split()
@@ -16,24 +15,19 @@ NOUNS = "tomato egg carrot onion cheese bread lemon potato".split()
 
 def write_token_shards(folder: Path, *, videos: int, segments: int, shards: int, num_tokens: int = 50,
                        codebook_hash: str = "test-codebook", seed: int = 0) -> list[str]:
-    """``videos`` x ``segments`` samples spread over ``shards`` shards, a video's segments kept together.
-
-    A segment's tokens depend on its verb and noun, and its text names them, so a model can learn
-    the pairing."""
+    """``videos`` x ``segments`` samples in ``shards`` shards (the real writer), a video's segments
+    kept together. A segment's tokens depend on its verb and noun, and its text names them, so a
+    model can learn the pairing."""
     rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    keys = []
-    per_shard = -(-videos // shards)
-    for s in range(shards):
-        path = folder / schema.shard_name(s)
-        with wds.TarWriter(str(path)) as writer:
-            for v in range(s * per_shard, min(videos, (s + 1) * per_shard)):
-                for g in range(segments):
-                    sample = _segment(v, g, rng, num_tokens, codebook_hash)
-                    writer.write(schema.encode_sample(sample))
-                    keys.append(sample.key)
-        schema.stats_path(path).write_text(json.dumps({"samples": segments * per_shard}))
-    return keys
+    samples = [_segment(v, g, rng, num_tokens, codebook_hash) for v in range(videos) for g in range(segments)]
+    _write(folder, samples, per_shard=-(-videos // shards) * segments)
+    return [s.key for s in samples]
+
+
+def _write(folder: Path, samples: list[schema.Sample], per_shard: int) -> None:
+    with ShardWriter(folder, max_samples=per_shard) as writer:
+        for i, sample in enumerate(samples):
+            writer.write(sample, (i,))
 
 
 def _segment(v: int, g: int, rng, num_tokens: int, codebook_hash: str) -> schema.Sample:
@@ -71,15 +65,8 @@ def write_clip_shards(folder: Path, *, videos: int, segments: int, shards: int, 
                       size: int = 32, seed: int = 0) -> None:
     """Clip shards of small moving coloured squares (real pixels for the synthetic encoder)."""
     rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    per_shard = -(-videos // shards)
-    for s in range(shards):
-        path = folder / schema.shard_name(s)
-        with wds.TarWriter(str(path)) as writer:
-            for v in range(s * per_shard, min(videos, (s + 1) * per_shard)):
-                for g in range(segments):
-                    writer.write(schema.encode_sample(_clip_segment(v, g, rng, clip_len, size)))
-        schema.stats_path(path).write_text(json.dumps({"samples": segments * per_shard}))
+    samples = [_clip_segment(v, g, rng, clip_len, size) for v in range(videos) for g in range(segments)]
+    _write(folder, samples, per_shard=-(-videos // shards) * segments)
 
 
 def _clip_segment(v: int, g: int, rng, clip_len: int, size: int) -> schema.Sample:
