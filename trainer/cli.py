@@ -17,6 +17,8 @@ from shards import cli as shards_cli
 
 COMMANDS: dict[str, str] = {
     "train": "trainer.train",
+    "eval": "trainer.evaluate",
+    "export": "trainer.export",
     "demo": "trainer.demo",
 }
 

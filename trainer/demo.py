@@ -26,6 +26,8 @@ from typing import Callable
 
 import torch
 
+from trainer.evaluate import format_tables
+
 HELP = "run the whole pipeline on the built-in synthetic corpus"
 RECIPE = Path(__file__).resolve().parents[1] / "launch" / "recipes" / "demo.yaml"
 DS_CONFIG = Path(__file__).resolve().parents[1] / "ds_config.json"
@@ -143,6 +145,26 @@ def pretrain(out: Path, s: DemoSettings) -> str:
     return f"held-out alignment accuracy {held.get('alignment_acc', 0):.3f} (chance {held.get('alignment_chance', 0):.3f})"
 
 
+def evaluation_config(out: Path):
+    """What the demo evaluates: zero-shot classification of the held-out labelled segments, the
+    held-out metrics (from the run's config), and pictures from the held-out labelled clips."""
+    from trainer.evaluate import EvalConfig
+
+    corpus = out / "corpus"
+    return EvalConfig(model=str(out / "train"), zero_shot=(str(out / "tokens" / "eval"),),
+                      labels=str(corpus / "heldout" / "annotations.json"), vocabulary=str(corpus / "vocabulary.json"),
+                      clips=(str(out / "clips" / "eval"),))
+
+
+def evaluate(out: Path) -> str:
+    from trainer.evaluate import evaluate as run_evaluation
+
+    results = run_evaluation(evaluation_config(out))
+    z = results["zero_shot"]
+    return (f"zero-shot top-1 verb {100 * z['cross_modal_verb_top1']:.1f} %, noun {100 * z['cross_modal_noun_top1']:.1f} % "
+            f"(chance {100 * z['chance_verb_top1']:.1f} / {100 * z['chance_noun_top1']:.1f} %); report {results['report']}")
+
+
 def run_demo(out: Path, settings: DemoSettings) -> Stages:
     stages = Stages()
     stages.run("render the synthetic corpus", lambda: render(out, settings))
@@ -153,6 +175,7 @@ def run_demo(out: Path, settings: DemoSettings) -> Stages:
     for name in ("train", "heldout", "eval"):
         stages.run(f"tokenize: {name}", lambda: tokenize(out, settings, name))
     stages.run("pretrain (DeepSpeed ZeRO-3)", lambda: pretrain(out, settings))
+    stages.run("evaluate and report", lambda: evaluate(out))
     return stages
 
 
@@ -173,4 +196,6 @@ def run(args: argparse.Namespace) -> int:
     stages = run_demo(out, settings)
     print("\n" + stages.table())
     print(f"\nrun folder: {out}\n  tensorboard --logdir {out / 'train' / 'tensorboard'}")
+    results = json.loads((out / "train" / "results.json").read_text())
+    print(f"\nreport: {results['report']}\n\n" + format_tables(results))
     return 0

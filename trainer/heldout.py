@@ -1,29 +1,41 @@
-"""Held-out accuracies after (or apart from) training: alignment, masked text and masked video tokens.
+"""Held-out metrics: alignment accuracy and ROC-AUC, masked text and video token accuracy and perplexity.
 
 One deterministic pass over the held-out shards, every example a joint ``[CLS] text [>] video [SEP]``
 sequence, half of them with the video of another segment (alignment negatives), no concatenation and
-no video subsampling, masking as in training. Each accuracy is printed beside its chance level: the
-share of the most frequent target (the best a model that ignores its input can do), measured on the
-same targets.
+no video subsampling, masking as in training. Each figure stands beside its chance level, measured on
+the same targets: for an accuracy the share of the most frequent target (the best a model that
+ignores its input can do); for a perplexity that of always predicting the targets' own frequencies
+(exp of their entropy); for ROC-AUC 0.5.
 
-Every rank evaluates its own part of the shards; ranks that run out early keep stepping with a
-placeholder batch whose results are discarded, because each ZeRO-3 forward pass gathers parameters
-collectively and every rank must take part in every one of them.
+The work is split by whole shards (``trainer.collect``): batches never cross a shard and draw their
+random choices from (seed, shard index, batch index), so the totals do not depend on the number of
+ranks. Two ways in:
+
+* ``evaluate_heldout(trainer)``: through the DeepSpeed engine at the end of training. Ranks that run
+  out early keep stepping with a placeholder batch whose results are discarded, because each ZeRO-3
+  forward pass gathers parameters collectively and every rank must take part in every one of them.
+* ``evaluate_model(model, ...)``: a plain single-device model (a consolidated checkpoint or an
+  exported directory); ranks run independently and meet only to add up.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from models.vocab import IGNORE_INDEX, JointVocab
+from shards import reader, schema
+from trainer import collect
 from trainer.config import ObjectivesConfig
+from trainer.examples import ExampleBuilder, Segment
 
 OBJECTIVES = ("alignment", "text_mlm", "video_mlm")
+_HELDOUT_BATCHES = 11
+"""Purpose part of the seed of the held-out batches' random choices."""
 
 
 def heldout_objectives(train: ObjectivesConfig) -> ObjectivesConfig:
@@ -34,80 +46,180 @@ def heldout_objectives(train: ObjectivesConfig) -> ObjectivesConfig:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def sample_tokens(sample: schema.Sample, visual: Any = None) -> np.ndarray:
+    """A sample's visual-token ids (n_clips,) int64; a clip sample's frames are tokenized by
+    ``visual`` (a ``VisualTokenizer``)."""
+    if sample.meta.kind != schema.CLIP_KIND:
+        return np.asarray(sample.tokens, np.int64)
+    if visual is None:
+        raise ValueError(f"{sample.key} is a clip sample: a visual tokenizer is needed to evaluate clip shards")
+    return visual(torch.from_numpy(sample.frames)).cpu().numpy().astype(np.int64)
+
+
+def token_segment(sample: schema.Sample, visual: Any = None) -> Segment:
+    """A sample as the example builder takes it, always with visual-token ids."""
+    return Segment(key=sample.key, video_id=sample.meta.video_id, text=sample.text, clips=sample_tokens(sample, visual))
+
+
+def shard_segments(url: str, visual: Any = None, on_error: Callable[[str, Exception], None] | None = None) -> list[Segment]:
+    """Every readable sample of one shard, as token segments."""
+    return [token_segment(s, visual) for s in reader.iter_samples([url], on_error=on_error)]
+
+
+def heldout_batches(urls: Sequence[str], shard_ids: Sequence[int], builder: ExampleBuilder, batch_size: int, seed: int,
+                    visual: Any = None, on_error: Callable | None = None) -> Iterator[dict[str, Any]]:
+    """Batches of the given shards, each from one shard, randomness from (seed, shard, batch)."""
+    from trainer.data import positional_rng
+
+    for shard in shard_ids:
+        segments = shard_segments(urls[shard], visual, on_error)
+        for b, start in enumerate(range(0, len(segments), batch_size)):
+            yield builder.build(segments[start : start + batch_size], positional_rng(seed, _HELDOUT_BATCHES, shard, b))
+
+
+# ---------------------------------------------------------------------------------------------
+# tally
+
+
 class Tally:
-    """Correct/count per objective and histograms of targets (for the chance levels)."""
+    """Correct/count/loss per objective, histograms of targets (for chance levels), alignment scores."""
 
     def __init__(self, vocab: JointVocab):
         self.vocab = vocab
-        self.correct = dict.fromkeys(OBJECTIVES, 0.0)
-        self.count = dict.fromkeys(OBJECTIVES, 0.0)
+        self.sums = {name: np.zeros(3) for name in OBJECTIVES}  # correct, count, loss sum
         self.targets = np.zeros(vocab.size_padded + 2, dtype=np.float64)
+        self.aligned_prob: list[float] = []
+        self.aligned: list[int] = []
+        self.unreadable = 0
 
     def add(self, out: Any, inputs: dict[str, torch.Tensor]) -> None:
         for name in OBJECTIVES:
-            self.correct[name] += float(getattr(out, f"{name}_correct"))
-            self.count[name] += float(getattr(out, f"{name}_count"))
+            count = float(out[f"{name}_count"])
+            self.sums[name] += (float(out[f"{name}_correct"]), count, float(out[f"{name}_loss"]) * count)
         labels = inputs["mlm_labels"][inputs["mlm_labels"] != IGNORE_INDEX].cpu().numpy()
         np.add.at(self.targets, labels, 1)
-        align = inputs["alignment_labels"][inputs["alignment_labels"] != IGNORE_INDEX].cpu().numpy()
+        has_label = inputs["alignment_labels"] != IGNORE_INDEX
+        align = inputs["alignment_labels"][has_label].cpu().numpy()
         np.add.at(self.targets, self.vocab.size_padded + align, 1)
+        probs = torch.softmax(out["alignment_logits"].detach().float(), dim=-1)[has_label, 0]
+        self.aligned_prob += probs.cpu().tolist()
+        self.aligned += (align == 0).astype(int).tolist()
+
+    def on_error(self, url: str, error: Exception) -> None:
+        self.unreadable += 1
 
     def reduce(self) -> dict[str, float]:
-        from trainer.engine import all_reduce_
-
-        vec = torch.from_numpy(np.concatenate([
-            [self.correct[n] for n in OBJECTIVES], [self.count[n] for n in OBJECTIVES], self.targets,
-        ]))
-        all_reduce_(vec)
-        k = len(OBJECTIVES)
-        correct, count, targets = vec[:k].numpy(), vec[k : 2 * k].numpy(), vec[2 * k :].numpy()
+        """Totals over all ranks (collective)."""
+        flat = np.concatenate([*(self.sums[n] for n in OBJECTIVES), [self.unreadable], self.targets])
+        total = collect.sum_across_ranks(flat)
+        k = 3 * len(OBJECTIVES)
+        sums = {n: total[3 * i : 3 * i + 3] for i, n in enumerate(OBJECTIVES)}
+        targets = total[k + 1 :]
+        pairs = collect.gather_lists(list(zip(self.aligned_prob, self.aligned)))
         v = self.vocab
-        groups = {
-            "alignment": targets[v.size_padded :],
-            "text_mlm": targets[: v.text_vocab_size],
-            "video_mlm": targets[v.visual_offset : v.size],
-        }
-        out: dict[str, float] = {}
-        for i, name in enumerate(OBJECTIVES):
-            out[f"{name}_count"] = float(count[i])
-            if count[i]:
-                out[f"{name}_acc"] = float(correct[i] / count[i])
+        groups = {"alignment": targets[v.size_padded :], "text_mlm": targets[: v.text_vocab_size],
+                  "video_mlm": targets[v.visual_offset : v.size]}
+        out: dict[str, float] = {"unreadable_samples": float(total[k])}
+        for name in OBJECTIVES:
+            correct, count, loss = sums[name]
+            out[f"{name}_count"] = float(count)
+            if count:
+                out[f"{name}_acc"] = float(correct / count)
                 out[f"{name}_chance"] = float(groups[name].max() / max(groups[name].sum(), 1))
+                if name != "alignment":
+                    out[f"{name}_perplexity"] = float(np.exp(loss / count))
+                    out[f"{name}_perplexity_chance"] = float(np.exp(_entropy(groups[name])))
+        auc = roc_auc(np.array([p for p, _ in pairs]), np.array([a for _, a in pairs]))
+        if auc is not None:
+            out["alignment_auc"], out["alignment_auc_chance"] = auc, 0.5
         return out
+
+
+def _entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve of ``scores`` for the binary labels ``positive`` (ties count half):
+    the Mann-Whitney statistic from average ranks. None when one class is absent."""
+    positive = positive.astype(bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = (ends - (counts - 1) / 2.0)[inverse]  # 1-based, ties share their average rank
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+# ---------------------------------------------------------------------------------------------
+# the pass
+
+
+def run_pass(forward: Callable[[dict[str, torch.Tensor]], Any], to_inputs: Callable[[dict[str, Any]], dict[str, torch.Tensor]],
+             batches: Iterator[dict[str, Any]], tally: Tally, *, lockstep: bool, max_batches: int | None = None) -> Tally:
+    """Forward every batch and tally it. ``lockstep``: all ranks step together (ZeRO-3 engines)."""
+    placeholder = None
+    with torch.no_grad():
+        for _ in range(max_batches or 10**12):
+            batch = next(batches, None)
+            more = collect.any_rank(batch is not None) if lockstep else batch is not None
+            if not more:
+                break
+            inputs = to_inputs(batch) if batch is not None else placeholder or _placeholder(tally.vocab)
+            out = forward(inputs)
+            if batch is not None:
+                tally.add(out, inputs)
+                placeholder = placeholder or {k: v.clone() for k, v in inputs.items()}
+    return tally
 
 
 def evaluate_heldout(trainer, max_batches: int | None = None) -> dict[str, float]:
     """Run the held-out pass with a built ``Trainer``; rank 0 prints and saves the results."""
     from trainer import build
-    from trainer.data import BatchStream, StreamPosition
-    from trainer.engine import all_reduce_
-    from trainer.examples import ExampleBuilder
 
     cfg = trainer.cfg
     source = build.inspect_source(cfg.data.heldout, "data.heldout")
     build.check_source(source, trainer.codebook, "data.heldout")
-    spec = build.stream_spec(cfg, source.urls, trainer.dist, train=False)
     builder = ExampleBuilder(trainer.vocab, trainer.tokenizer, heldout_objectives(cfg.objectives), cfg.data.max_seq_len)
-    batches = iter(BatchStream(spec, StreamPosition(), builder.build, cfg.optim.micro_batch_size, max_epochs=1))
     tally = Tally(trainer.vocab)
-    placeholder = None
+    shards = collect.my_shards(source.urls, trainer.dist.rank, trainer.dist.world_size)
+    batches = heldout_batches(source.urls, shards, builder, cfg.optim.micro_batch_size, cfg.seed, trainer.visual, tally.on_error)
     trainer.engine.eval()
-    with torch.no_grad():
-        for _ in range(max_batches or 10**12):
-            batch = next(batches, None)
-            if all_reduce_(torch.tensor([float(batch is not None)]), "max").item() == 0:
-                break
-            inputs = trainer.model_inputs(batch if batch is not None else placeholder or _placeholder(trainer.vocab))
-            out = trainer.engine(**inputs)
-            if batch is not None:
-                tally.add(out, inputs)
-                placeholder = placeholder or {k: v.clone() for k, v in inputs.items()}
+    run_pass(lambda inputs: trainer.engine(**inputs), trainer.model_inputs, batches, tally, lockstep=True,
+             max_batches=max_batches)
     trainer.engine.train()
     results = tally.reduce()
     if trainer.dist.is_main:
         (trainer.run_dir / "heldout.json").write_text(json.dumps(results, indent=1))
         print(format_table(results))
     return results
+
+
+def evaluate_model(model: torch.nn.Module, tokenizer: Any, urls: Sequence[str], *, objectives: ObjectivesConfig,
+                   max_seq_len: int, batch_size: int = 32, seed: int = 0, visual: Any = None,
+                   max_batches: int | None = None) -> dict[str, float]:
+    """The held-out pass with a plain model on this rank's shards; totals over all ranks (collective)."""
+    vocab = model.config.vocab
+    device = next(model.parameters()).device
+    builder = ExampleBuilder(vocab, tokenizer, heldout_objectives(objectives), max_seq_len)
+    tally = Tally(vocab)
+    rank, world_size = collect.world()
+    batches = heldout_batches(urls, collect.my_shards(urls, rank, world_size), builder, batch_size, seed, visual, tally.on_error)
+    model.eval()
+    run_pass(lambda inputs: model(**inputs), lambda batch: _model_inputs(batch, device), batches, tally,
+             lockstep=False, max_batches=max_batches)
+    return tally.reduce()
+
+
+def _model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    names = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "alignment_labels")
+    return {k: torch.as_tensor(batch[k]).to(device) for k in names}
 
 
 def _placeholder(vocab: JointVocab) -> dict[str, torch.Tensor]:
@@ -117,10 +229,15 @@ def _placeholder(vocab: JointVocab) -> dict[str, torch.Tensor]:
 
 
 def format_table(results: dict[str, float]) -> str:
-    rows = [("alignment", "alignment_"), ("masked text tokens", "text_mlm_"), ("masked video tokens", "video_mlm_")]
-    lines = ["held-out accuracy        model   chance   targets", "-" * 50]
-    for label, prefix in rows:
-        if f"{prefix}acc" in results:
-            lines.append(f"{label:<22} {results[prefix + 'acc']:>7.3f} {results[prefix + 'chance']:>8.3f} "
-                         f"{int(results[prefix + 'count']):>9d}")
+    """Held-out figures beside their chance levels, as plain text."""
+    rows = [("alignment accuracy", "alignment_acc", "alignment_chance", "alignment_count"),
+            ("alignment ROC-AUC", "alignment_auc", "alignment_auc_chance", "alignment_count"),
+            ("masked text accuracy", "text_mlm_acc", "text_mlm_chance", "text_mlm_count"),
+            ("masked text perplexity", "text_mlm_perplexity", "text_mlm_perplexity_chance", "text_mlm_count"),
+            ("masked video accuracy", "video_mlm_acc", "video_mlm_chance", "video_mlm_count"),
+            ("masked video perplexity", "video_mlm_perplexity", "video_mlm_perplexity_chance", "video_mlm_count")]
+    lines = [f"{'held-out':<25}{'model':>9}{'chance':>9}{'targets':>9}", "-" * 52]
+    for label, value, chance, count in rows:
+        if value in results:
+            lines.append(f"{label:<25}{results[value]:>9.3f}{results[chance]:>9.3f}{int(results[count]):>9d}")
     return "\n".join(lines)

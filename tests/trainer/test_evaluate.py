@@ -1,0 +1,216 @@
+"""``videobert eval`` end to end on a tiny labelled corpus (``eval_corpus``), with models trained here.
+
+The zero-shot model is the tiny preset trained in this process for a few hundred steps, on the
+corpus's token shards through the real data stream, example builder and model, then written as an
+exported transformers directory. Its objectives keep the video-token loss off and the alignment loss
+small: in runs this short, both pull the rows of the visual words (tied between input and output)
+towards each other, and the masked text never learns to read the video.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval_corpus
+from trainer import cli
+from trainer.evaluate import EvalConfig, evaluate
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "launch" / "recipes" / "debug.yaml"
+pytestmark = pytest.mark.slow
+
+TRAINING = [
+    "model.init=", "model.preset=tiny", "data.text_model=minilm", "data.max_seq_len=32", "optim.lr=3e-3",
+    "optim.warmup_steps=10", "optim.micro_batch_size=32", "objectives.text_mask_prob=0.5",
+    "objectives.video_mlm_weight=0", "objectives.alignment_weight=0.1", "objectives.max_stride=1",
+    "objectives.concat_prob=0", "objectives.joint_fraction=0.8", "objectives.text_fraction=0.1",
+    "objectives.video_fraction=0.1",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return eval_corpus.write_corpus(tmp_path_factory.mktemp("eval-corpus"))
+
+
+def _config(corpus, steps: int):
+    from trainer.config import load_config
+
+    return load_config(RECIPE, [f"data.train={corpus['train']}", f"data.heldout={corpus['heldout']}",
+                                f"data.codebook={corpus['codebook']}", f"max_steps={steps}", *TRAINING])
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory) -> Path:
+    """The tiny preset trained for real in this process, exported (see module doc)."""
+    from models.videobert import VideoBertForPreTraining
+    from models.visual.codebook import Codebook
+    from models.vocab import JointVocab
+    from trainer import build
+    from trainer.data import BatchStream, StreamPosition
+    from trainer.examples import ExampleBuilder
+    from trainer.export import write_export
+
+    torch.manual_seed(0)
+    cfg = _config(corpus, steps=300)
+    codebook = Codebook.load(corpus["codebook"])
+    tokenizer = build.build_tokenizer(cfg)
+    vocab = JointVocab.from_tokenizer(tokenizer, codebook.num_leaves)
+    model = VideoBertForPreTraining(build.build_model_config(cfg, vocab))  # tiny, with the objectives' loss weights
+    builder = ExampleBuilder(vocab, tokenizer, cfg.objectives, cfg.data.max_seq_len)
+    spec = build.stream_spec(cfg, tuple(build.inspect_source(cfg.data.train, "train").urls), _one_process())
+    batches = iter(BatchStream(spec, StreamPosition(), builder.build, cfg.optim.micro_batch_size))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small only loses to thread hand-offs, more so on busy cores
+    try:
+        for _ in range(cfg.max_steps):
+            batch = next(batches)
+            names = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "alignment_labels")
+            loss = model(**{k: torch.as_tensor(batch[k]) for k in names}).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path_factory.mktemp("trained") / "export"
+    return write_export(model.eval(), tokenizer, cfg, out, step=cfg.max_steps, checkpoint=None, codebook_hash=codebook.hash)
+
+
+def _one_process():
+    from trainer.engine import DistInfo
+
+    return DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+def _eval_args(corpus, model: Path, out: Path) -> list[str]:
+    return [str(model), "--out", str(out), "--zero-shot", str(corpus["heldout"]), "--labels", str(corpus["labels"]),
+            "--vocabulary", str(corpus["vocabulary"]), "--heldout", str(corpus["heldout"]), "--clips", str(corpus["clips"]),
+            "--codebook", str(corpus["codebook"]), "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(corpus, trained, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("report")
+    assert cli.main(["eval", *_eval_args(corpus, trained, out)]) == 0
+    return json.loads((out / "results.json").read_text()) | {"out": str(out)}
+
+
+def test_cross_modal_beats_the_language_prior(evaluated):
+    z = evaluated["zero_shot"]
+    assert z["segments"] == 32
+    for slot in ("verb", "noun"):
+        cross, prior, chance = (z[f"{m}_{slot}_top1"] for m in ("cross_modal", "language_prior", "chance"))
+        assert cross >= 2 * chance, (slot, z)
+        assert cross >= prior + 0.3, (slot, z)
+        assert z[f"cross_modal_{slot}_top5"] == 1.0  # 4 classes
+    h = evaluated["heldout"]
+    assert h["alignment_count"] > 0 and h["text_mlm_acc"] > h["text_mlm_chance"]
+    assert 0.0 <= h["alignment_auc"] <= 1.0 and h["text_mlm_perplexity"] < h["text_mlm_perplexity_chance"]
+
+
+def test_report_files_and_pictures(evaluated):
+    out = Path(evaluated["out"])
+    report = (out / "report.md").read_text()
+    for heading in ("## Zero-shot action classification", "| cross-modal (with video) |", "## Held-out alignment",
+                    "alignment ROC-AUC", "## Text to video", "## Video to text"):
+        assert heading in report
+    pictures = ["zeroshot_confusion.png", "text_to_video.png", "video_to_text.png"]
+    for name in pictures:
+        assert f"]({name})" in report
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and min(image.size) > 50
+            image.verify()
+    assert len((out / "zeroshot.jsonl").read_text().splitlines()) == 32
+    assert (out / "zeroshot_problems.jsonl").read_text() == ""
+    rows = evaluated["text_to_video"]
+    assert len(rows) == 4 and all(len(r["visual_words"]) == 4 for r in rows)
+    assert all(0 <= v < 16 for r in rows for v in r["visual_words"])
+
+
+def test_two_processes_give_the_numbers_of_one(corpus, trained, evaluated, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "trainer.evaluate", *_eval_args(corpus, trained, tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    two = json.loads((tmp_path / "results.json").read_text())
+    assert two["model"]["processes"] == 2
+    for part in ("zero_shot", "heldout"):
+        for key, value in evaluated[part].items():
+            if isinstance(value, float):
+                assert two[part][key] == pytest.approx(value, rel=1e-5, abs=1e-9), (part, key)
+    ones = {r["key"] for r in map(json.loads, (Path(evaluated["out"]) / "zeroshot.jsonl").read_text().splitlines())}
+    twos = {r["key"] for r in map(json.loads, (tmp_path / "zeroshot.jsonl").read_text().splitlines())}
+    assert ones == twos
+
+
+def test_a_checkpoint_and_its_export_evaluate_alike(corpus, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "trainer.train", "--config", str(RECIPE), f"run_dir={run}",
+               f"data.train={corpus['train']}", f"data.heldout={corpus['heldout']}", f"data.codebook={corpus['codebook']}",
+               f"deepspeed_config={ROOT / 'ds_config.json'}", "max_steps=4", "checkpoint.every_steps=4",
+               "logging.every_steps=1", "logging.progress=false", "data.num_workers=0", *TRAINING]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
+    common = dict(zero_shot=(str(corpus["heldout"]),), labels=str(corpus["labels"]), vocabulary=str(corpus["vocabulary"]))
+    from_run = evaluate(EvalConfig(model=str(run), **common))  # held-out shards and codebook from the run's config
+    # The export carries the run's config: the same held-out shards and codebook by default.
+    from_export = evaluate(EvalConfig(model=str(tmp_path / "export"), out=str(tmp_path / "export-report"), **common))
+    assert from_run["model"]["step"] == from_export["model"]["step"] == 4
+    for part in ("zero_shot", "heldout"):
+        for key, value in from_run[part].items():
+            if isinstance(value, float):
+                assert from_export[part][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (part, key)
+    # By default the report lands in the run folder, with the training curves from its TensorBoard events.
+    assert Path(from_run["report"]) == run / "report.md"
+    with Image.open(run / "curves.png") as image:
+        image.verify()
+
+
+def test_inputs_that_do_not_fit_are_refused_with_a_reason(corpus, trained, tmp_path, capsys):
+    args = _eval_args(corpus, trained, tmp_path)
+    without_labels = [a for a in args if a != str(corpus["labels"]) and a != "--labels"]
+    assert cli.main(["eval", *without_labels]) == 2
+    assert "--labels" in capsys.readouterr().err
+
+    other = eval_corpus.write_codebook(tmp_path / "other.safetensors", seed=5)
+    eval_corpus.write_shards(tmp_path / "other-tokens", eval_corpus.plan(2, 2, seed=1), 1, codebook_hash=other.hash)
+    wrong = [str(tmp_path / "other-tokens") if a == str(corpus["heldout"]) else a for a in args]
+    assert cli.main(["eval", *wrong]) == 2
+    assert "codebook" in capsys.readouterr().err
+
+    assert cli.main(["eval", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "neither a run folder" in capsys.readouterr().err
+
+
+def test_unlabelled_and_unreadable_samples_are_listed(corpus, trained, tmp_path):
+    labels = [json.loads(x) for x in corpus["labels"].read_text().splitlines()]
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(x) + "\n" for x in labels[4:]))
+    shards = tmp_path / "shards"
+    shutil.copytree(corpus["heldout"], shards)
+    tar = shards / "shard-000001.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])  # cut short: its tail is lost
+    result = evaluate(EvalConfig(model=str(trained), out=str(tmp_path), zero_shot=(str(shards),),
+                                 labels=str(tmp_path / "labels.jsonl"), vocabulary=str(corpus["vocabulary"]), heldout=()))
+    summary = result["zero_shot_summary"]
+    assert summary["unlabelled"] == 4 and summary["unreadable"] >= 1
+    assert result["zero_shot"]["segments"] + summary["unlabelled"] == summary["read"] < 32
+    problems = [json.loads(x) for x in (tmp_path / "zeroshot_problems.jsonl").read_text().splitlines()]
+    assert sum("no labelled segment" in p["reason"] for p in problems) == 4
+    assert any("truncated" in p["reason"] for p in problems)
+    assert "heldout" not in result and np.isfinite(result["seconds"])

@@ -1,0 +1,64 @@
+"""Export a checkpoint as a transformers ``BertForPreTraining`` directory.
+
+  videobert export runs/demo/train --out runs/demo/export          # the newest complete checkpoint
+  videobert export runs/demo/train/checkpoints/step-300 --out DIR   # a given one
+
+The directory loads with ``transformers.BertForPreTraining.from_pretrained`` and
+``BertTokenizerFast.from_pretrained`` (the joint vocabulary: text WordPieces, ``[>]``, the visual
+words ``[V00000]``...), and ``videobert eval DIR`` evaluates it. Beside the weights it keeps the run's
+config (``videobert-run.yaml``) and ``videobert.json`` (the step, the checkpoint it came from and the
+hash of the codebook whose visual words it knows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from trainer.config import TrainConfig, save_config
+
+HELP = "a checkpoint -> a transformers BertForPreTraining directory"
+
+
+def export_checkpoint(path: str | Path, out: str | Path) -> Path:
+    """Write the checkpoint at ``path`` (a run folder or a step-N folder) to the directory ``out``."""
+    from trainer.restore import RestoreError, restore
+
+    restored = restore(path)
+    if restored.cfg is None:
+        raise RestoreError(f"{path} is already an exported directory")
+    return write_export(restored.model, restored.tokenizer, restored.cfg, out, step=restored.step,
+                        checkpoint=str(restored.source.resolve()), codebook_hash=restored.codebook_hash)
+
+
+def write_export(model, tokenizer, cfg: TrainConfig, out: str | Path, *, step: int | None, checkpoint: str | None,
+                 codebook_hash: str | None) -> Path:
+    """``model`` as a transformers directory, with the run's config and identity beside it."""
+    from models.hf_interop import export_pretrained
+    from trainer.restore import EXPORT_CONFIG, EXPORT_INFO
+
+    out = Path(out)
+    export_pretrained(model, out, tokenizer)
+    save_config(cfg, out / EXPORT_CONFIG)
+    info = {"step": step, "checkpoint": checkpoint, "codebook_hash": codebook_hash}
+    (out / EXPORT_INFO).write_text(json.dumps(info, indent=1))
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a run folder (its newest complete checkpoint) or a step-N checkpoint folder")
+    parser.add_argument("--out", required=True, help="the directory to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainer.restore import RestoreError
+
+    try:
+        out = export_checkpoint(args.checkpoint, args.out)
+    except (RestoreError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {args.checkpoint} to {out}")
+    return 0

@@ -1,0 +1,208 @@
+"""The evaluation report: ``report.md`` with its tables and pictures, beside the raw results.
+
+Files written into the report folder:
+
+    report.md                 the tables (zero-shot in the layout of the paper's Table 1, held-out
+                              figures with their chance levels) and the pictures below
+    results.json              every number of the report
+    curves.png                training loss and accuracies by step, from the run's TensorBoard
+                              events (or its metrics.jsonl, the same scalars)
+    zeroshot_confusion.png    true vs top-1 predicted verb and noun (cross-modal)
+    zeroshot.jsonl            one line per classified segment: true labels, top-5 predictions
+    zeroshot_problems.jsonl   one line per sample read but not classified, with the reason
+    text_to_video.png         sentences and the clips of their predicted visual words
+    video_to_text.png         clips and the words predicted for them
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+CURVES = {
+    "loss": ("loss", "text_mlm_loss", "video_mlm_loss", "alignment_loss"),
+    "accuracy": ("text_mlm_acc", "video_mlm_acc", "alignment_acc"),
+}
+"""Panels of curves.png: title -> training scalars drawn in it."""
+
+
+def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Training scalars by name: (step, value), one value per step (the last logged: a resumed run
+    logs some steps twice). From TensorBoard events; metrics.jsonl when there are none."""
+    curves = _tensorboard_curves(run_dir / "tensorboard") if (run_dir / "tensorboard").is_dir() else {}
+    if not curves and (run_dir / "metrics.jsonl").is_file():
+        curves = _jsonl_curves(run_dir / "metrics.jsonl")
+    return {name: sorted(dict(points).items()) for name, points in curves.items()}
+
+
+def _tensorboard_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for events in sorted(folder.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            if tag.startswith("train/"):
+                curves.setdefault(tag[len("train/") :], []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return curves
+
+
+def _jsonl_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if row.get("split") == "train":
+            for name, value in row.items():
+                if name not in ("step", "split") and isinstance(value, (int, float)):
+                    curves.setdefault(name, []).append((int(row["step"]), float(value)))
+    return curves
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> bool:
+    """curves.png; False (nothing written) when the run logged none of the scalars."""
+    panels = {title: [n for n in names if curves.get(n)] for title, names in CURVES.items()}
+    panels = {title: names for title, names in panels.items() if names}
+    if not panels:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for ax, (title, names) in zip(axes[0], panels.items()):
+        for name in names:
+            steps, values = zip(*curves[name])
+            ax.plot(steps, values, label=name, marker="." if len(steps) < 30 else None)
+        ax.set_title(f"training {title}")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_confusion(records: Sequence[dict[str, Any]], verbs: Sequence[str], nouns: Sequence[str], path: Path) -> bool:
+    """zeroshot_confusion.png: counts of (true, top-1 predicted) for verbs and nouns."""
+    if not records:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    for ax, slot, names in ((axes[0], "verb", verbs), (axes[1], "noun", nouns)):
+        counts = np.zeros((len(names), len(names)), dtype=int)
+        for r in records:
+            counts[list(names).index(r[slot]), list(names).index(r[f"predicted_{slot}s"][0])] += 1
+        ax.imshow(counts, cmap="Blues")
+        ax.set_xticks(range(len(names)), names, rotation=60, fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xlabel(f"predicted {slot} (top-1)")
+        ax.set_ylabel(f"true {slot}")
+        for (i, j), c in np.ndenumerate(counts):
+            if c:
+                ax.text(j, i, str(c), ha="center", va="center", fontsize=7, color="black" if c < counts.max() / 2 else "white")
+    fig.suptitle("zero-shot classification, cross-modal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# markdown
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def zeroshot_markdown(z: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    rows = [("chance (uniform guess)", "chance"), ("best constant guess", "constant"),
+            ("language prior (no video)", "language_prior"), ("cross-modal (with video)", "cross_modal")]
+    lines = ["## Zero-shot action classification", "",
+             f"Template: `[CLS] {summary['template_masked']} [>] video tokens [SEP]`; the verb is read at the "
+             "first mask and the noun at the second, restricted to the label vocabulary "
+             f"({summary['verbs']} verbs, {summary['nouns']} nouns). The language prior is the same model "
+             "given the sentence alone; the best constant guess is the share of the most frequent true labels.", "",
+             "| | verb top-1 | verb top-5 | noun top-1 | noun top-5 |", "|---|---:|---:|---:|---:|"]
+    for label, prefix in rows:
+        cells = " | ".join(_pct(z[f"{prefix}_{s}_top{k}"]) for s in ("verb", "noun") for k in (1, 5))
+        lines.append(f"| {label} | {cells} |")
+    prior = z.get("language_prior_top", {})
+    lines += ["", f"{int(z['segments'])} labelled segments classified; {summary['read']} read, "
+              f"{summary['unlabelled']} without a label and {summary['unreadable']} unreadable "
+              "(both listed in `zeroshot_problems.jsonl`; per-segment predictions in `zeroshot.jsonl`).",
+              f"The language prior ranks the verbs {', '.join(prior.get('verb', []))} and the nouns "
+              f"{', '.join(prior.get('noun', []))}.", ""]
+    if summary.get("confusion"):
+        lines += ["![zero-shot confusion](zeroshot_confusion.png)", ""]
+    return lines
+
+
+def heldout_markdown(h: dict[str, float], source: str) -> list[str]:
+    rows = [("alignment accuracy", "alignment_acc", "alignment_chance", "alignment_count"),
+            ("alignment ROC-AUC", "alignment_auc", "alignment_auc_chance", "alignment_count"),
+            ("masked text accuracy", "text_mlm_acc", "text_mlm_chance", "text_mlm_count"),
+            ("masked text perplexity", "text_mlm_perplexity", "text_mlm_perplexity_chance", "text_mlm_count"),
+            ("masked video accuracy", "video_mlm_acc", "video_mlm_chance", "video_mlm_count"),
+            ("masked video perplexity", "video_mlm_perplexity", "video_mlm_perplexity_chance", "video_mlm_count")]
+    lines = ["## Held-out alignment and masked tokens", "",
+             f"Shards: `{source}`. Chance: for accuracies the share of the most frequent target, for "
+             "perplexities that of predicting the targets' own frequencies, for ROC-AUC 0.5.", "",
+             "| | model | chance | targets |", "|---|---:|---:|---:|"]
+    for label, value, chance, count in rows:
+        if value in h:
+            lines.append(f"| {label} | {h[value]:.3f} | {h[chance]:.3f} | {int(h[count])} |")
+    return lines + [""]
+
+
+def generation_markdown(t2v: list[dict[str, Any]], v2t: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    if t2v:
+        lines += ["## Text to video", "", "Each sentence's video tokens, predicted by filling masks one at a time "
+                  "(most confident first); each visual word is shown by the clip nearest to its centroid "
+                  "(d = feature distance).", "", "![text to video](text_to_video.png)", "",
+                  "| sentence | visual words |", "|---|---|"]
+        lines += [f"| {r['sentence']} | {' '.join(f'V{v}' for v in r['visual_words'])} |" for r in t2v]
+        lines.append("")
+    if v2t:
+        lines += ["## Video to text", "", "The most likely words at the template's two masks, given each clip.", "",
+                  "![video to text](video_to_text.png)", "", "| clip | caption | verb mask | noun mask |", "|---|---|---|---|"]
+        lines += [f"| {r['key']} | {r['caption']} | {' '.join(r['verb_words'])} | {' '.join(r['noun_words'])} |" for r in v2t]
+        lines.append("")
+    return lines
+
+
+def write_report(out: Path, results: dict[str, Any], pictures: dict[str, bool]) -> Path:
+    """report.md and results.json into ``out`` (``results["report"]`` names the report); ``pictures``:
+    which PNGs were written."""
+    info = results["model"]
+    lines = ["# VideoBERT evaluation", "",
+             f"Model: `{info['source']}`" + (f" (step {info['step']})" if info.get("step") is not None else "") +
+             f"; evaluated by {info['processes']} process(es) in {results['seconds']:.1f} s.", ""]
+    if "zero_shot" in results:
+        lines += zeroshot_markdown(results["zero_shot"], {**results["zero_shot_summary"], "confusion": pictures.get("confusion")})
+    if "heldout" in results:
+        lines += heldout_markdown(results["heldout"], results["heldout_source"])
+    if pictures.get("curves"):
+        lines += ["## Training curves", "", "![training curves](curves.png)", ""]
+    lines += generation_markdown(results.get("text_to_video", []), results.get("video_to_text", []))
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    results["report"] = str(path)
+    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+    return path
