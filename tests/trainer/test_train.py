@@ -151,7 +151,7 @@ def test_clip_shards_train_exactly_like_their_token_shards(tmp_path):
     fit_codebook_on(inputs / "clips", inputs / "codebook.safetensors")
     tokenize(TokenizeConfig(clips=(str(inputs / "clips"),), codebook=str(inputs / "codebook.safetensors"),
                             out=str(inputs / "train"), workers=1, progress=False))
-    common = ["max_steps=4", "data.num_workers=0", "optim.micro_batch_size=6"]
+    common = ["max_steps=4", "data.num_workers=0", "optim.micro_batch_size=6", "objectives.video_mask_prob=0.5"]
     from_tokens, from_clips = tmp_path / "tokens", tmp_path / "clips"
     assert finish(launch(from_tokens, inputs, *common, nproc=0), from_tokens) == 0, _tail(from_tokens)
     assert finish(launch(from_clips, inputs, *common, f"data.train={inputs / 'clips'}", nproc=0), from_clips) == 0, _tail(from_clips)
