@@ -190,6 +190,7 @@ def from_pretrained_bert(bert_dir: str | Path, vocab: JointVocab, **config_overr
     if not_loaded or unexpected:
         raise RuntimeError(f"state mismatch loading {bert_dir}: missing {not_loaded}, unexpected {unexpected}")
     model.tie_weights()
+    model.new_parameter_names = tuple(sorted(absent))
     if absent:
         logger.info("%s has no weights for %s; initialised as BERT does", bert_dir, ", ".join(absent))
     return model

@@ -132,6 +132,9 @@ class VideoBertForPreTraining(nn.Module):
         self.encoder = Encoder(config)
         self.mlm_head = MlmHead(config, self.embeddings.word.weight)
         self.alignment_head = AlignmentHead(config)
+        self.new_parameter_names: tuple[str, ...] = ()
+        """Parameters that a pretrained checkpoint did not provide (set by ``from_pretrained_bert``);
+        the trainer may give them a larger learning rate."""
 
     def tie_weights(self) -> None:
         """Point the MLM decoder at the word table again (after ``to_empty`` or loading replaced it)."""

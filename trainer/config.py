@@ -101,6 +101,10 @@ class OptimConfig:
     schedule: str = "linear"
     """Decay after warm-up: ``linear`` or ``cosine`` (to ``min_lr_ratio`` x lr), or ``constant``."""
     min_lr_ratio: float = 0.0
+    new_parameters_lr_multiplier: float = 1.0
+    """Learning-rate factor for the parameters ``model.init`` lacks and that start from random
+    values (the pretraining heads of an encoder-only BERT such as the packaged MiniLM), while the
+    pretrained ones fine-tune at ``lr``. No effect on a model built from a preset."""
     grad_clip: float = 1.0
     micro_batch_size: int = 32
     """Examples per rank per forward pass."""
@@ -351,6 +355,8 @@ def _validate_optim(o: OptimConfig) -> list[str]:
         p.append("optim.warmup_steps must be >= 0")
     if not 0.0 <= o.min_lr_ratio <= 1.0:
         p.append("optim.min_lr_ratio must lie in [0, 1]")
+    if o.new_parameters_lr_multiplier <= 0:
+        p.append("optim.new_parameters_lr_multiplier must be > 0 (1 = the same learning rate as the rest)")
     if o.grad_clip < 0:
         p.append("optim.grad_clip must be >= 0 (0 = no clipping)")
     return p

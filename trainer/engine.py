@@ -184,21 +184,24 @@ def _fill(section: dict, key: str, value: Any, where: str = "") -> str | None:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; biases and LayerNorm weights are not decayed (as BERT)."""
-    decay, no_decay = [], []
+    """AdamW; biases and LayerNorm weights are not decayed (as BERT). Parameters the pretrained
+    checkpoint lacked (``model.new_parameter_names``) learn at ``optim.new_parameters_lr_multiplier`` x lr."""
+    o = cfg.optim
+    new_names = set(getattr(model, "new_parameter_names", ()))
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         # Under deepspeed.zero.Init a parameter is already partitioned: its full shape is ds_shape.
         ndim = len(getattr(param, "ds_shape", param.shape))
-        (no_decay if ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": cfg.optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        decays = not (ndim < 2 or "norm" in name.lower())
+        groups.setdefault((decays, name in new_names), []).append(param)
+    param_groups = [
+        {"params": params, "weight_decay": o.weight_decay if decays else 0.0,
+         "lr": o.lr * (o.new_parameters_lr_multiplier if new else 1.0)}
+        for (decays, new), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
     ]
-    groups = [g for g in groups if g["params"]]
-    o = cfg.optim
-    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    return torch.optim.AdamW(param_groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
 
 
 def lr_multiplier(step: int, cfg: TrainConfig) -> float:

@@ -228,16 +228,19 @@ def _placeholder(vocab: JointVocab) -> dict[str, torch.Tensor]:
                 mlm_labels=torch.full_like(ids, IGNORE_INDEX), alignment_labels=torch.tensor([IGNORE_INDEX]))
 
 
+TABLE_ROWS = (("alignment accuracy", "alignment_acc", "alignment_chance", "alignment_count"),
+              ("alignment ROC-AUC", "alignment_auc", "alignment_auc_chance", "alignment_count"),
+              ("masked text accuracy", "text_mlm_acc", "text_mlm_chance", "text_mlm_count"),
+              ("masked text perplexity", "text_mlm_perplexity", "text_mlm_perplexity_chance", "text_mlm_count"),
+              ("masked video accuracy", "video_mlm_acc", "video_mlm_chance", "video_mlm_count"),
+              ("masked video perplexity", "video_mlm_perplexity", "video_mlm_perplexity_chance", "video_mlm_count"))
+"""(label, value key, chance key, count key) of each held-out figure, in the order tables show them."""
+
+
 def format_table(results: dict[str, float]) -> str:
     """Held-out figures beside their chance levels, as plain text."""
-    rows = [("alignment accuracy", "alignment_acc", "alignment_chance", "alignment_count"),
-            ("alignment ROC-AUC", "alignment_auc", "alignment_auc_chance", "alignment_count"),
-            ("masked text accuracy", "text_mlm_acc", "text_mlm_chance", "text_mlm_count"),
-            ("masked text perplexity", "text_mlm_perplexity", "text_mlm_perplexity_chance", "text_mlm_count"),
-            ("masked video accuracy", "video_mlm_acc", "video_mlm_chance", "video_mlm_count"),
-            ("masked video perplexity", "video_mlm_perplexity", "video_mlm_perplexity_chance", "video_mlm_count")]
     lines = [f"{'held-out':<25}{'model':>9}{'chance':>9}{'targets':>9}", "-" * 52]
-    for label, value, chance, count in rows:
+    for label, value, chance, count in TABLE_ROWS:
         if value in results:
             lines.append(f"{label:<25}{results[value]:>9.3f}{results[chance]:>9.3f}{int(results[count]):>9d}")
     return "\n".join(lines)

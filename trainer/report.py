@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from trainer.heldout import TABLE_ROWS
+
 CURVES = {
     "loss": ("loss", "text_mlm_loss", "video_mlm_loss", "alignment_loss"),
     "accuracy": ("text_mlm_acc", "video_mlm_acc", "alignment_acc"),
@@ -154,17 +156,11 @@ def zeroshot_markdown(z: dict[str, Any], summary: dict[str, Any]) -> list[str]:
 
 
 def heldout_markdown(h: dict[str, float], source: str) -> list[str]:
-    rows = [("alignment accuracy", "alignment_acc", "alignment_chance", "alignment_count"),
-            ("alignment ROC-AUC", "alignment_auc", "alignment_auc_chance", "alignment_count"),
-            ("masked text accuracy", "text_mlm_acc", "text_mlm_chance", "text_mlm_count"),
-            ("masked text perplexity", "text_mlm_perplexity", "text_mlm_perplexity_chance", "text_mlm_count"),
-            ("masked video accuracy", "video_mlm_acc", "video_mlm_chance", "video_mlm_count"),
-            ("masked video perplexity", "video_mlm_perplexity", "video_mlm_perplexity_chance", "video_mlm_count")]
     lines = ["## Held-out alignment and masked tokens", "",
              f"Shards: `{source}`. Chance: for accuracies the share of the most frequent target, for "
              "perplexities that of predicting the targets' own frequencies, for ROC-AUC 0.5.", "",
              "| | model | chance | targets |", "|---|---:|---:|---:|"]
-    for label, value, chance, count in rows:
+    for label, value, chance, count in TABLE_ROWS:
         if value in h:
             lines.append(f"| {label} | {h[value]:.3f} | {h[chance]:.3f} | {int(h[count])} |")
     return lines + [""]
