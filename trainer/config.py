@@ -85,6 +85,9 @@ class ObjectivesConfig:
     """Most neighbouring segments one example may join."""
     max_stride: int = 5
     """Video tokens are subsampled at a random stride in [1, max_stride]."""
+    stride_min_tokens: int = 4
+    """Subsampling keeps at least this many video tokens: only strides that do are drawn, so a
+    short segment (a few clips) keeps all of its tokens rather than being cut to one."""
     text_mlm_weight: float = 1.0
     video_mlm_weight: float = 1.0
     alignment_weight: float = 1.0
@@ -337,6 +340,8 @@ def _validate_objectives(o: ObjectivesConfig) -> list[str]:
         p.append("objectives.concat_max must be >= 1 (1 = no concatenation)")
     if o.max_stride < 1:
         p.append("objectives.max_stride must be >= 1 (1 = no subsampling)")
+    if o.stride_min_tokens < 1:
+        p.append("objectives.stride_min_tokens must be >= 1")
     if min(o.text_mlm_weight, o.video_mlm_weight, o.alignment_weight) < 0:
         p.append("objectives loss weights must be >= 0")
     return p

@@ -5,7 +5,7 @@ For each item (one segment, or several neighbouring segments of one video joined
 1. its kind is drawn: joint ``[CLS] text [>] video [SEP]``, text-only or video-only, with the
    configured shares;
 2. its video is subsampled at a random stride in [1, max_stride] from a random offset (the paper's
-   augmentation);
+   augmentation), among the strides that keep at least ``stride_min_tokens`` tokens;
 3. a joint item becomes an alignment negative with probability ``negative_rate``: its video is
    replaced by the (subsampled) video of another item of the batch from a different video; label
    1 = misaligned, 0 = aligned, as BERT's next-sentence labels;
@@ -102,7 +102,8 @@ class ExampleBuilder:
     # -- per item ---------------------------------------------------------------------------
 
     def _subsample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        stride = int(rng.integers(1, self.obj.max_stride + 1))
+        longest = max(1, min(self.obj.max_stride, n // self.obj.stride_min_tokens))  # keeps >= stride_min_tokens
+        stride = int(rng.integers(1, longest + 1))
         start = int(rng.integers(0, stride)) if n > stride else 0
         return np.arange(start, n, stride)
 

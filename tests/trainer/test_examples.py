@@ -117,6 +117,14 @@ def test_stride_subsamples_video(tokenizer, vocab):
     assert {NUM_VISUAL} < lengths and min(lengths) == NUM_VISUAL // 5
 
 
+def test_stride_never_leaves_fewer_than_the_minimum_tokens(tokenizer, vocab):
+    builder = ExampleBuilder(vocab, tokenizer, _objectives(max_stride=5, stride_min_tokens=4), max_seq_len=256)
+    for n, shortest in ((3, 3), (8, 4), (12, 4), (40, 8)):  # 3 clips: whole; 8: stride <= 2; 40: stride 5 allowed
+        item = [Segment(key="a", video_id="a", text="x", clips=np.arange(n))]
+        lengths = {int(vocab.is_visual(builder.build(item, np.random.default_rng(s))["input_ids"]).sum()) for s in range(60)}
+        assert min(lengths) == shortest and max(lengths) == n, (n, lengths)
+
+
 def test_clip_references_resolve_to_the_token_path(tokenizer, vocab):
     """Frames take the same path as tokens: building with frames, then resolving the clip table with
     the clips' token ids, gives exactly the batch built from the tokens."""
