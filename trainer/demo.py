@@ -47,7 +47,7 @@ class DemoSettings:
     clip_len: int = 15
     samples_per_shard: int = 48
     depth: int = 2
-    branching: int = 12
+    branching: int = 7
     steps: int | None = None
     """Training steps; None = the demo recipe's."""
     workers: int = 2
