@@ -53,6 +53,19 @@ class DistInfo:
         return self.rank == 0
 
 
+def leave_distributed(together: bool) -> None:
+    """Leave the process group at the end of a run. ``together``: wait for every rank first (a rank
+    that exits while gloo still serves a peer can abort in teardown); skipped after an error, when
+    another rank may never arrive."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    if together:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def init_distributed() -> DistInfo:
     """Join (or, for a plain single process, create) the job's process group."""
     _ranks_from_slurm()

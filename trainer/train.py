@@ -284,11 +284,17 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from trainer.engine import leave_distributed
+
+    together = False
     try:
         trainer = train(cfg)
+        together = True
     except TrainingStopped as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    finally:
+        leave_distributed(together)
     return EXIT_RESUMABLE if trainer.stopped_by_signal else 0
 
 

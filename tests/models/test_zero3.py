@@ -63,6 +63,9 @@ def _worker(rank: int, port: int, init_state: dict, out_file: str) -> None:
     with deepspeed.zero.GatheredParameters(list(model.parameters())):
         if rank == 0:
             torch.save({n: p.detach().clone() for n, p in model.named_parameters()}, out_file)
+    # Leave together: a rank that exits while gloo still serves its peer can abort in teardown.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def _free_port() -> int:
