@@ -64,7 +64,8 @@ from shards.transcripts import (
     FORMATS, SKIPPED, VIDEO_EXTENSIONS, Problem, Transcripts, list_transcript_files, read_transcripts,
 )
 from shards.writer import (
-    ErrorLog, ResumeError, ShardWriter, SpooledSample, read_json_lines, resume_point, write_json_atomic,
+    ErrorLog, ResumeError, ShardWriter, SpooledSample, claim_output_folder, read_json_lines, resume_point,
+    write_json_atomic,
 )
 
 HELP = "videos + transcripts -> clip shards (one sample per caption segment), resumable"
@@ -299,27 +300,7 @@ def _line(problem: Problem, order: int | None) -> dict[str, Any]:
 # The output folder: run.json, starting over, resuming
 
 
-def _check_folder(out: Path, record: dict[str, Any], overwrite: bool) -> bool:
-    """Prepare ``out`` for this run; True when a run with the same arguments already completed it."""
-    run_file = out / schema.RUN_FILE
-    if overwrite:
-        _clear(out)
-    elif run_file.exists():
-        previous = json.loads(run_file.read_text(encoding="utf-8"))
-        differences = _differences(previous, record)
-        if differences:
-            raise ArgumentsError(
-                f"{out} holds a run with other arguments ({'; '.join(differences)}); re-run with the same "
-                "arguments to finish it, or add --overwrite to start over"
-            )
-        return (out / schema.SUMMARY_FILE).exists()
-    elif any(out.glob(f"{schema.SHARD_PREFIX}*")):
-        raise ArgumentsError(f"{out} holds shards but no {schema.RUN_FILE}; add --overwrite to replace them")
-    write_json_atomic(run_file, record)
-    return False
-
-
-def _differences(previous: dict[str, Any], record: dict[str, Any]) -> list[str]:
+def _argument_differences(previous: dict[str, Any], record: dict[str, Any]) -> list[str]:
     old, new = previous.get("arguments", {}), record["arguments"]
     found = [
         f"--{name.replace('_', '-')} was {old.get(name)!r}, now {new.get(name)!r}"
@@ -327,19 +308,7 @@ def _differences(previous: dict[str, Any], record: dict[str, Any]) -> list[str]:
     ]
     if previous.get("inputs") != record["inputs"] and not found:
         found.append("the video or transcript files found changed (added, removed or resized)")
-    if previous.get("stage") != STAGE or previous.get("format_version") != schema.FORMAT_VERSION:
-        found.append(f"written by stage {previous.get('stage')!r}, format {previous.get('format_version')!r}")
     return found
-
-
-def _clear(out: Path) -> None:
-    """Remove what a previous run of a stage wrote (only files of the shard layout)."""
-    patterns = [f"{schema.SHARD_PREFIX}*", f"{SPOOL_PREFIX}*", f"*{schema.PARTIAL_SUFFIX}",
-                schema.RUN_FILE, schema.SUMMARY_FILE, schema.ERRORS_FILE]
-    for pattern in patterns:
-        for path in out.glob(pattern):
-            if path.is_file():
-                path.unlink()
 
 
 def _start_errors(out: Path, input_problems: list[Problem], resume_order: int, resumed: bool) -> ErrorLog:
@@ -506,7 +475,8 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
         "inputs": {"videos": len(videos), "transcript_files": len(transcript_files),
                    "fingerprint": inputs_fingerprint(videos, transcript_files)},
     }
-    if _check_folder(out, record, config.overwrite):
+    if claim_output_folder(out, record, overwrite=config.overwrite, stage=STAGE, argument_differences=_argument_differences,
+                           error=ArgumentsError, extra_patterns=(f"{SPOOL_PREFIX}*",)):
         return PrepareSummary.read(out / schema.SUMMARY_FILE)
     transcripts = read_transcripts(config.transcripts, config.transcript_format)
     resume = resume_point(out)

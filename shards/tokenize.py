@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import json
 import multiprocessing
 import os
 import sys
@@ -48,7 +47,7 @@ from models.visual.codebook import Codebook, CodebookError
 from models.visual.tokenizer import VisualTokenizer
 from shards import reader, schema
 from shards.fit_codebook import encoder_options, resolve_device
-from shards.writer import ErrorLog, ShardStats, ShardWriter, tar_size, write_json_atomic
+from shards.writer import ErrorLog, ShardStats, ShardWriter, claim_output_folder, tar_size, write_json_atomic
 
 HELP = "clip shards -> token shards (visual-word ids per clip), parallel and resumable"
 
@@ -243,24 +242,7 @@ def _write_empty_shard(out: Path, index: int, extra: dict[str, Any]) -> None:
 # The output folder: run.json, starting over, resuming
 
 
-def _check_folder(out: Path, record: dict[str, Any], overwrite: bool) -> None:
-    run_file = out / schema.RUN_FILE
-    if overwrite:
-        _clear(out)
-    elif run_file.exists():
-        previous = json.loads(run_file.read_text(encoding="utf-8"))
-        differences = _differences(previous, record)
-        if differences:
-            raise TokenizeError(
-                f"{out} holds a run with other arguments ({'; '.join(differences)}); re-run with the same "
-                "arguments to finish it, write elsewhere, or add --overwrite to start over"
-            )
-    elif any(out.glob(f"{schema.SHARD_PREFIX}*")):
-        raise TokenizeError(f"{out} holds shards but no {schema.RUN_FILE}; add --overwrite to replace them")
-    write_json_atomic(run_file, record)
-
-
-def _differences(previous: dict[str, Any], record: dict[str, Any]) -> list[str]:
+def _argument_differences(previous: dict[str, Any], record: dict[str, Any]) -> list[str]:
     old, new = previous.get("arguments", {}), record["arguments"]
     found = []
     if old.get("codebook_hash") != new["codebook_hash"]:
@@ -270,17 +252,7 @@ def _differences(previous: dict[str, Any], record: dict[str, Any]) -> list[str]:
         found.append(f"it read {len(old.get('clips') or [])} other clip shards")
     if old.get("keep_features") != new["keep_features"]:
         found.append(f"--keep-features was {old.get('keep_features')}, now {new['keep_features']}")
-    if previous.get("stage") != STAGE or previous.get("format_version") != schema.FORMAT_VERSION:
-        found.append(f"written by stage {previous.get('stage')!r}, format {previous.get('format_version')!r}")
     return found
-
-
-def _clear(out: Path) -> None:
-    for pattern in (f"{schema.SHARD_PREFIX}*", f"*{schema.PARTIAL_SUFFIX}", schema.RUN_FILE, schema.SUMMARY_FILE,
-                    schema.ERRORS_FILE):
-        for path in out.glob(pattern):
-            if path.is_file():
-                path.unlink()
 
 
 def finished_shards(out: Path, count: int) -> dict[int, ShardStats]:
@@ -334,7 +306,8 @@ def tokenize(config: TokenizeConfig) -> TokenizeSummary:
     out.mkdir(parents=True, exist_ok=True)
     record = {"stage": STAGE, "format_version": schema.FORMAT_VERSION, "arguments": {
         "clips": urls, "codebook_hash": codebook.hash, "keep_features": config.keep_features}}
-    _check_folder(out, record, config.overwrite)
+    claim_output_folder(out, record, overwrite=config.overwrite, stage=STAGE, argument_differences=_argument_differences,
+                        error=TokenizeError)
     kept = finished_shards(out, len(urls))
     jobs = [
         ShardJob(i, url, str(out), str(config.codebook), codebook.hash, options, config.keep_features,

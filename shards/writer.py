@@ -344,6 +344,45 @@ def resume_point(folder: str | Path) -> ResumePoint:
 # Small files: JSON written atomically, errors.jsonl
 
 
+def claim_output_folder(
+    out: Path, record: dict[str, Any], *, overwrite: bool, stage: str,
+    argument_differences: Callable[[dict[str, Any], dict[str, Any]], list[str]],
+    error: type[Exception], extra_patterns: Sequence[str] = (),
+) -> bool:
+    """Make ``out`` the folder of this stage's run, described by ``record`` (``stage``,
+    ``format_version``, ``arguments``...), written as ``schema.RUN_FILE``.
+
+    A folder holding the same run is resumed (True when that run already finished: its summary
+    exists); one holding another run, or shards without a run file, raises ``error`` naming what
+    differs (``argument_differences(previous, record)`` lists the stage's own arguments). With
+    ``overwrite`` the stage's earlier outputs (shards, ``extra_patterns``, partial files, run,
+    summary and errors files) are removed first.
+    """
+    run_file = out / schema.RUN_FILE
+    if overwrite:
+        patterns = [f"{schema.SHARD_PREFIX}*", *extra_patterns, f"*{schema.PARTIAL_SUFFIX}", schema.RUN_FILE,
+                    schema.SUMMARY_FILE, schema.ERRORS_FILE]
+        for pattern in patterns:
+            for path in out.glob(pattern):
+                if path.is_file():
+                    path.unlink()
+    elif run_file.exists():
+        previous = json.loads(run_file.read_text(encoding="utf-8"))
+        differences = argument_differences(previous, record)
+        if previous.get("stage") != stage or previous.get("format_version") != schema.FORMAT_VERSION:
+            differences.append(f"written by stage {previous.get('stage')!r}, format {previous.get('format_version')!r}")
+        if differences:
+            raise error(
+                f"{out} holds a run with other arguments ({'; '.join(differences)}); re-run with the same "
+                "arguments to finish it, write elsewhere, or add --overwrite to start over"
+            )
+        return (out / schema.SUMMARY_FILE).exists()
+    elif any(out.glob(f"{schema.SHARD_PREFIX}*")):
+        raise error(f"{out} holds shards but no {schema.RUN_FILE}; add --overwrite to replace them")
+    write_json_atomic(run_file, record)
+    return False
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON to ``path`` via a temporary name, so that a reader sees the old file or the new one."""
     path = Path(path)
