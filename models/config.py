@@ -42,6 +42,29 @@ BERT_SHAPE_FIELDS = (
 )
 """Fields shared, under the same names, with transformers' ``BertConfig``."""
 
+LOSS_WEIGHT_FIELDS = ("text_mlm_weight", "video_mlm_weight", "alignment_weight")
+"""The weights of the three objectives in the total loss."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem with a model config: the fields it concerns and what to do."""
+
+    fields: tuple[str, ...]
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ModelConfigError(ValueError):
+    """A ``VideoBertConfig`` that cannot be built; ``problems`` name the fields, so that a caller
+    holding its own names for them (the trainer's config keys) can say which of its keys to fix."""
+
+    def __init__(self, problems: list[ConfigProblem]):
+        self.problems = problems
+        super().__init__("invalid VideoBertConfig:\n  - " + "\n  - ".join(map(str, problems)))
+
 
 @dataclass(frozen=True, kw_only=True)
 class VideoBertConfig:
@@ -87,7 +110,7 @@ class VideoBertConfig:
         if not problems:  # range checks assume the types are right
             problems = _value_problems(self)
         if problems:
-            raise ValueError("invalid VideoBertConfig:\n  - " + "\n  - ".join(problems))
+            raise ModelConfigError(problems)
 
     @property
     def head_dim(self) -> int:
@@ -137,7 +160,7 @@ def _expected_types() -> dict[str, Any]:
     return typing.get_type_hints(VideoBertConfig)
 
 
-def _type_problems(cfg: VideoBertConfig) -> list[str]:
+def _type_problems(cfg: VideoBertConfig) -> list[ConfigProblem]:
     problems = []
     for name, expected in _expected_types().items():
         value = getattr(cfg, name)
@@ -148,35 +171,38 @@ def _type_problems(cfg: VideoBertConfig) -> list[str]:
         else:
             ok = isinstance(value, expected)
         if not ok:
-            problems.append(f"{name} must be {expected.__name__}, got {value!r} ({type(value).__name__})")
+            problems.append(ConfigProblem((name,), f"{name} must be {expected.__name__}, got {value!r} ({type(value).__name__})"))
     return problems
 
 
-def _value_problems(cfg: VideoBertConfig) -> list[str]:
+def _value_problems(cfg: VideoBertConfig) -> list[ConfigProblem]:
     problems = []
+
+    def problem(fields: tuple[str, ...], message: str) -> None:
+        problems.append(ConfigProblem(fields, message))
+
     for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                  "max_position_embeddings"):
         if getattr(cfg, name) < 1:
-            problems.append(f"{name} must be positive, got {getattr(cfg, name)}")
+            problem((name,), f"{name} must be positive, got {getattr(cfg, name)}")
     if cfg.num_attention_heads >= 1 and cfg.hidden_size % cfg.num_attention_heads:
-        problems.append(
-            f"hidden_size ({cfg.hidden_size}) must be a multiple of num_attention_heads "
-            f"({cfg.num_attention_heads}): change one of them (BERT uses heads of 64)"
-        )
+        problem(("hidden_size", "num_attention_heads"),
+                f"hidden_size ({cfg.hidden_size}) must be a multiple of num_attention_heads "
+                f"({cfg.num_attention_heads}): change one of them (BERT uses heads of 64)")
     for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
-            problems.append(f"{name} must lie in [0, 1), got {getattr(cfg, name)}")
+            problem((name,), f"{name} must lie in [0, 1), got {getattr(cfg, name)}")
     if cfg.hidden_act not in SUPPORTED_HIDDEN_ACTS:
-        problems.append(f"hidden_act {cfg.hidden_act!r} is not implemented; set hidden_act='gelu' (BERT's)")
+        problem(("hidden_act",), f"hidden_act {cfg.hidden_act!r} is not implemented; set hidden_act='gelu' (BERT's)")
     if cfg.type_vocab_size < 2:
-        problems.append(f"type_vocab_size must be at least 2 (0: text, 1: video), got {cfg.type_vocab_size}")
+        problem(("type_vocab_size",), f"type_vocab_size must be at least 2 (0: text, 1: video), got {cfg.type_vocab_size}")
     if cfg.layer_norm_eps <= 0 or cfg.initializer_range <= 0:
-        problems.append("layer_norm_eps and initializer_range must be positive")
-    weights = (cfg.text_mlm_weight, cfg.video_mlm_weight, cfg.alignment_weight)
-    if min(weights) < 0 or max(weights) <= 0:
-        problems.append(f"loss weights must be non-negative with at least one positive, got {weights}")
+        problem(("layer_norm_eps", "initializer_range"), "layer_norm_eps and initializer_range must be positive")
+    weights = {name: getattr(cfg, name) for name in LOSS_WEIGHT_FIELDS}
+    if min(weights.values()) < 0 or max(weights.values()) <= 0:
+        problem(LOSS_WEIGHT_FIELDS, f"loss weights must be non-negative with at least one positive, got {weights}")
     if cfg.kernels not in available_kernel_sets():
-        problems.append(f"kernels {cfg.kernels!r} is unknown; choose one of {list(available_kernel_sets())}")
+        problem(("kernels",), f"kernels {cfg.kernels!r} is unknown; choose one of {list(available_kernel_sets())}")
     return problems
 
 

@@ -182,7 +182,12 @@ def from_pretrained_bert(bert_dir: str | Path, vocab: JointVocab, **config_overr
     shape_overrides = sorted(set(config_overrides) & set(BERT_SHAPE_FIELDS) - _REGULARISATION_FIELDS)
     if shape_overrides:
         raise ValueError(f"{shape_overrides} come from {bert_dir}/config.json and cannot be overridden here")
-    config = config_from_bert_dir(bert_dir, vocab, **config_overrides)
+    return load_pretrained_bert(bert_dir, config_from_bert_dir(bert_dir, vocab, **config_overrides))
+
+
+def load_pretrained_bert(bert_dir: str | Path, config: VideoBertConfig) -> VideoBertForPreTraining:
+    """A VideoBERT of ``config`` (whose shape is the one of ``bert_dir``: ``config_from_bert_dir``)
+    holding the weights of the BERT in ``bert_dir``; heads the directory lacks start as BERT's do."""
     state, absent = bert_to_videobert_state(read_bert_state(bert_dir), config)
     model = VideoBertForPreTraining(config)  # the constructors initialise the absent heads as BERT does
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -26,6 +26,14 @@ from models.transformer import BiasGeluLinear, Embeddings, Encoder, NormalLinear
 from models.vocab import IGNORE_INDEX
 
 
+OBJECTIVES = ("text_mlm", "video_mlm", "alignment")
+"""The three pretraining objectives; ``PreTrainingOutput`` holds ``{name}_loss``, ``{name}_correct``
+and ``{name}_count`` for each."""
+
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "alignment_labels")
+"""The tensors ``VideoBertForPreTraining.forward`` takes, by name."""
+
+
 class PreTrainingOutput(dict):
     """Losses and metric counts of one forward pass (all tensors; accuracy = correct / count).
 

@@ -21,6 +21,7 @@ video separator on:
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
@@ -30,12 +31,16 @@ import torch
 VIDEO_SEP_TOKEN = "[>]"
 EXTRA_TOKENS: tuple[str, ...] = (VIDEO_SEP_TOKEN,)
 VISUAL_TOKEN_FORMAT = "[V{:05d}]"
+VISUAL_TOKEN_PATTERN = re.compile(r"^\[V(\d{5,})\]$")
+"""Matches a name written with ``VISUAL_TOKEN_FORMAT``; group 1 is the visual word's number."""
 PAD_ROW_FORMAT = "[unused_row_{}]"
 
 TEXT_TYPE = 0
 VIDEO_TYPE = 1
 IGNORE_INDEX = -100
 """Label value for positions that carry no loss (PyTorch's cross-entropy default)."""
+ROW_MULTIPLE = 64
+"""The word table's rows are rounded up to a multiple of this (tensor-core friendly)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +54,7 @@ class JointVocab:
     mask_id: int
     pad_id: int
     unk_id: int
-    pad_to_multiple_of: int = 64
+    pad_to_multiple_of: int = ROW_MULTIPLE
 
     def __post_init__(self) -> None:
         if self.num_visual_tokens < 1:
@@ -59,7 +64,7 @@ class JointVocab:
                 raise ValueError(f"{name}={getattr(self, name)} lies outside the text vocabulary")
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any, num_visual_tokens: int, pad_to_multiple_of: int = 64) -> "JointVocab":
+    def from_tokenizer(cls, tokenizer: Any, num_visual_tokens: int, pad_to_multiple_of: int = ROW_MULTIPLE) -> "JointVocab":
         """From a BERT tokenizer (its base vocabulary, without tokens added on top of it)."""
         return cls(
             text_vocab_size=int(tokenizer.vocab_size),
@@ -100,8 +105,13 @@ class JointVocab:
 
     def added_tokens(self) -> list[str]:
         """Names of every row after the text vocabulary, in id order (for an exported vocab.txt)."""
-        names = list(EXTRA_TOKENS) + [VISUAL_TOKEN_FORMAT.format(v) for v in range(self.num_visual_tokens)]
+        names = list(EXTRA_TOKENS) + [self.visual_word(v) for v in range(self.num_visual_tokens)]
         return names + [PAD_ROW_FORMAT.format(i) for i in range(self.size_padded - self.size)]
+
+    @staticmethod
+    def visual_word(leaf: int) -> str:
+        """The token name of codebook leaf ``leaf`` ("[V00042]")."""
+        return VISUAL_TOKEN_FORMAT.format(leaf)
 
     def visual_to_joint(self, visual_ids):
         """Codebook leaf ids (array or tensor) to joint ids."""

@@ -43,9 +43,8 @@ from models.visual.encoder import ClipEncoder, build_encoder
 from models.visual.kmeans import KMeansConfig, fit_hierarchical_kmeans
 from models.vocab import VISUAL_TOKEN_FORMAT
 from shards import reader, schema
+from shards.options import Flag, add_config_arguments, config_from_args
 from shards.writer import ErrorLog, write_json_atomic
-
-HELP = "clip shards -> encoder features -> hierarchical k-means codebook file"
 
 STAGE = "fit-codebook"
 FEATURES_FILE = "features.npy"
@@ -244,20 +243,31 @@ class FitCodebookConfig:
     """Everything the stage needs; validated on construction."""
 
     clips: tuple[str, ...]
-    """Clip shard specs (folders, tars, globs, brace patterns)."""
+    """Clip shards: folders, tar files, globs or brace patterns."""
     out: str
-    """Output folder (codebook.safetensors, summary.json, errors.jsonl)."""
+    """Output folder for codebook.safetensors, summary.json, errors.jsonl."""
     encoder: str = "s3d"
+    """Clip encoder: s3d (the paper's) or synthetic (the built-in one, for the synthetic corpus)."""
     encoder_weights: str | None = None
+    """Weights file of the encoder (S3D: the Kinetics-400 checkpoint)."""
     num_clips: int = 100_000
+    """Clips to sample and encode."""
     depth: int = 4
+    """Levels of the k-means tree."""
     branching: int = 12
+    """Children per node (depth 4 x branching 12: the paper's 20,736 visual words)."""
     seed: int = 0
+    """Seed of the clip sample and of k-means."""
     batch_size: int = 32
+    """Clips per encoder batch."""
     device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
     keep_features: bool = False
+    """Keep the encoded sample of features in the output folder (a re-fit can start from it)."""
     overwrite: bool = False
+    """Replace an existing codebook in the output folder."""
     progress: bool = True
+    """Show progress bars."""
 
     def __post_init__(self) -> None:
         problems = [message for ok, message in [
@@ -388,33 +398,14 @@ def _leaves_used(codebook: Codebook, features: np.ndarray, device: torch.device,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = FitCodebookConfig(clips=("-",), out=".")
-    add = parser.add_argument
-    add("--clips", action="extend", nargs="+", required=True, metavar="SPEC",
-        help="clip shards: folders, tar files, globs or brace patterns (repeatable)")
-    add("--out", required=True, metavar="FOLDER", help="output folder for codebook.safetensors and summary.json")
-    add("--encoder", default=defaults.encoder,
-        help="clip encoder: s3d (the paper's) or synthetic (default %(default)s)")
-    add("--encoder-weights", metavar="PATH", help="weights file of the encoder (S3D: the Kinetics-400 checkpoint)")
-    add("--num-clips", type=int, default=defaults.num_clips, help="clips to sample and encode (default %(default)s)")
-    add("--depth", type=int, default=defaults.depth, help="levels of the k-means tree (default %(default)s)")
-    add("--branching", type=int, default=defaults.branching, help="children per node (default %(default)s)")
-    add("--seed", type=int, default=defaults.seed, help="seed of the clip sample and of k-means (default %(default)s)")
-    add("--batch-size", type=int, default=defaults.batch_size, help="clips per encoder batch (default %(default)s)")
-    add("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default %(default)s)")
-    add("--keep-features", action="store_true", help=f"keep {FEATURES_FILE} (the encoded sample) in the output folder")
-    add("--overwrite", action="store_true", help="replace an existing codebook in the output folder")
-    add("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_config_arguments(parser, FitCodebookConfig, {
+        "clips": Flag(metavar="SPEC"), "out": Flag(metavar="FOLDER"), "encoder_weights": Flag(metavar="PATH"),
+    })
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = FitCodebookConfig(
-            clips=tuple(args.clips), out=args.out, encoder=args.encoder, encoder_weights=args.encoder_weights,
-            num_clips=args.num_clips, depth=args.depth, branching=args.branching, seed=args.seed,
-            batch_size=args.batch_size, device=args.device, keep_features=args.keep_features,
-            overwrite=args.overwrite, progress=args.progress,
-        )
+        config = config_from_args(FitCodebookConfig, args)
         summary = fit_codebook(config)
     except FitError as e:
         print(f"videobert shards fit-codebook: error: {e}", file=sys.stderr)

@@ -30,8 +30,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from shards import reader, schema
 
-HELP = "show shards' schema, counts and one sample; --frames saves a PNG of its clips"
-
 FRAMES_PER_ROW = 8
 THUMB_HEIGHT = 128
 _MARGIN = 8

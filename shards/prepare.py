@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -60,6 +59,7 @@ from shards.clips import ClipConfig
 from shards.cut import SegmentPlan, VideoJob, VideoResult, count_noun, plan_video, process_video
 from shards.decode import DecodeOptions, parse_crop
 from shards.ffmpeg_bin import FFmpegNotFound, ffmpeg_exe
+from shards.options import Flag, add_config_arguments, config_from_args
 from shards.transcripts import (
     FORMATS, SKIPPED, VIDEO_EXTENSIONS, Problem, Transcripts, list_transcript_files, read_transcripts,
 )
@@ -67,8 +67,6 @@ from shards.writer import (
     ErrorLog, ResumeError, ShardWriter, SpooledSample, claim_output_folder, read_json_lines, resume_point,
     write_json_atomic,
 )
-
-HELP = "videos + transcripts -> clip shards (one sample per caption segment), resumable"
 
 STAGE = "prepare"
 VIDEO_ORDER = "video_order"
@@ -91,9 +89,9 @@ class PrepareConfig:
     videos: tuple[str, ...]
     """Video files and folders (folders: their video files, recursively, sorted)."""
     transcripts: tuple[str, ...]
-    """Transcript files and folders."""
+    """Transcript files and folders: HowTo100M caption.json, YouCook2 annotations, VTT, SRT, JSONL."""
     out: str
-    """Output folder."""
+    """Output folder for shards, stats, errors.jsonl, summary.json."""
     transcript_format: str | None = None
     """Force one of ``shards.transcripts.FORMATS`` instead of detecting each file's."""
     fps: float = 20.0
@@ -538,28 +536,6 @@ def _summarize(out: Path, config: PrepareConfig, counters: _Counters, videos_rea
 # Command line
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = {f.name: f.default for f in dataclasses.fields(PrepareConfig)}
-    add = parser.add_argument
-    add("--videos", action="extend", nargs="+", required=True, metavar="PATH",
-        help="video files and/or folders of videos (repeatable)")
-    add("--transcripts", action="extend", nargs="+", required=True, metavar="PATH",
-        help="transcript files and/or folders: HowTo100M caption.json, YouCook2 annotations, VTT, SRT, JSONL")
-    add("--out", required=True, metavar="FOLDER", help="output folder for shards, stats, errors.jsonl, summary.json")
-    add("--transcript-format", choices=FORMATS, help="read every transcript as this format (default: detect)")
-    add("--fps", type=float, default=defaults["fps"], help="frames per second decoded (default %(default)s)")
-    add("--size", type=int, default=defaults["size"], help="short side after scaling, pixels (default %(default)s)")
-    add("--crop", default=defaults["crop"], help="center (size x size), none, or HxW (default %(default)s)")
-    add("--clip-len", type=int, default=defaults["clip_len"], help="frames per clip (default %(default)s)")
-    add("--min-last-clip", type=int, help="least frames to keep a trailing partial clip (default: half a clip)")
-    add("--max-samples", type=int, default=defaults["max_samples"], help="samples per shard at most (default %(default)s)")
-    add("--max-bytes", type=parse_bytes, default=defaults["max_bytes"],
-        help="bytes per shard at most, e.g. 500M, 1G (default 1G)")
-    add("--workers", type=int, default=available_cpus(), help="decoding processes (default: CPUs available, %(default)s)")
-    add("--overwrite", action="store_true", help="delete the output folder's previous run and start over")
-    add("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
 def parse_bytes(text: str) -> int:
     """``1G``, ``500M``, ``64k`` or a plain number of bytes (powers of 1024)."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -572,14 +548,24 @@ def parse_bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size like 1G, 500M or 1048576") from None
 
 
+FLAGS = {
+    "videos": Flag(metavar="PATH"),
+    "transcripts": Flag(metavar="PATH"),
+    "out": Flag(metavar="FOLDER"),
+    "transcript_format": Flag(choices=FORMATS),
+    "max_bytes": Flag(type=parse_bytes, metavar="SIZE",
+                      help="bytes per shard at most, e.g. 500M, 1G (default 1G); a single larger sample gets a shard of its own"),
+}
+"""Where prepare's options differ from their fields' defaults (``shards.options``)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, PrepareConfig, FLAGS)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        config = PrepareConfig(
-            videos=tuple(args.videos), transcripts=tuple(args.transcripts), out=args.out,
-            transcript_format=args.transcript_format, fps=args.fps, size=args.size, crop=args.crop,
-            clip_len=args.clip_len, min_last_clip=args.min_last_clip, max_samples=args.max_samples,
-            max_bytes=args.max_bytes, workers=args.workers, overwrite=args.overwrite, progress=args.progress,
-        )
+        config = config_from_args(PrepareConfig, args)
         summary = prepare(config)
     except (ArgumentsError, ResumeError, FFmpegNotFound) as e:
         print(f"videobert shards prepare: error: {e}", file=sys.stderr)

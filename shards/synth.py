@@ -53,8 +53,7 @@ from tqdm import tqdm
 
 from shards import synth_scene, synth_speech
 from shards.ffmpeg_bin import ffmpeg_exe
-
-HELP = "render the built-in synthetic corpus (H.264 videos, transcripts, labels)"
+from shards.options import Flag, add_config_arguments, config_from_args
 
 CORPUS_FORMAT_VERSION = 1
 SPLITS = ("train", "heldout")
@@ -80,8 +79,11 @@ class SynthConfig:
     """What to render. Every output byte is a function of these fields."""
 
     train_videos: int = 40
+    """Videos in the train split."""
     heldout_videos: int = 10
+    """Videos in the held-out split."""
     seed: int = 0
+    """Everything rendered follows from it."""
     size: int = 128
     """Rendered frame width and height in pixels (even, for yuv420p)."""
     fps: int = 20
@@ -460,18 +462,9 @@ def _clear(out: Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = SynthConfig()
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--train-videos", type=int, default=defaults.train_videos, help="videos in the train split (default %(default)s)")
-    parser.add_argument("--heldout-videos", type=int, default=defaults.heldout_videos, help="videos in the held-out split (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="everything rendered follows from it (default %(default)s)")
-    parser.add_argument("--size", type=int, default=defaults.size, help="frame width and height in pixels (default %(default)s)")
-    parser.add_argument("--fps", type=int, default=defaults.fps, help="rendered frame rate (default %(default)s)")
-    parser.add_argument("--segments", type=int, nargs=2, metavar=("MIN", "MAX"), default=list(defaults.segments),
-                        help="segments per video, inclusive (default %(default)s)")
-    parser.add_argument("--segment-seconds", type=float, nargs=2, metavar=("MIN", "MAX"),
-                        default=list(defaults.segment_seconds), help="segment duration range in seconds (default %(default)s)")
-    parser.add_argument("--crf", type=int, default=defaults.crf, help="x264 quality, lower is better (default %(default)s)")
+    add_config_arguments(parser, SynthConfig, {"segments": Flag(metavar=("MIN", "MAX")),
+                                               "segment_seconds": Flag(metavar=("MIN", "MAX"))})
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="videos rendered at once (default: CPU count)")
     parser.add_argument("--overwrite", action="store_true", help="replace a corpus rendered with other options")
 
@@ -479,11 +472,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
-        config = SynthConfig(
-            train_videos=args.train_videos, heldout_videos=args.heldout_videos, seed=args.seed,
-            size=args.size, fps=args.fps, segments=tuple(args.segments),
-            segment_seconds=tuple(args.segment_seconds), crf=args.crf,
-        )
+        config = config_from_args(SynthConfig, args)
         info = render_corpus(args.out, config, workers=args.workers, overwrite=args.overwrite)
     except SynthError as e:
         print(f"videobert shards synth: {e}", file=sys.stderr)

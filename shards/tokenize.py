@@ -46,10 +46,9 @@ from tqdm import tqdm
 from models.visual.codebook import Codebook, CodebookError
 from models.visual.tokenizer import VisualTokenizer
 from shards import reader, schema
+from shards.options import Flag, add_config_arguments, config_from_args
 from shards.fit_codebook import encoder_options, resolve_device
 from shards.writer import ErrorLog, ShardStats, ShardWriter, claim_output_folder, tar_size, write_json_atomic
-
-HELP = "clip shards -> token shards (visual-word ids per clip), parallel and resumable"
 
 STAGE = "tokenize"
 
@@ -63,19 +62,25 @@ class TokenizeConfig:
     """Everything the stage needs; validated on construction."""
 
     clips: tuple[str, ...]
-    """Clip shard specs (folders, tars, globs, brace patterns, ``pipe:`` commands)."""
+    """Clip shards: folders, tar files, globs, brace patterns or ``pipe:`` commands."""
     codebook: str
     """Codebook file, or the folder ``fit-codebook`` wrote."""
     out: str
     """Output folder for token shards, stats, errors.jsonl, summary.json, run.json."""
     encoder_weights: str | None = None
+    """Weights of the codebook's encoder (S3D: the Kinetics-400 checkpoint)."""
     keep_features: bool = False
+    """Also store each clip's encoder features (float16)."""
     workers: int | None = None
     """Processes; default: one per GPU with CUDA, else one per CPU core."""
     device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
     batch_size: int = 64
+    """Clips per encoder batch."""
     overwrite: bool = False
+    """Delete the output folder's previous run and start over."""
     progress: bool = True
+    """Show a progress bar."""
 
     def __post_init__(self) -> None:
         problems = [message for ok, message in [
@@ -429,30 +434,15 @@ def _summarize(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = TokenizeConfig(clips=("-",), codebook="-", out=".")
-    add = parser.add_argument
-    add("--clips", action="extend", nargs="+", required=True, metavar="SPEC",
-        help="clip shards: folders, tar files, globs, brace patterns or pipe: commands (repeatable)")
-    add("--codebook", required=True, metavar="PATH", help="codebook file, or the folder fit-codebook wrote")
-    add("--out", required=True, metavar="FOLDER",
-        help="output folder for token shards, stats, errors.jsonl, summary.json")
-    add("--encoder-weights", metavar="PATH",
-        help="weights of the codebook's encoder (S3D: the Kinetics-400 checkpoint)")
-    add("--keep-features", action="store_true", help="also store each clip's encoder features (float16)")
-    add("--workers", type=int, help="processes (default: one per GPU with CUDA, else one per CPU core)")
-    add("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N (default %(default)s)")
-    add("--batch-size", type=int, default=defaults.batch_size, help="clips per encoder batch (default %(default)s)")
-    add("--overwrite", action="store_true", help="delete the output folder's previous run and start over")
-    add("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_config_arguments(parser, TokenizeConfig, {
+        "clips": Flag(metavar="SPEC"), "codebook": Flag(metavar="PATH"), "out": Flag(metavar="FOLDER"),
+        "encoder_weights": Flag(metavar="PATH"),
+    })
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = TokenizeConfig(
-            clips=tuple(args.clips), codebook=args.codebook, out=args.out, encoder_weights=args.encoder_weights,
-            keep_features=args.keep_features, workers=args.workers, device=args.device,
-            batch_size=args.batch_size, overwrite=args.overwrite, progress=args.progress,
-        )
+        config = config_from_args(TokenizeConfig, args)
         summary = tokenize(config)
     except TokenizeError as e:
         print(f"videobert shards tokenize: error: {e}", file=sys.stderr)

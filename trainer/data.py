@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards import reader, schema
-from trainer.examples import ExampleBuilder, Segment, join_samples
+from trainer.examples import ExampleBuilder, TrainingItem, join_samples
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def epoch_items(spec: StreamSpec, epoch: int, errors: ReadErrors) -> Iterator[li
 class BatchStream:
     """One logical stream turned into an endless sequence of batches, from a saved position."""
 
-    def __init__(self, spec: StreamSpec, position: StreamPosition, build: Callable[[list[Segment], np.random.Generator], dict],
+    def __init__(self, spec: StreamSpec, position: StreamPosition, build: Callable[[list[TrainingItem], np.random.Generator], dict],
                  batch_size: int, max_epochs: int | None = None):
         self.spec = spec
         self.position = StreamPosition(**asdict(position))
@@ -242,14 +242,14 @@ class BatchStream:
                     segments += len(item)
             yield self._batch(group, pos, bad_before, segments)
 
-    def _decode(self, item: list[_RawSample]) -> Segment | None:
+    def _decode(self, item: list[_RawSample]) -> TrainingItem | None:
         try:
             return join_samples([s.decode() for s in item])
         except schema.ShardFormatError as e:
             self.errors(str(item[0].raw.get("__url__", "?")), e)
             return None
 
-    def _batch(self, group: list[Segment], pos: StreamPosition, bad_before: int, segments: int) -> dict[str, Any]:
+    def _batch(self, group: list[TrainingItem], pos: StreamPosition, bad_before: int, segments: int) -> dict[str, Any]:
         rng = positional_rng(self.spec.seed, _BATCH, pos.epoch, self.spec.rank, self.spec.stream, pos.items)
         batch = self.build(group, rng)
         batch["stream"] = np.int64(self.spec.stream)

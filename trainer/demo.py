@@ -14,21 +14,21 @@ Everything lands in one run folder, named at the end.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from trainer.evaluate import format_tables
+from models.visual.codebook import CODEBOOK_FILE
+from shards.options import add_config_arguments, config_from_args
+from trainer.evaluation.evaluate import format_tables
+from trainer.run_folder import RunFolder, read_json
 
-HELP = "run the whole pipeline on the built-in synthetic corpus"
 RECIPE = Path(__file__).resolve().parents[1] / "launch" / "recipes" / "demo.yaml"
 DS_CONFIG = Path(__file__).resolve().parents[1] / "ds_config.json"
 
@@ -38,19 +38,27 @@ class DemoSettings:
     """The demo's sizes: small enough for minutes on 2 CPU cores, large enough to learn from."""
 
     train_videos: int = 40
+    """Videos rendered for training."""
     heldout_videos: int = 10
+    """Videos rendered for the held-out evaluation."""
     seed: int = 0
+    """Seed of the corpus, the codebook and the run."""
     fps: float = 10.0
     """Decoded frame rate (the paper: 20; the clip stays 1.5 s)."""
     size: int = 64
     """Decoded frame size (centre crop)."""
     clip_len: int = 15
+    """Frames per clip."""
     samples_per_shard: int = 48
+    """Samples per shard at most (several shards, so that loader workers split them)."""
     depth: int = 2
+    """Levels of the k-means tree."""
     branching: int = 7
+    """Children per node (2 x 7: 49 visual words)."""
     steps: int | None = None
-    """Training steps; None = the demo recipe's."""
-    workers: int = 2
+    """Training steps (default: the demo recipe's)."""
+    workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+    """Processes for the shard stages."""
 
 
 class Stages:
@@ -100,7 +108,7 @@ def fit(out: Path, s: DemoSettings) -> str:
     from models.visual.codebook import Codebook
     from shards.fit_codebook import FitCodebookConfig, fit_codebook
 
-    path = out / "codebook" / "codebook.safetensors"
+    path = out / "codebook" / CODEBOOK_FILE
     if path.exists():
         return f"codebook {Codebook.load(path).hash} (reused)"
     summary = fit_codebook(FitCodebookConfig(
@@ -114,7 +122,7 @@ def tokenize(out: Path, s: DemoSettings, name: str) -> str:
     from shards.tokenize import TokenizeConfig, tokenize as run_tokenize
 
     summary = run_tokenize(TokenizeConfig(
-        clips=(str(out / "clips" / name),), codebook=str(out / "codebook" / "codebook.safetensors"),
+        clips=(str(out / "clips" / name),), codebook=str(out / "codebook" / CODEBOOK_FILE),
         out=str(out / "tokens" / name), workers=1, progress=False,
     ))
     return f"{summary.samples_written} samples, {summary.clips} visual tokens"
@@ -123,7 +131,7 @@ def tokenize(out: Path, s: DemoSettings, name: str) -> str:
 def train_overrides(out: Path, s: DemoSettings) -> list[str]:
     overrides = [
         f"run_dir={out / 'train'}", f"data.train={out / 'tokens' / 'train'}",
-        f"data.heldout={out / 'tokens' / 'heldout'}", f"data.codebook={out / 'codebook' / 'codebook.safetensors'}",
+        f"data.heldout={out / 'tokens' / 'heldout'}", f"data.codebook={out / 'codebook' / CODEBOOK_FILE}",
         f"deepspeed_config={DS_CONFIG}", f"seed={s.seed}",
     ]
     return overrides + ([f"max_steps={s.steps}"] if s.steps else [])
@@ -141,14 +149,14 @@ def pretrain(out: Path, s: DemoSettings) -> str:
         from trainer.train import train
 
         train(load_config(RECIPE, train_overrides(out, s)))
-    held = json.loads((out / "train" / "heldout.json").read_text())
+    held = read_json(RunFolder(out / "train").heldout)
     return f"held-out alignment accuracy {held.get('alignment_acc', 0):.3f} (chance {held.get('alignment_chance', 0):.3f})"
 
 
 def evaluation_config(out: Path):
     """What the demo evaluates: zero-shot classification of the held-out labelled segments, the
     held-out metrics (from the run's config), and pictures from the held-out labelled clips."""
-    from trainer.evaluate import EvalConfig
+    from trainer.evaluation.evaluate import EvalConfig
 
     corpus = out / "corpus"
     return EvalConfig(model=str(out / "train"), zero_shot=(str(out / "tokens" / "eval"),),
@@ -157,7 +165,7 @@ def evaluation_config(out: Path):
 
 
 def evaluate(out: Path) -> str:
-    from trainer.evaluate import evaluate as run_evaluation
+    from trainer.evaluation.evaluate import evaluate as run_evaluation
 
     results = run_evaluation(evaluation_config(out))
     z = results["zero_shot"]
@@ -181,21 +189,16 @@ def run_demo(out: Path, settings: DemoSettings) -> Stages:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run folder (default runs/demo-<date>-<time>); an existing one is resumed")
-    parser.add_argument("--steps", type=int, help="training steps (default: the demo recipe's)")
-    parser.add_argument("--train-videos", type=int, default=DemoSettings.train_videos)
-    parser.add_argument("--heldout-videos", type=int, default=DemoSettings.heldout_videos)
-    parser.add_argument("--seed", type=int, default=DemoSettings.seed)
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes for the shard stages")
+    add_config_arguments(parser, DemoSettings)
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out or time.strftime("runs/demo-%Y%m%d-%H%M%S")).absolute()
-    settings = dataclasses.replace(DemoSettings(), train_videos=args.train_videos, heldout_videos=args.heldout_videos,
-                                   seed=args.seed, steps=args.steps, workers=args.workers)
+    settings = config_from_args(DemoSettings, args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     stages = run_demo(out, settings)
     print("\n" + stages.table())
     print(f"\nrun folder: {out}\n  tensorboard --logdir {out / 'train' / 'tensorboard'}")
-    results = json.loads((out / "train" / "results.json").read_text())
+    results = read_json(RunFolder(out / "train").results)
     print(f"\nreport: {results['report']}\n\n" + format_tables(results))
     return 0

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.vocab import IGNORE_INDEX, JointVocab, fit_lengths
+from models.vocab import IGNORE_INDEX, JOINT_SPECIAL_COUNT, SINGLE_SPECIAL_COUNT, JointVocab, fit_lengths
 from shards import schema
 from trainer.config import ObjectivesConfig
 
@@ -37,8 +37,9 @@ PAD_MULTIPLE = 8
 
 
 @dataclass
-class Segment:
-    """One item as the builder sees it: the text, the video id, and its clips (tokens or frames)."""
+class TrainingItem:
+    """One item as the builder sees it: a caption segment, or several neighbouring segments of one
+    video joined by the stream; its text, its video id and its clips (tokens or frames)."""
 
     key: str
     video_id: str
@@ -47,11 +48,11 @@ class Segment:
     """(n_clips,) int visual-token ids, or (n_clips, T, H, W, 3) uint8 frames."""
 
 
-def join_samples(samples: Sequence[schema.Sample]) -> Segment:
+def join_samples(samples: Sequence[schema.Sample]) -> TrainingItem:
     """Neighbouring segments of one video as one item: texts joined, clips concatenated."""
     first = samples[0]
     arrays = [s.tokens if s.meta.kind == schema.TOKEN_KIND else s.frames for s in samples]
-    return Segment(
+    return TrainingItem(
         key=first.key,
         video_id=first.meta.video_id,
         text=" ".join(s.text.strip() for s in samples),
@@ -69,7 +70,7 @@ class _Plan:
 
 
 class ExampleBuilder:
-    """Turns a list of ``Segment`` into one padded batch of numpy arrays (see ``build``)."""
+    """Turns a list of ``TrainingItem`` into one padded batch of numpy arrays (see ``build``)."""
 
     def __init__(self, vocab: JointVocab, tokenizer: Any, objectives: ObjectivesConfig, max_seq_len: int):
         self.vocab = vocab
@@ -79,7 +80,7 @@ class ExampleBuilder:
         self.kind_p = np.array([objectives.joint_fraction, objectives.text_fraction, objectives.video_fraction])
         self.random_text_ids = _ordinary_token_ids(tokenizer, vocab.text_vocab_size)
 
-    def build(self, items: Sequence[Segment], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def build(self, items: Sequence[TrainingItem], rng: np.random.Generator) -> dict[str, np.ndarray]:
         """A batch: input_ids, token_type_ids, attention_mask, mlm_labels, alignment_labels, kind,
         and the clip table with its references (``clips``/``tokens``, ``video_ref``, ``label_ref``)."""
         table, offsets = _clip_table(items)
@@ -124,13 +125,13 @@ class ExampleBuilder:
     def _row(self, plan: _Plan, rng: np.random.Generator) -> dict[str, np.ndarray]:
         v = self.vocab
         if plan.kind == JOINT:
-            n_text, n_video = fit_lengths(len(plan.text_ids), len(plan.video), self.max_seq_len - 3)
+            n_text, n_video = fit_lengths(len(plan.text_ids), len(plan.video), self.max_seq_len - JOINT_SPECIAL_COUNT)
             ids, types = v.joint_sequence(plan.text_ids[:n_text], [0] * n_video)
         elif plan.kind == TEXT_ONLY:
-            n_text, n_video = min(len(plan.text_ids), self.max_seq_len - 2), 0
+            n_text, n_video = min(len(plan.text_ids), self.max_seq_len - SINGLE_SPECIAL_COUNT), 0
             ids, types = v.text_sequence(plan.text_ids[:n_text])
         else:
-            n_text, n_video = 0, min(len(plan.video), self.max_seq_len - 2)
+            n_text, n_video = 0, min(len(plan.video), self.max_seq_len - SINGLE_SPECIAL_COUNT)
             ids, types = v.video_sequence([0] * n_video)
         ids = np.array(ids, dtype=np.int64)
         video_ref = np.full(len(ids), -1, dtype=np.int64)
@@ -183,7 +184,7 @@ def resolve_visual(batch: dict[str, Any], table_ids, vocab: JointVocab) -> dict[
     return batch
 
 
-def _clip_table(items: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
+def _clip_table(items: Sequence[TrainingItem]) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.array([len(it.clips) for it in items], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     table = np.concatenate([it.clips for it in items])

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainer.engine import all_reduce_
+from models.videobert import OBJECTIVES
+from trainer.distributed import all_reduce_
+from trainer.run_folder import RunFolder
 
 PEAK_FLOPS: dict[str, float] = {
     "H200": 989e12,
@@ -43,9 +44,8 @@ PEAK_FLOPS: dict[str, float] = {
 
 # The order of the values in the reduced vector.
 SUM_KEYS = (
-    "loss_sum", "steps", "text_mlm_loss_sum", "text_mlm_correct", "text_mlm_count",
-    "video_mlm_loss_sum", "video_mlm_correct", "video_mlm_count",
-    "alignment_loss_sum", "alignment_correct", "alignment_count",
+    "loss_sum", "steps",
+    *(f"{name}_{part}" for name in OBJECTIVES for part in ("loss_sum", "correct", "count")),
     "samples", "segments", "tokens", "flops", "data_seconds", "compute_seconds",
     "skipped_steps", "bad_samples", "grad_norm_sum",
 )
@@ -78,7 +78,7 @@ class Window:
     def add_output(self, out: Any) -> None:
         """The per-objective sums of one micro-batch's ``PreTrainingOutput``."""
         self.add(loss_sum=out.loss.detach().float())
-        for name in ("text_mlm", "video_mlm", "alignment"):
+        for name in OBJECTIVES:
             count = float(getattr(out, f"{name}_count"))
             loss = getattr(out, f"{name}_loss")
             if count and loss is not None:
@@ -105,7 +105,7 @@ class Window:
             "skipped_steps": s["skipped_steps"],
             "bad_samples": s["bad_samples"],
         }
-        for name in ("text_mlm", "video_mlm", "alignment"):
+        for name in OBJECTIVES:
             if s[f"{name}_count"]:
                 out[f"{name}_loss"] = s[f"{name}_loss_sum"] / s[f"{name}_count"]
                 out[f"{name}_acc"] = s[f"{name}_correct"] / s[f"{name}_count"]
@@ -117,14 +117,14 @@ class Window:
 class TensorBoard:
     """Rank 0's TensorBoard writer plus a JSON-lines copy of the same scalars (no-op elsewhere)."""
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run: RunFolder, enabled: bool):
         self.writer = None
         self.jsonl = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-            self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+            self.writer = SummaryWriter(log_dir=str(run.tensorboard))
+            self.jsonl = open(run.metrics, "a", encoding="utf-8")
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         if self.writer is None:

@@ -22,15 +22,15 @@ from typing import Any, Iterator
 
 import torch
 
+from models.videobert import MODEL_INPUTS
+from shards import schema
 from trainer.config import ConfigError, TrainConfig, load_config, save_config
+from trainer.run_folder import RunFolder, write_json
 
-HELP = "pretrain on shards with DeepSpeed ZeRO-3 (resumable)"
 log = logging.getLogger("videobert.train")
 
 EXIT_RESUMABLE = 75
 """Exit status after SIGTERM/SIGINT: a checkpoint was saved; the same command continues the run."""
-
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "alignment_labels")
 
 
 class TrainingStopped(RuntimeError):
@@ -40,17 +40,18 @@ class TrainingStopped(RuntimeError):
 class Trainer:
     """Owns the engine, the data and the trainer state; ``train()`` runs to ``max_steps``."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, dist_info=None):
+        from models.vocab import JointVocab
         from trainer import build
         from trainer.checkpoint import TrainerState
-        from trainer.engine import build_ds_config, build_engine, init_distributed
+        from trainer.distributed import init_distributed
+        from trainer.engine import build_ds_config, build_engine
         from trainer.examples import ExampleBuilder
-        from models.vocab import JointVocab
 
         self.cfg = cfg
-        self.dist = init_distributed()
+        self.dist = dist_info or init_distributed()
         torch.manual_seed(cfg.seed + self.dist.rank)
-        self.run_dir = Path(cfg.run_dir)
+        self.run = RunFolder(cfg.run_dir)
         self.codebook = build.build_codebook(cfg)
         self.source = build.inspect_source(cfg.data.train, "data.train")
         build.check_source(self.source, self.codebook, "data.train")
@@ -58,8 +59,8 @@ class Trainer:
         self.vocab = JointVocab.from_tokenizer(self.tokenizer, self.codebook.num_leaves)
         self.model_config = build.build_model_config(cfg, self.vocab)
         self.ds_config = build_ds_config(cfg, self.dist.world_size, self.model_config.hidden_size)
-        self.engine = build_engine(build.build_model(cfg, self.vocab, self.ds_config), cfg, self.ds_config)
-        self.visual = build.build_visual_tokenizer(cfg, self.dist.device) if self.source.kind == "clips" else None
+        self.engine = build_engine(build.build_model(cfg, self.model_config, self.ds_config), cfg, self.ds_config)
+        self.visual = build.build_visual_tokenizer(cfg, self.dist.device) if self.source.kind == schema.CLIP_KIND else None
         self.builder = ExampleBuilder(self.vocab, self.tokenizer, cfg.objectives, cfg.data.max_seq_len)
         self.spec = build.stream_spec(cfg, self.source.urls, self.dist)
         build.warn_if_few_shards(self.source.urls, self.spec, self.dist.is_main)
@@ -71,15 +72,19 @@ class Trainer:
     # -- state -----------------------------------------------------------------------------
 
     @property
-    def checkpoint_root(self) -> Path:
-        return self.run_dir / "checkpoints"
+    def run_dir(self) -> Path:
+        return self.run.path
 
     def state_dict(self):
         return self.state
 
     def load_state_dict(self, state) -> None:
-        if state.codebook_hash != self.codebook.hash:
-            raise RuntimeError(f"the checkpoint was trained with codebook {state.codebook_hash}, data.codebook is {self.codebook.hash}")
+        from models.visual.codebook import CodebookError
+
+        try:
+            self.codebook.check_hash(state.codebook_hash, "the checkpoint's model")
+        except CodebookError as e:
+            raise ConfigError(f"{e} (data.codebook)") from None
         if state.num_streams != self.spec.num_streams:
             raise RuntimeError(
                 f"the checkpoint's data position has {state.num_streams} streams per rank and this run "
@@ -91,7 +96,7 @@ class Trainer:
     def resume(self) -> bool:
         from trainer.checkpoint import load_checkpoint, resolve_resume
 
-        folder = resolve_resume(self.checkpoint_root, self.cfg.checkpoint.resume, self.dist.rank)
+        folder = resolve_resume(self.run.checkpoints, self.cfg.checkpoint.resume, self.dist.rank)
         if folder is None:
             return False
         self.load_state_dict(load_checkpoint(self.engine, folder, self.dist.rank, self.dist.world_size))
@@ -101,7 +106,7 @@ class Trainer:
     def save(self) -> Path:
         from trainer.checkpoint import save_checkpoint
 
-        folder = save_checkpoint(self.engine, self.checkpoint_root, self.state, self.cfg, self.model_config.to_dict(),
+        folder = save_checkpoint(self.engine, self.run.checkpoints, self.state, self.cfg, self.model_config.to_dict(),
                                  self.dist.rank, self.cfg.checkpoint.keep_last)
         self._main_log("checkpoint %s", folder)
         return folder
@@ -149,7 +154,7 @@ class Trainer:
 
     def train_step(self, window) -> None:
         """One optimizer step: ``grad_accum_steps`` good micro-batches (non-finite ones are dropped)."""
-        from trainer.engine import all_reduce_
+        from trainer.distributed import all_reduce_
 
         done, bad_in_a_row = 0, 0
         while done < self.cfg.optim.grad_accum_steps:
@@ -202,14 +207,14 @@ class Trainer:
     def train(self):
         """Train to ``max_steps`` (or until SIGTERM/SIGINT); checkpoint on the way and at the end."""
         from trainer.checkpoint import StopSignals
-        from trainer.engine import all_reduce_
+        from trainer.distributed import all_reduce_
         from trainer.metrics import TensorBoard, Window, peak_flops
 
         cfg = self.cfg
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
-        board = TensorBoard(self.run_dir, self.dist.is_main)
+            save_config(cfg, self.run.config)
+        board = TensorBoard(self.run, self.dist.is_main)
         peak = peak_flops(self.dist.device, cfg.logging.peak_flops)
         bar = self._progress_bar()
         self.engine.train()
@@ -237,6 +242,24 @@ class Trainer:
             bar.close()
         board.close()
         return self.state
+
+    def evaluate_heldout(self, max_batches: int | None = None) -> dict[str, float]:
+        """The held-out pass through the engine (``data.heldout``); rank 0 prints and saves it."""
+        from trainer import build
+        from trainer.evaluation.heldout import engine_heldout, format_table, heldout_objectives
+        from trainer.examples import ExampleBuilder
+
+        cfg = self.cfg
+        source = build.inspect_source(cfg.data.heldout, "data.heldout")
+        build.check_source(source, self.codebook, "data.heldout")
+        builder = ExampleBuilder(self.vocab, self.tokenizer, heldout_objectives(cfg.objectives), cfg.data.max_seq_len)
+        results = engine_heldout(self.engine, self.model_inputs, source.urls, builder,
+                                 batch_size=cfg.optim.micro_batch_size, seed=cfg.seed, visual=self.visual,
+                                 max_batches=max_batches)
+        if self.dist.is_main:
+            write_json(self.run.heldout, results)
+            print(format_table(results))
+        return results
 
     def _log(self, window, board, bar, peak: float) -> None:
         from trainer.metrics import console_summary
@@ -278,46 +301,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from models.visual.codebook import CodebookError
+    from trainer.distributed import init_distributed, leave_distributed
+
     overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from trainer.engine import leave_distributed
-
-    together = False
+    dist_info, together = init_distributed(), False
     try:
-        trainer = train(cfg)
+        trainer = train(cfg, dist_info)
         together = True
+    except (ConfigError, CodebookError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except TrainingStopped as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
     finally:
-        leave_distributed(together)
+        leave_distributed(dist_info, together)
     return EXIT_RESUMABLE if trainer.stopped_by_signal else 0
 
 
-def train(cfg: TrainConfig) -> Trainer:
+def train(cfg: TrainConfig, dist_info=None) -> Trainer:
     """Build, resume if asked, train, and evaluate on the held-out shards when configured (unless
-    stopped by a signal)."""
+    stopped by a signal). ``dist_info``: the process group joined already (None: join it here)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, dist_info)
     trainer.resume()
     trainer.train()
     if cfg.data.heldout and not trainer.stopped_by_signal:
-        from trainer.heldout import evaluate_heldout
-
-        evaluate_heldout(trainer)
+        trainer.evaluate_heldout()
     return trainer
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="videobert train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+if __name__ == "__main__":  # `python -m trainer.train`, as launchers start it
+    from trainer.cli import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

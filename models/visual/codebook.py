@@ -143,12 +143,8 @@ class Codebook:
             )
 
     def check_hash(self, codebook_hash: str | None, where: str = "tokens") -> None:
-        """Raise ``CodebookError`` when tokens were made with another codebook."""
-        if codebook_hash != self.hash:
-            raise CodebookError(
-                f"{where}: tokens were made with codebook {codebook_hash}, but this codebook is {self.hash}; "
-                "use the codebook that made them, or tokenize again with this one"
-            )
+        """Raise ``CodebookError`` when ``where`` (tokens, a model) was made with another codebook."""
+        check_hash(self.hash, codebook_hash, where)
 
     # -- files --------------------------------------------------------------------------------
 
@@ -227,6 +223,16 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             f"version reads ({CODEBOOK_VERSION}); upgrade videobert"
         )
     return meta, tensors
+
+
+def check_hash(expected: str, found: str | None, where: str) -> None:
+    """Raise ``CodebookError`` unless ``where`` was made with codebook ``expected`` (``found``: the
+    hash it records). The one comparison of codebook identities."""
+    if found != expected:
+        raise CodebookError(
+            f"{where} was made with codebook {found}, but the codebook here is {expected}; use the codebook "
+            "it was made with, or tokenize again with this one"
+        )
 
 
 def _content_hash(spec: EncoderSpec, centroids: list[torch.Tensor]) -> str:

@@ -10,6 +10,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -76,6 +77,10 @@ class VisualTokenizer(nn.Module):
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         # (B, T, H, W, 3) uint8 -> (B, D) float32 -> (B,) int64
         return self.assign(self.encode(clips))
+
+    def tokenize_frames(self, frames: np.ndarray) -> np.ndarray:
+        """Visual-word ids (n_clips,) int64 on the CPU of a sample's frames (n_clips, T, H, W, 3) uint8."""
+        return self(torch.from_numpy(np.ascontiguousarray(frames))).cpu().numpy().astype(np.int64)
 
 
 def _spec_options(codebook: Codebook, options: dict[str, Any]) -> dict[str, Any]:

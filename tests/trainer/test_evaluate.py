@@ -22,8 +22,9 @@ import torch
 from PIL import Image
 
 import eval_corpus
+from models.videobert import MODEL_INPUTS
 from trainer import cli
-from trainer.evaluate import EvalConfig, evaluate
+from trainer.evaluation.evaluate import EvalConfig, evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "launch" / "recipes" / "debug.yaml"
@@ -59,7 +60,7 @@ def trained(corpus, tmp_path_factory) -> Path:
     from trainer import build
     from trainer.data import BatchStream, StreamPosition
     from trainer.examples import ExampleBuilder
-    from trainer.export import write_export
+    from trainer.evaluation.export import write_export
 
     torch.manual_seed(0)
     cfg = _config(corpus, steps=300)
@@ -77,8 +78,7 @@ def trained(corpus, tmp_path_factory) -> Path:
     try:
         for _ in range(cfg.max_steps):
             batch = next(batches)
-            names = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "alignment_labels")
-            loss = model(**{k: torch.as_tensor(batch[k]) for k in names}).loss
+            loss = model(**{k: torch.as_tensor(batch[k]) for k in MODEL_INPUTS}).loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -89,7 +89,7 @@ def trained(corpus, tmp_path_factory) -> Path:
 
 
 def _one_process():
-    from trainer.engine import DistInfo
+    from trainer.distributed import DistInfo
 
     return DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -142,7 +142,7 @@ def test_report_files_and_pictures(evaluated):
 def test_two_processes_give_the_numbers_of_one(corpus, trained, evaluated, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "trainer.evaluate", *_eval_args(corpus, trained, tmp_path)]
+               "-m", "trainer.evaluation.evaluate", *_eval_args(corpus, trained, tmp_path)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     two = json.loads((tmp_path / "results.json").read_text())

@@ -10,7 +10,7 @@ from transformers import BertTokenizerFast
 
 from models.vocab import IGNORE_INDEX, TEXT_TYPE, VIDEO_TYPE, JointVocab
 from trainer.config import ObjectivesConfig
-from trainer.examples import ALIGNED, JOINT, MISALIGNED, TEXT_ONLY, VIDEO_ONLY, ExampleBuilder, Segment, resolve_visual
+from trainer.examples import ALIGNED, JOINT, MISALIGNED, TEXT_ONLY, VIDEO_ONLY, ExampleBuilder, TrainingItem, resolve_visual
 
 NUM_VISUAL = 40
 
@@ -32,7 +32,7 @@ def _objectives(**kw):
 
 
 def _segments(n=6, clips=5):
-    return [Segment(key=f"v{i}-s0", video_id=f"v{i}", text=f"now we cut the tomato number {i}",
+    return [TrainingItem(key=f"v{i}-s0", video_id=f"v{i}", text=f"now we cut the tomato number {i}",
                     clips=np.arange(i * clips, (i + 1) * clips) % NUM_VISUAL) for i in range(n)]
 
 
@@ -53,7 +53,7 @@ def test_joint_sequence_layout(tokenizer, vocab):
 
 def test_truncation_keeps_both_modalities(tokenizer, vocab):
     builder = ExampleBuilder(vocab, tokenizer, _objectives(), max_seq_len=16)
-    long = [Segment(key="a", video_id="a", text="word " * 40, clips=np.arange(30) % NUM_VISUAL)]
+    long = [TrainingItem(key="a", video_id="a", text="word " * 40, clips=np.arange(30) % NUM_VISUAL)]
     batch = builder.build(long, np.random.default_rng(0))
     assert batch["attention_mask"].sum() == 16
     ids = batch["input_ids"][0]
@@ -112,7 +112,7 @@ def test_kinds_follow_their_shares(tokenizer, vocab):
 
 def test_stride_subsamples_video(tokenizer, vocab):
     builder = ExampleBuilder(vocab, tokenizer, _objectives(max_stride=5), max_seq_len=256)
-    item = [Segment(key="a", video_id="a", text="x", clips=np.arange(NUM_VISUAL))]
+    item = [TrainingItem(key="a", video_id="a", text="x", clips=np.arange(NUM_VISUAL))]
     lengths = {int(vocab.is_visual(builder.build(item, np.random.default_rng(s))["input_ids"]).sum()) for s in range(40)}
     assert {NUM_VISUAL} < lengths and min(lengths) == NUM_VISUAL // 5
 
@@ -120,7 +120,7 @@ def test_stride_subsamples_video(tokenizer, vocab):
 def test_stride_never_leaves_fewer_than_the_minimum_tokens(tokenizer, vocab):
     builder = ExampleBuilder(vocab, tokenizer, _objectives(max_stride=5, stride_min_tokens=4), max_seq_len=256)
     for n, shortest in ((3, 3), (8, 4), (12, 4), (40, 8)):  # 3 clips: whole; 8: stride <= 2; 40: stride 5 allowed
-        item = [Segment(key="a", video_id="a", text="x", clips=np.arange(n))]
+        item = [TrainingItem(key="a", video_id="a", text="x", clips=np.arange(n))]
         lengths = {int(vocab.is_visual(builder.build(item, np.random.default_rng(s))["input_ids"]).sum()) for s in range(60)}
         assert min(lengths) == shortest and max(lengths) == n, (n, lengths)
 

@@ -14,7 +14,7 @@ from models.visual.encoder import build_encoder
 from models.visual.tokenizer import VisualTokenizer
 from models.vocab import JointVocab
 from shards import reader
-from trainer import generate
+from trainer.evaluation import generate
 
 
 @pytest.fixture(scope="module")

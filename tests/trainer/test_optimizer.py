@@ -12,7 +12,7 @@ from models.hf_interop import from_pretrained_bert, load_text_tokenizer
 from models.vocab import JointVocab
 from trainer.build import resolve_bert_dir
 from trainer.config import load_config
-from trainer.engine import build_optimizer, lr_multiplier
+from trainer.optim import build_optimizer, lr_multiplier
 
 RECIPE = Path(__file__).resolve().parents[2] / "launch" / "recipes" / "debug.yaml"
 

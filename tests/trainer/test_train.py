@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.checkpoint import COMPLETE, consolidated_model, latest_complete, step_dirs
+from trainer.checkpoint import consolidated_model
+from trainer.run_folder import COMPLETE, CheckpointFolder, RunFolder, latest_complete, step_dirs
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -54,7 +55,7 @@ def _tail(run_dir: Path) -> str:
 
 def metrics(run_dir: Path) -> dict[int, dict]:
     """The last logged values of each step (a resumed run logs some steps twice)."""
-    path = run_dir / "metrics.jsonl"
+    path = RunFolder(run_dir).metrics
     if not path.exists():
         return {}
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -92,8 +93,7 @@ def test_sigkill_and_resume_continue_like_an_uninterrupted_run(run_inputs, tmp_p
     for step in range(first_after, 15):
         for key in ("loss", "text_mlm_loss", "alignment_loss", "grad_norm", "tokens", "samples"):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-6, abs=1e-9), (step, key)
-    states = [json.loads((d / "trainer/rank-00001.json").read_text()) for d in (straight, broken)
-              for d in [latest_complete(d / "checkpoints")]]
+    states = [CheckpointFolder(latest_complete(RunFolder(d).checkpoints)).read_trainer_state(1) for d in (straight, broken)]
     assert states[0] == states[1], "counters and data positions of the final checkpoints agree"
     assert [s for s, _ in step_dirs(broken / "checkpoints")] == [12, 14], "keep_last=2 prunes older checkpoints"
 
@@ -137,7 +137,7 @@ def test_a_run_of_non_finite_losses_stops_with_a_checkpoint(run_inputs, tmp_path
     log = _tail(run)
     assert code != 0 and "non-finite losses in a row" in log
     assert latest_complete(run / "checkpoints") is not None
-    state = json.loads((latest_complete(run / "checkpoints") / "trainer/rank-00000.json").read_text())
+    state = CheckpointFolder(latest_complete(RunFolder(run).checkpoints)).read_trainer_state(0)
     assert state["skipped_steps"] >= 3
 
 

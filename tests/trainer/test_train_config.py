@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from trainer.config import ConfigError, TrainConfig, load_config, save_config
-from trainer.engine import build_ds_config, lr_multiplier
+from trainer.engine import build_ds_config
+from trainer.optim import lr_multiplier
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "launch" / "recipes").glob("*.yaml"))
@@ -22,17 +23,58 @@ def test_every_shipped_recipe_loads(recipe):
     assert cfg.max_steps > 0 and cfg.data.train == ["shards/train"]
 
 
-def test_recipes_derive_from_debug():
-    assert {p.name for p in RECIPES} >= {"debug.yaml", "demo.yaml", "base.yaml", "large.yaml"}
-    for recipe in RECIPES:
-        chain, path = [], recipe
-        while True:
-            chain.append(path.name)
-            base = yaml.safe_load(path.read_text()).get("base")
-            if base is None:
-                break
-            path = path.parent / base
-        assert chain[-1] == "debug.yaml", chain
+RESOLVED_BEFORE = json.loads((Path(__file__).parent / "data" / "recipes_resolved.json").read_text())
+"""Every shipped recipe as it resolved before the recipes were cut to what differs from the defaults."""
+OWNED_BY_THE_MODEL = {"model.gradient_checkpointing", "objectives.text_mlm_weight", "objectives.video_mlm_weight",
+                      "objectives.alignment_weight"}
+"""Keys whose unset value is now None (the model's or the preset's own value) instead of a copy of it."""
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(RESOLVED_BEFORE))
+def test_recipes_resolve_as_before(name):
+    before = _flat(RESOLVED_BEFORE[name])
+    now = _flat(load_config(ROOT / "launch" / "recipes" / f"{name}.yaml", ["data.train=SHARDS", "data.codebook=CODEBOOK"]).to_dict())
+    assert now.keys() == before.keys()
+    changed = {k for k in now if now[k] != before[k]}
+    assert changed <= OWNED_BY_THE_MODEL, {k: (before[k], now[k]) for k in changed - OWNED_BY_THE_MODEL}
+    for key in changed:  # the values the model now supplies are the ones the recipes used to restate
+        assert now[key] is None and before[key] in (False, 1.0), key
+
+
+def test_the_large_recipe_still_asks_for_checkpointing():
+    assert load_config(ROOT / "launch" / "recipes" / "large.yaml", DATA).model.gradient_checkpointing is True
+
+
+def _chain(recipe: Path) -> list[Path]:
+    chain = [recipe]
+    while (base := yaml.safe_load(chain[-1].read_text()).get("base")) is not None:
+        chain.append(chain[-1].parent / base)
+    return chain
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipes_write_only_what_differs(recipe):
+    """Each value a recipe writes changes what its base (or the defaults) would give."""
+    chain = _chain(recipe)
+    inherited = {}
+    for base in reversed(chain[1:]):
+        inherited |= _flat({k: v for k, v in yaml.safe_load(base.read_text()).items() if k != "base"})
+    defaults = _flat(TrainConfig().to_dict())
+    own = _flat({k: v for k, v in yaml.safe_load(recipe.read_text()).items() if k != "base"})
+    restated = [k for k, v in own.items() if inherited.get(k, defaults.get(k)) == v]
+    assert not restated, f"{recipe.name} restates {restated}"
+
+
+def test_gpu_recipes_do_not_derive_from_the_laptop_recipe():
+    for name in ("base.yaml", "large.yaml"):
+        assert "debug.yaml" not in [p.name for p in _chain(ROOT / "launch" / "recipes" / name)]
 
 
 def test_base_values_are_inherited_and_overridden(tmp_path):
@@ -76,7 +118,10 @@ def test_deepspeed_config_is_filled_and_contradictions_refused(tmp_path):
     assert ds["train_batch_size"] == 4 * 2 * 3
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["reduce_bucket_size"] == 64 * 64
-    assert ds["bf16"]["enabled"] is False  # no GPU here
+    cfg.optim.precision = "bf16"
+    assert build_ds_config(cfg, world_size=3, hidden_size=64)["bf16"]["enabled"] is True
+    cfg.optim.precision = "fp32"
+    assert build_ds_config(cfg, world_size=3, hidden_size=64)["bf16"]["enabled"] is False
     fixed = json.loads((ROOT / "ds_config.json").read_text())
     fixed["train_batch_size"] = 100
     (tmp_path / "ds.json").write_text(json.dumps(fixed))

@@ -12,9 +12,9 @@ import torch
 from models.config import preset
 from models.videobert import VideoBertForPreTraining
 from models.vocab import JointVocab
-from trainer.heldout import roc_auc
-from trainer.labels import LabelError, LabelVocabulary, read_labels, read_vocabulary, words_of_sentence
-from trainer.zeroshot import (
+from trainer.evaluation.heldout import roc_auc
+from trainer.evaluation.labels import LabelError, LabelVocabulary, read_labels, read_vocabulary, words_of_sentence
+from trainer.evaluation.zeroshot import (
     ZeroShotClassifier, ZeroShotError, ZeroShotTally, build_prompt, label_pieces, mask_log_probs, prompt_sequences,
 )
 

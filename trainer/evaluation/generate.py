@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from models.vocab import JointVocab
 from shards import reader, schema
-from trainer.zeroshot import PAPER_TEMPLATE, build_prompt, mask_log_probs
+from trainer.evaluation.zeroshot import PAPER_TEMPLATE, build_prompt, mask_log_probs
 
 THUMB = 64
 """Side of a frame thumbnail, in pixels."""
@@ -114,7 +114,7 @@ def video_to_text(model: torch.nn.Module, tokenizer: Any, vocab: JointVocab, sam
     allowed = whole_word_ids(tokenizer, vocab.text_vocab_size)
     out = []
     for sample in samples:
-        tokens = visual(torch.from_numpy(sample.frames)).cpu().numpy()
+        tokens = visual.tokenize_frames(sample.frames)
         lp = mask_log_probs(model, vocab, prompt, [tokens], max_seq_len, torch.device(device))[0]  # (2, V)
         lp[:, ~allowed] = -float("inf")
         words = [tokenizer.convert_ids_to_tokens(lp[m].topk(k).indices.tolist()) for m in range(2)]
@@ -160,7 +160,7 @@ def text_to_video_grid(sentences: Sequence[str], predictions: Sequence[Sequence[
             x = _TEXT_WIDTH + column * cell_w
             if leaf in clips:
                 image.paste(_strip(clips[leaf].frames), (x, y))
-            draw.text((x, y + THUMB + 3), f"[V{leaf:05d}]" + (f" d={clips[leaf].distance:.2f}" if leaf in clips else " (no clip)"),
+            draw.text((x, y + THUMB + 3), JointVocab.visual_word(leaf) + (f" d={clips[leaf].distance:.2f}" if leaf in clips else " (no clip)"),
                       fill="black", font=font)
     return image
 

@@ -1,4 +1,4 @@
-"""The model to evaluate, from a run folder, a checkpoint folder or an exported transformers directory.
+"""Loading a model for evaluation: from a run folder, a checkpoint folder or an exported directory.
 
 * a run folder (holds ``checkpoints/``): its newest complete checkpoint;
 * a checkpoint folder ``step-N`` (with its ``COMPLETE`` marker): the ZeRO partitions of every rank
@@ -7,36 +7,28 @@
 * a directory written by ``videobert export`` (or any ``BertForPreTraining`` directory whose
   ``vocab.txt`` holds the joint vocabulary): the joint vocabulary is read back from ``vocab.txt``;
   the run's config and the codebook's hash come from the files ``export`` writes beside the weights
-  (``EXPORT_INFO``, ``EXPORT_CONFIG``), when present.
+  (``run_folder.EXPORT_INFO``, ``run_folder.EXPORT_CONFIG``), when present.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from models.vocab import EXTRA_TOKENS, VIDEO_SEP_TOKEN, JointVocab
-from trainer.checkpoint import COMPLETE, latest_complete
+from models.vocab import EXTRA_TOKENS, ROW_MULTIPLE, VIDEO_SEP_TOKEN, VISUAL_TOKEN_PATTERN, JointVocab
 from trainer.config import TrainConfig, load_config
-
-EXPORT_INFO = "videobert.json"
-"""Written by ``videobert export``: the step, the checkpoint it came from, the codebook's hash."""
-EXPORT_CONFIG = "videobert-run.yaml"
-"""Written by ``videobert export``: the run's resolved config."""
-_VISUAL_WORD = re.compile(r"^\[V\d+\]$")
+from trainer.run_folder import COMPLETE, EXPORT_CONFIG, EXPORT_INFO, CheckpointFolder, RunFolder, latest_complete, read_json
 
 
-class RestoreError(ValueError):
+class ModelLoadError(ValueError):
     """A path that holds no model ``videobert eval`` can read; the message says what it expected."""
 
 
 @dataclass
-class Restored:
+class LoadedModel:
     """A model ready for evaluation and what came with it."""
 
     model: torch.nn.Module
@@ -52,64 +44,64 @@ class Restored:
     """The run folder the checkpoint belongs to (None for an exported directory)."""
 
 
-def restore(path: str | Path, device: torch.device | str = "cpu") -> Restored:
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
     """The model at ``path`` (see module doc), in eval mode on ``device``."""
     path = Path(path)
-    if (path / "checkpoints").is_dir():
-        newest = latest_complete(path / "checkpoints")
+    run = RunFolder(path)
+    if run.is_run():
+        newest = latest_complete(run.checkpoints)
         if newest is None:
-            raise RestoreError(f"{path}/checkpoints holds no complete checkpoint (none has its {COMPLETE} marker)")
+            raise ModelLoadError(f"{run.checkpoints} holds no complete checkpoint (none has its {COMPLETE} marker)")
         path = newest
-    if (path / COMPLETE).is_file():
-        restored = _from_checkpoint(path)
+    if CheckpointFolder(path).is_complete():
+        loaded = _from_checkpoint(CheckpointFolder(path))
     elif (path / "config.json").is_file():
-        restored = _from_export(path)
+        loaded = _from_export(path)
     else:
-        raise RestoreError(f"{path} is neither a run folder, a complete checkpoint folder (step-N with {COMPLETE}) "
-                           "nor an exported transformers directory (config.json)")
-    restored.model.to(device).eval()
-    return restored
+        raise ModelLoadError(f"{path} is neither a run folder, a complete checkpoint folder (step-N with {COMPLETE}) "
+                             "nor an exported transformers directory (config.json)")
+    loaded.model.to(device).eval()
+    return loaded
 
 
-def _from_checkpoint(folder: Path) -> Restored:
+def _from_checkpoint(ckpt: CheckpointFolder) -> LoadedModel:
     from trainer.build import build_tokenizer
     from trainer.checkpoint import consolidated_model
 
-    cfg = load_config(folder / "config.yaml")
-    model = consolidated_model(folder)
-    state = json.loads((folder / "trainer" / "rank-00000.json").read_text())
-    step = int(json.loads((folder / COMPLETE).read_text())["step"])
-    return Restored(model=model, tokenizer=build_tokenizer(cfg), vocab=model.config.vocab, cfg=cfg, source=folder,
-                    step=step, codebook_hash=state.get("codebook_hash") or None, run_dir=folder.parent.parent)
+    cfg = load_config(ckpt.config)
+    model = consolidated_model(ckpt.path)
+    codebook_hash = ckpt.read_trainer_state(0).get("codebook_hash") or None
+    return LoadedModel(model=model, tokenizer=build_tokenizer(cfg), vocab=model.config.vocab, cfg=cfg, source=ckpt.path,
+                       step=int(ckpt.marker()["step"]), codebook_hash=codebook_hash, run_dir=ckpt.path.parent.parent)
 
 
-def _from_export(folder: Path) -> Restored:
+def _from_export(folder: Path) -> LoadedModel:
     from models.hf_interop import from_pretrained_bert, load_text_tokenizer
 
     tokenizer = load_text_tokenizer(folder)
     vocab = joint_vocab_of_export(folder, tokenizer)
-    info = json.loads((folder / EXPORT_INFO).read_text()) if (folder / EXPORT_INFO).is_file() else {}
+    info = read_json(folder / EXPORT_INFO) if (folder / EXPORT_INFO).is_file() else {}
     cfg = load_config(folder / EXPORT_CONFIG) if (folder / EXPORT_CONFIG).is_file() else None
     model = from_pretrained_bert(folder, vocab)
-    return Restored(model=model, tokenizer=tokenizer, vocab=vocab, cfg=cfg, source=folder, step=info.get("step"),
-                    codebook_hash=info.get("codebook_hash"), run_dir=None)
+    return LoadedModel(model=model, tokenizer=tokenizer, vocab=vocab, cfg=cfg, source=folder, step=info.get("step"),
+                       codebook_hash=info.get("codebook_hash"), run_dir=None)
 
 
 def joint_vocab_of_export(folder: Path, tokenizer: Any) -> JointVocab:
     """The joint vocabulary an exported directory's vocab.txt lays out (``JointVocab.added_tokens``)."""
     words = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
     if VIDEO_SEP_TOKEN not in words:
-        raise RestoreError(f"{folder}/vocab.txt has no {VIDEO_SEP_TOKEN} token: not a VideoBERT export "
-                           "(write one with `videobert export`)")
+        raise ModelLoadError(f"{folder}/vocab.txt has no {VIDEO_SEP_TOKEN} token: not a VideoBERT export "
+                             "(write one with `videobert export`)")
     text_size = words.index(VIDEO_SEP_TOKEN)
     visual = words[text_size + len(EXTRA_TOKENS) :]
-    num_visual = next((i for i, w in enumerate(visual) if not _VISUAL_WORD.match(w)), len(visual))
-    rows = int(json.loads((folder / "config.json").read_text())["vocab_size"])
+    num_visual = next((i for i, w in enumerate(visual) if not VISUAL_TOKEN_PATTERN.match(w)), len(visual))
+    rows = int(read_json(folder / "config.json")["vocab_size"])
     ids = {name: int(tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{name}_token")))
            for name in ("cls", "sep", "mask", "pad", "unk")}
-    for multiple in (64, rows):
+    for multiple in (ROW_MULTIPLE, rows):  # our exports round the table; other BERT directories may not
         vocab = JointVocab(text_vocab_size=text_size, num_visual_tokens=num_visual, pad_to_multiple_of=multiple,
                            **{f"{k}_id": v for k, v in ids.items()})
         if vocab.size_padded == rows:
             return vocab
-    raise RestoreError(f"{folder}: config.json has {rows} word rows but vocab.txt lays out {vocab.size}")
+    raise ModelLoadError(f"{folder}: config.json has {rows} word rows but vocab.txt lays out {vocab.size}")

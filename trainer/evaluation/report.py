@@ -22,7 +22,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from trainer.heldout import TABLE_ROWS
+from models.vocab import JointVocab
+from trainer.evaluation.heldout import TABLE_ROWS
+from trainer.run_folder import REPORT_FILE, RESULTS_FILE, RunFolder, write_json, write_text_atomic
 
 CURVES = {
     "loss": ("loss", "text_mlm_loss", "video_mlm_loss", "alignment_loss"),
@@ -34,9 +36,10 @@ CURVES = {
 def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Training scalars by name: (step, value), one value per step (the last logged: a resumed run
     logs some steps twice). From TensorBoard events; metrics.jsonl when there are none."""
-    curves = _tensorboard_curves(run_dir / "tensorboard") if (run_dir / "tensorboard").is_dir() else {}
-    if not curves and (run_dir / "metrics.jsonl").is_file():
-        curves = _jsonl_curves(run_dir / "metrics.jsonl")
+    run = RunFolder(run_dir)
+    curves = _tensorboard_curves(run.tensorboard) if run.tensorboard.is_dir() else {}
+    if not curves and run.metrics.is_file():
+        curves = _jsonl_curves(run.metrics)
     return {name: sorted(dict(points).items()) for name, points in curves.items()}
 
 
@@ -121,7 +124,7 @@ def _pyplot():
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +176,7 @@ def generation_markdown(t2v: list[dict[str, Any]], v2t: list[dict[str, Any]]) ->
                   "(most confident first); each visual word is shown by the clip nearest to its centroid "
                   "(d = feature distance).", "", "![text to video](text_to_video.png)", "",
                   "| sentence | visual words |", "|---|---|"]
-        lines += [f"| {r['sentence']} | {' '.join(f'V{v}' for v in r['visual_words'])} |" for r in t2v]
+        lines += [f"| {r['sentence']} | {' '.join(JointVocab.visual_word(v) for v in r['visual_words'])} |" for r in t2v]
         lines.append("")
     if v2t:
         lines += ["## Video to text", "", "The most likely words at the template's two masks, given each clip.", "",
@@ -197,8 +200,8 @@ def write_report(out: Path, results: dict[str, Any], pictures: dict[str, bool]) 
     if pictures.get("curves"):
         lines += ["## Training curves", "", "![training curves](curves.png)", ""]
     lines += generation_markdown(results.get("text_to_video", []), results.get("video_to_text", []))
-    path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path = out / REPORT_FILE
+    write_text_atomic(path, "\n".join(lines))
     results["report"] = str(path)
-    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+    write_json(out / RESULTS_FILE, results)
     return path

@@ -5,7 +5,7 @@ Each labelled segment's video tokens follow a fixed sentence whose verb and noun
     [CLS] now let me show you how to [MASK] the [MASK] [>] video-tokens [SEP]
 
 The verb is read from the first mask and the noun from the second, scores restricted to the label
-vocabulary (``trainer.labels``); top-1 and top-5 accuracies are reported. Beside them, as in the
+vocabulary (``trainer.evaluation.labels``); top-1 and top-5 accuracies are reported. Beside them, as in the
 paper's Table 1: the language prior (the same model given the sentence alone, ``[CLS] sentence
 [SEP]``: one prediction for every segment), uniform chance (k / classes), and the best constant
 guess (the share of the k most frequent true labels: the most any prediction that ignores the video
@@ -28,9 +28,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from models.vocab import JointVocab, fit_lengths
-from trainer import collect
-from trainer.labels import LabelIndex, LabelVocabulary
+from models.vocab import JOINT_SPECIAL_COUNT, JointVocab, fit_lengths
+from trainer import distributed
+from trainer.evaluation.labels import LabelIndex, LabelVocabulary
 
 PAPER_TEMPLATE = "now let me show you how to {verb} the {noun}"
 TOP_K = (1, 5)
@@ -99,8 +99,8 @@ class ZeroShotClassifier:
         self.prompts = {s: build_prompt(tokenizer, vocab.mask_id, template, *s) for s in shapes}
         self.base = self.prompts[(usual["verb"], usual["noun"])]
         longest = max(len(p.text_ids) for p in self.prompts.values())
-        if longest + 3 > max_seq_len:
-            raise ZeroShotError(f"the template needs {longest + 3} tokens with its specials; max_seq_len is {max_seq_len}")
+        if longest + JOINT_SPECIAL_COUNT > max_seq_len:
+            raise ZeroShotError(f"the template needs {longest + JOINT_SPECIAL_COUNT} tokens with its specials; max_seq_len is {max_seq_len}")
 
     def mask_log_probs(self, prompt: Prompt, videos: Sequence[np.ndarray] | None) -> torch.Tensor:
         return mask_log_probs(self.model, self.vocab, prompt, videos, self.max_seq_len, self.device)
@@ -147,7 +147,7 @@ def prompt_sequences(vocab: JointVocab, prompt: Prompt, videos: Sequence[np.ndar
         return [vocab.text_sequence(prompt.text_ids)]
     rows = []
     for video in videos:
-        n_text, n_video = fit_lengths(len(prompt.text_ids), len(video), max_seq_len - 3)
+        n_text, n_video = fit_lengths(len(prompt.text_ids), len(video), max_seq_len - JOINT_SPECIAL_COUNT)
         if n_text < len(prompt.text_ids):
             raise ZeroShotError(f"max_seq_len {max_seq_len} would cut the template; raise it")
         rows.append(vocab.joint_sequence(prompt.text_ids, [int(v) for v in video[:n_video]]))
@@ -183,7 +183,7 @@ class ZeroShotTally:
     def reduce(self) -> dict[str, float]:
         """Accuracies over all ranks (collective)."""
         flat = np.concatenate([[self.count], self.hits.ravel(), *(self.histograms[s] for s in SLOTS)])
-        total = collect.sum_across_ranks(flat)
+        total = distributed.sum_across_ranks(flat)
         count = total[0]
         hits = total[1 : 1 + self.hits.size].reshape(self.hits.shape)
         rest = total[1 + self.hits.size :]
@@ -248,7 +248,7 @@ def evaluate_zeroshot(classifier: ZeroShotClassifier, shards: Sequence[Sequence[
             records += [_record(seg, lb, scores, i, vocab) for i, (seg, lb) in enumerate(batch)]
     results = tally.reduce()
     results["language_prior_top"] = {s: _top(prior[s][0], getattr(vocab, s + "s"), 5) for s in SLOTS}
-    return ZeroShotResult(results, collect.gather_lists(records), collect.gather_lists(problems))
+    return ZeroShotResult(results, distributed.gather_lists(records), distributed.gather_lists(problems))
 
 
 def _record(seg: EvalSegment, label, scores: dict[str, torch.Tensor], row: int, vocab: LabelVocabulary) -> dict[str, Any]:

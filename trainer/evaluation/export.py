@@ -13,37 +13,33 @@ hash of the codebook whose visual words it knows).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from trainer.config import TrainConfig, save_config
-
-HELP = "a checkpoint -> a transformers BertForPreTraining directory"
+from trainer.run_folder import EXPORT_CONFIG, EXPORT_INFO, write_json
 
 
 def export_checkpoint(path: str | Path, out: str | Path) -> Path:
     """Write the checkpoint at ``path`` (a run folder or a step-N folder) to the directory ``out``."""
-    from trainer.restore import RestoreError, restore
+    from trainer.evaluation.load import ModelLoadError, load_model
 
-    restored = restore(path)
-    if restored.cfg is None:
-        raise RestoreError(f"{path} is already an exported directory")
-    return write_export(restored.model, restored.tokenizer, restored.cfg, out, step=restored.step,
-                        checkpoint=str(restored.source.resolve()), codebook_hash=restored.codebook_hash)
+    loaded = load_model(path)
+    if loaded.cfg is None:
+        raise ModelLoadError(f"{path} is already an exported directory")
+    return write_export(loaded.model, loaded.tokenizer, loaded.cfg, out, step=loaded.step,
+                        checkpoint=str(loaded.source.resolve()), codebook_hash=loaded.codebook_hash)
 
 
 def write_export(model, tokenizer, cfg: TrainConfig, out: str | Path, *, step: int | None, checkpoint: str | None,
                  codebook_hash: str | None) -> Path:
     """``model`` as a transformers directory, with the run's config and identity beside it."""
     from models.hf_interop import export_pretrained
-    from trainer.restore import EXPORT_CONFIG, EXPORT_INFO
 
     out = Path(out)
     export_pretrained(model, out, tokenizer)
     save_config(cfg, out / EXPORT_CONFIG)
-    info = {"step": step, "checkpoint": checkpoint, "codebook_hash": codebook_hash}
-    (out / EXPORT_INFO).write_text(json.dumps(info, indent=1))
+    write_json(out / EXPORT_INFO, {"step": step, "checkpoint": checkpoint, "codebook_hash": codebook_hash})
     return out
 
 
@@ -53,11 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.restore import RestoreError
+    from trainer.evaluation.load import ModelLoadError
 
     try:
         out = export_checkpoint(args.checkpoint, args.out)
-    except (RestoreError, FileNotFoundError) as e:
+    except (ModelLoadError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"exported {args.checkpoint} to {out}")

@@ -5,7 +5,7 @@ Two files describe them.
 The label vocabulary (``read_vocabulary``): a JSON object ``{"verbs": [...], "nouns": [...]}``, the
 classes a prediction is restricted to (the synthetic corpus writes it as ``vocabulary.json``; for real
 data, write your own list). Entries are matched lower-cased; an entry may be several words or several
-WordPieces (``trainer.zeroshot`` explains how those are scored).
+WordPieces (``trainer.evaluation.zeroshot`` explains how those are scored).
 
 The per-segment labels (``read_labels``), in either of two forms, told apart by their content:
 

@@ -7,11 +7,11 @@ the same targets: for an accuracy the share of the most frequent target (the bes
 ignores its input can do); for a perplexity that of always predicting the targets' own frequencies
 (exp of their entropy); for ROC-AUC 0.5.
 
-The work is split by whole shards (``trainer.collect``): batches never cross a shard and draw their
+The work is split by whole shards (``trainer.distributed.share``): batches never cross a shard and draw their
 random choices from (seed, shard index, batch index), so the totals do not depend on the number of
 ranks. Two ways in:
 
-* ``evaluate_heldout(trainer)``: through the DeepSpeed engine at the end of training. Ranks that run
+* ``engine_heldout(engine, ...)``: through the DeepSpeed engine at the end of training. Ranks that run
   out early keep stepping with a placeholder batch whose results are discarded, because each ZeRO-3
   forward pass gathers parameters collectively and every rank must take part in every one of them.
 * ``evaluate_model(model, ...)``: a plain single-device model (a consolidated checkpoint or an
@@ -21,7 +21,6 @@ ranks. Two ways in:
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -29,11 +28,11 @@ import torch
 
 from models.vocab import IGNORE_INDEX, JointVocab
 from shards import reader, schema
-from trainer import collect
+from models.videobert import MODEL_INPUTS, OBJECTIVES
+from trainer import distributed
 from trainer.config import ObjectivesConfig
-from trainer.examples import ExampleBuilder, Segment
+from trainer.examples import ExampleBuilder, TrainingItem
 
-OBJECTIVES = ("alignment", "text_mlm", "video_mlm")
 _HELDOUT_BATCHES = 11
 """Purpose part of the seed of the held-out batches' random choices."""
 
@@ -57,15 +56,15 @@ def sample_tokens(sample: schema.Sample, visual: Any = None) -> np.ndarray:
         return np.asarray(sample.tokens, np.int64)
     if visual is None:
         raise ValueError(f"{sample.key} is a clip sample: a visual tokenizer is needed to evaluate clip shards")
-    return visual(torch.from_numpy(sample.frames)).cpu().numpy().astype(np.int64)
+    return visual.tokenize_frames(sample.frames)
 
 
-def token_segment(sample: schema.Sample, visual: Any = None) -> Segment:
+def token_segment(sample: schema.Sample, visual: Any = None) -> TrainingItem:
     """A sample as the example builder takes it, always with visual-token ids."""
-    return Segment(key=sample.key, video_id=sample.meta.video_id, text=sample.text, clips=sample_tokens(sample, visual))
+    return TrainingItem(key=sample.key, video_id=sample.meta.video_id, text=sample.text, clips=sample_tokens(sample, visual))
 
 
-def shard_segments(url: str, visual: Any = None, on_error: Callable[[str, Exception], None] | None = None) -> list[Segment]:
+def shard_segments(url: str, visual: Any = None, on_error: Callable[[str, Exception], None] | None = None) -> list[TrainingItem]:
     """Every readable sample of one shard, as token segments."""
     return [token_segment(s, visual) for s in reader.iter_samples([url], on_error=on_error)]
 
@@ -115,11 +114,11 @@ class Tally:
     def reduce(self) -> dict[str, float]:
         """Totals over all ranks (collective)."""
         flat = np.concatenate([*(self.sums[n] for n in OBJECTIVES), [self.unreadable], self.targets])
-        total = collect.sum_across_ranks(flat)
+        total = distributed.sum_across_ranks(flat)
         k = 3 * len(OBJECTIVES)
         sums = {n: total[3 * i : 3 * i + 3] for i, n in enumerate(OBJECTIVES)}
         targets = total[k + 1 :]
-        pairs = collect.gather_lists(list(zip(self.aligned_prob, self.aligned)))
+        pairs = distributed.gather_lists(list(zip(self.aligned_prob, self.aligned)))
         v = self.vocab
         groups = {"alignment": targets[v.size_padded :], "text_mlm": targets[: v.text_vocab_size],
                   "video_mlm": targets[v.visual_offset : v.size]}
@@ -168,7 +167,7 @@ def run_pass(forward: Callable[[dict[str, torch.Tensor]], Any], to_inputs: Calla
     with torch.no_grad():
         for _ in range(max_batches or 10**12):
             batch = next(batches, None)
-            more = collect.any_rank(batch is not None) if lockstep else batch is not None
+            more = distributed.any_rank(batch is not None) if lockstep else batch is not None
             if not more:
                 break
             inputs = to_inputs(batch) if batch is not None else placeholder or _placeholder(tally.vocab)
@@ -179,26 +178,18 @@ def run_pass(forward: Callable[[dict[str, torch.Tensor]], Any], to_inputs: Calla
     return tally
 
 
-def evaluate_heldout(trainer, max_batches: int | None = None) -> dict[str, float]:
-    """Run the held-out pass with a built ``Trainer``; rank 0 prints and saves the results."""
-    from trainer import build
-
-    cfg = trainer.cfg
-    source = build.inspect_source(cfg.data.heldout, "data.heldout")
-    build.check_source(source, trainer.codebook, "data.heldout")
-    builder = ExampleBuilder(trainer.vocab, trainer.tokenizer, heldout_objectives(cfg.objectives), cfg.data.max_seq_len)
-    tally = Tally(trainer.vocab)
-    shards = collect.my_shards(source.urls, trainer.dist.rank, trainer.dist.world_size)
-    batches = heldout_batches(source.urls, shards, builder, cfg.optim.micro_batch_size, cfg.seed, trainer.visual, tally.on_error)
-    trainer.engine.eval()
-    run_pass(lambda inputs: trainer.engine(**inputs), trainer.model_inputs, batches, tally, lockstep=True,
-             max_batches=max_batches)
-    trainer.engine.train()
-    results = tally.reduce()
-    if trainer.dist.is_main:
-        (trainer.run_dir / "heldout.json").write_text(json.dumps(results, indent=1))
-        print(format_table(results))
-    return results
+def engine_heldout(engine, to_inputs: Callable[[dict[str, Any]], dict[str, torch.Tensor]], urls: Sequence[str],
+                   builder: ExampleBuilder, *, batch_size: int, seed: int, visual: Any = None,
+                   max_batches: int | None = None) -> dict[str, float]:
+    """The held-out pass through a ZeRO-3 engine (all ranks in lockstep); totals over all ranks."""
+    tally = Tally(builder.vocab)
+    rank, world_size = distributed.world()
+    batches = heldout_batches(urls, distributed.share(urls, rank, world_size), builder, batch_size, seed, visual,
+                              tally.on_error)
+    engine.eval()
+    run_pass(lambda inputs: engine(**inputs), to_inputs, batches, tally, lockstep=True, max_batches=max_batches)
+    engine.train()
+    return tally.reduce()
 
 
 def evaluate_model(model: torch.nn.Module, tokenizer: Any, urls: Sequence[str], *, objectives: ObjectivesConfig,
@@ -209,8 +200,9 @@ def evaluate_model(model: torch.nn.Module, tokenizer: Any, urls: Sequence[str], 
     device = next(model.parameters()).device
     builder = ExampleBuilder(vocab, tokenizer, heldout_objectives(objectives), max_seq_len)
     tally = Tally(vocab)
-    rank, world_size = collect.world()
-    batches = heldout_batches(urls, collect.my_shards(urls, rank, world_size), builder, batch_size, seed, visual, tally.on_error)
+    rank, world_size = distributed.world()
+    batches = heldout_batches(urls, distributed.share(urls, rank, world_size), builder, batch_size, seed, visual,
+                              tally.on_error)
     model.eval()
     run_pass(lambda inputs: model(**inputs), lambda batch: _model_inputs(batch, device), batches, tally,
              lockstep=False, max_batches=max_batches)
@@ -218,8 +210,7 @@ def evaluate_model(model: torch.nn.Module, tokenizer: Any, urls: Sequence[str], 
 
 
 def _model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    names = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "alignment_labels")
-    return {k: torch.as_tensor(batch[k]).to(device) for k in names}
+    return {k: torch.as_tensor(batch[k]).to(device) for k in MODEL_INPUTS}
 
 
 def _placeholder(vocab: JointVocab) -> dict[str, torch.Tensor]:

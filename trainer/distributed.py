@@ -1,0 +1,196 @@
+"""The job's processes: the process group, each rank's device, collectives, and DeepSpeed's import.
+
+One way in, whatever started the process: the ``deepspeed`` launcher and ``torchrun`` set ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; ``srun`` sets SLURM's variables, which are
+translated here (the one place that reads them); a plain ``python`` or ``videobert`` process gets a
+one-process group on a free local port. Training and evaluation join the same way; each leaves only
+the group it created (the demo evaluates inside the process that trained).
+
+Collectives work on whatever device the backend reduces (NCCL: CUDA tensors, gloo: CPU tensors)
+and are no-ops for one process. Lists travel between ranks as JSON, never pickle.
+
+DeepSpeed is imported through ``import_deepspeed`` only: it picks its accelerator when first
+imported, so the CPU choice must be made before, and its logger and warnings are set once there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import logging
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    created_group: bool = False
+    """Whether ``init_distributed`` created the process group (and ``leave_distributed`` ends it)."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the job's process group, or create a one-process group for a plain process.
+
+    A group that already exists (the demo evaluates in the process that trained) is joined as is.
+    """
+    _ranks_from_slurm()
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not cuda:
+        keep_freed_memory()
+        # DeepSpeed's CPU accelerator otherwise runs `numactl --hardware` (a fork of this large
+        # process) for every gradient bucket to count its "devices", which halves CPU step speed.
+        os.environ.setdefault("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    else:
+        torch.cuda.set_device(local_rank)
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://")
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device,
+                    created_group=created)
+
+
+def leave_distributed(info: DistInfo | None, together: bool) -> None:
+    """End the process group if ``info`` created it. ``together``: wait for every rank first (a rank
+    that exits while gloo still serves a peer can abort in teardown); skipped after an error, when
+    another rank may never arrive."""
+    if info is None or not info.created_group or not dist.is_initialized():
+        return
+    if together:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def _ranks_from_slurm() -> None:
+    """``srun`` starting one task per GPU sets SLURM's variables, not torch's: translate them (the
+    batch script exports MASTER_ADDR and MASTER_PORT). Launchers that set RANK win."""
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) < 2 or "MASTER_ADDR" not in os.environ:
+        return
+    os.environ.update(
+        RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=os.environ["SLURM_NTASKS"], LOCAL_RANK=os.environ["SLURM_LOCALID"],
+        LOCAL_WORLD_SIZE=os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0],
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the system at once.
+
+    ZeRO-3 frees and reallocates gathered parameters and gradient buckets every step; with glibc's
+    defaults each large allocation is a fresh mmap whose pages are faulted in and zeroed again,
+    which costs a CPU run a good part of its step time. No effect elsewhere (non-glibc systems).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # the largest glibc accepts
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+@functools.cache
+def import_deepspeed():
+    """The ``deepspeed`` module, imported with this process's settings in place.
+
+    DeepSpeed picks its accelerator when first imported: without CUDA, say "CPU" rather than let it
+    guess. It reports every engine detail at INFO on every rank (the trainer reports what matters),
+    and still calls collectives that torch has renamed, a notice that would repeat every step.
+    """
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    from deepspeed.utils import logger
+
+    logger.setLevel(os.environ.get("VIDEOBERT_DEEPSPEED_LOG_LEVEL", "WARNING").upper())
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    return deepspeed
+
+
+# ---------------------------------------------------------------------------------------------
+# collectives
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the current process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def share(items: Sequence[Any], rank: int, world_size: int) -> list[int]:
+    """Indices of ``items`` that rank ``rank`` of ``world_size`` takes: ``rank, rank + n, ...``."""
+    return list(range(rank, len(items), world_size))
+
+
+def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce across the job (a no-op for one process), whatever device ``tensor`` is on."""
+    if world()[1] > 1:
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+        # NCCL reduces CUDA tensors only; gloo reduces CPU tensors.
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        moved = tensor.to(device)
+        dist.all_reduce(moved, op=ops[op])
+        tensor.copy_(moved)
+    return tensor
+
+
+def sum_across_ranks(values: np.ndarray) -> np.ndarray:
+    """Element-wise sum over all ranks (float64; a copy for one process)."""
+    tensor = torch.from_numpy(np.asarray(values, dtype=np.float64).copy())
+    return all_reduce_(tensor).numpy()
+
+
+def any_rank(flag: bool) -> bool:
+    """True when ``flag`` is true on at least one rank (collective)."""
+    return bool(sum_across_ranks(np.array([float(flag)]))[0] > 0)
+
+
+def gather_lists(items: list[Any]) -> list[Any]:
+    """Every rank's list concatenated in rank order (collective). Items travel as JSON (never pickle)."""
+    rank, size = world()
+    if size == 1:
+        return list(items)
+    payload = np.frombuffer(json.dumps(items).encode("utf-8"), dtype=np.uint8)
+    lengths = np.zeros(size, dtype=np.float64)
+    lengths[rank] = len(payload)
+    lengths = sum_across_ranks(lengths).astype(np.int64)
+    padded = np.zeros((size, int(lengths.max())), dtype=np.float64)
+    padded[rank, : len(payload)] = payload
+    # A sum of rows that are zero everywhere but at their own rank is an all-gather.
+    rows = sum_across_ranks(padded).astype(np.uint8)
+    parts = [json.loads(rows[r, : lengths[r]].tobytes().decode("utf-8")) for r in range(size)]
+    return [item for part in parts for item in part]

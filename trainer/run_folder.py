@@ -1,0 +1,155 @@
+"""The run folder: the one place that names what a run writes, and the small readers of it.
+
+Layout of ``run_dir``::
+
+    config.yaml                      the resolved run config (written when training starts)
+    metrics.jsonl                    the training scalars, one JSON line per logging step
+    tensorboard/                     the same scalars as TensorBoard events
+    heldout.json                     held-out metrics at the end of training (``data.heldout``)
+    checkpoints/latest               the newest complete checkpoint's name
+    checkpoints/step-N/              one checkpoint (``CheckpointFolder``):
+        COMPLETE                     written last, by rank 0, once every rank finished writing
+        config.yaml                  the resolved run config
+        model.json                   the model's config, joint vocabulary included
+        trainer/rank-00000.json      each rank's trainer state (counters, data position)
+        trainer/rng-00000.pt         each rank's RNG states (tensors only)
+        (DeepSpeed's engine files)   ZeRO-3 partitions of every rank, optimizer, schedule
+    report.md, results.json, *.png   the evaluation report (``videobert eval``'s default --out)
+
+An exported model directory (``videobert export``) keeps the run's config as ``EXPORT_CONFIG`` and
+its identity as ``EXPORT_INFO`` beside the transformers files. Small files are written atomically
+(temporary name, fsync, rename), so a killed process leaves the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shards.writer import write_text_atomic
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+HELDOUT_FILE = "heldout.json"
+CHECKPOINTS_DIR = "checkpoints"
+REPORT_FILE = "report.md"
+RESULTS_FILE = "results.json"
+
+LATEST = "latest"
+COMPLETE = "COMPLETE"
+MODEL_CONFIG = "model.json"
+TRAINER_STATE_DIR = "trainer"
+
+EXPORT_INFO = "videobert.json"
+"""Written by ``videobert export``: the step, the checkpoint it came from, the codebook's hash."""
+EXPORT_CONFIG = "videobert-run.yaml"
+"""Written by ``videobert export``: the run's resolved config."""
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass(frozen=True)
+class CheckpointFolder:
+    """One ``step-N`` folder and the names of its files."""
+
+    path: Path
+
+    @staticmethod
+    def name_of(step: int) -> str:
+        return f"step-{step}"
+
+    @property
+    def complete_marker(self) -> Path:
+        return self.path / COMPLETE
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def model_config(self) -> Path:
+        return self.path / MODEL_CONFIG
+
+    def trainer_state(self, rank: int) -> Path:
+        return self.path / TRAINER_STATE_DIR / f"rank-{rank:05d}.json"
+
+    def rng_state(self, rank: int) -> Path:
+        return self.path / TRAINER_STATE_DIR / f"rng-{rank:05d}.pt"
+
+    def is_complete(self) -> bool:
+        return self.complete_marker.is_file()
+
+    def marker(self) -> dict[str, Any]:
+        """The completion marker's record (step, world size, time)."""
+        return json.loads(self.complete_marker.read_text(encoding="utf-8"))
+
+    def read_trainer_state(self, rank: int = 0) -> dict[str, Any]:
+        """A rank's trainer state as saved (``trainer.checkpoint.TrainerState`` reads it whole)."""
+        return json.loads(self.trainer_state(rank).read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder (``run_dir``) and the names of what a run writes into it."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD_DIR
+
+    @property
+    def heldout(self) -> Path:
+        return self.path / HELDOUT_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def results(self) -> Path:
+        return self.path / RESULTS_FILE
+
+    def checkpoint(self, step: int) -> CheckpointFolder:
+        return CheckpointFolder(self.checkpoints / CheckpointFolder.name_of(step))
+
+    def is_run(self) -> bool:
+        return self.checkpoints.is_dir()
+
+
+def step_dirs(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every step folder under a checkpoints folder, complete or not, by step."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def latest_complete(root: Path) -> Path | None:
+    """The newest complete step folder under a checkpoints folder."""
+    complete = [p for _, p in step_dirs(root) if CheckpointFolder(p).is_complete()]
+    return complete[-1] if complete else None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON, atomically."""
+    write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
