@@ -29,11 +29,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from models.kernels import available_kernel_sets
 from models.vocab import JointVocab
 
 SUPPORTED_HIDDEN_ACTS = ("gelu",)
 """Activations the layers implement: BERT's exact (erf) GELU, which the fused kernels reproduce."""
+
+RETIRED_FIELDS = ("kernels",)
+"""Keys that configs saved by earlier versions hold and that are no longer config: read and dropped.
+``kernels`` became a run-time choice of the model (``VideoBertForPreTraining.set_kernels``)."""
 
 BERT_SHAPE_FIELDS = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
@@ -68,7 +71,11 @@ class ModelConfigError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class VideoBertConfig:
-    """Everything that fixes the joint transformer's shape, regularisation, losses and kernels."""
+    """Everything that fixes the joint transformer's shape, regularisation and losses.
+
+    Which kernels compute it is not here: that is a run-time choice of the model
+    (``VideoBertForPreTraining.set_kernels``), so a saved config loads wherever the model runs.
+    """
 
     vocab: JointVocab
     """The joint vocabulary (text WordPieces, ``[>]``, visual words, padding rows)."""
@@ -102,8 +109,6 @@ class VideoBertConfig:
     """Weight of the masked visual-token loss in the total loss."""
     alignment_weight: float = 1.0
     """Weight of the text-video alignment loss in the total loss."""
-    kernels: str = "reference"
-    """Implementation of the fusable operations (``models.kernels.get_ops``): "reference" is PyTorch."""
 
     def __post_init__(self) -> None:
         problems = _type_problems(self)
@@ -124,12 +129,12 @@ class VideoBertConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "VideoBertConfig":
         """Strict inverse of ``to_dict``: unknown keys are errors, the vocabulary may be a dict."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - known - set(RETIRED_FIELDS))
         if unknown:
             raise ValueError(f"unknown VideoBertConfig keys {unknown}; known keys: {sorted(known)}")
         if "vocab" not in d:
             raise ValueError("VideoBertConfig needs 'vocab' (a JointVocab or its dict)")
-        values = dict(d)
+        values = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
         values["vocab"] = _vocab_from(values["vocab"])
         return cls(**values)
 
@@ -201,8 +206,6 @@ def _value_problems(cfg: VideoBertConfig) -> list[ConfigProblem]:
     weights = {name: getattr(cfg, name) for name in LOSS_WEIGHT_FIELDS}
     if min(weights.values()) < 0 or max(weights.values()) <= 0:
         problem(LOSS_WEIGHT_FIELDS, f"loss weights must be non-negative with at least one positive, got {weights}")
-    if cfg.kernels not in available_kernel_sets():
-        problem(("kernels",), f"kernels {cfg.kernels!r} is unknown; choose one of {list(available_kernel_sets())}")
     return problems
 
 

@@ -2,8 +2,9 @@
 
 - Attention goes through ``torch.nn.functional.scaled_dot_product_attention`` with a boolean key
   mask, so flash / memory-efficient kernels serve it on accelerators.
-- The fusable operations (bias + GELU, residual + LayerNorm) are called through the kernel set the
-  config names (``models.kernels``), so a fused implementation can be swapped in without edits here.
+- The fusable operations (bias + GELU, residual + LayerNorm) are called through a kernel set
+  (``models.kernels``), the plain PyTorch ``reference`` until ``use_kernels`` swaps in another
+  (``triton``): a run-time choice, not part of the config, since every set computes the same maths.
 - Every weight is initialised inside the constructor of the module that owns it (BERT's scheme:
   normal(0, initializer_range) weights, zero biases, unit LayerNorms). Nothing initialises weights
   after construction, so ``deepspeed.zero.Init`` (which partitions each module's parameters as soon
@@ -13,10 +14,11 @@
   ``VideoBertConfig.gradient_checkpointing``.
 - Padding costs nothing outside attention: the encoder gathers the real tokens of a padded batch
   once (``TokenLayout``) and runs every projection, feed-forward, LayerNorm and dropout on them
-  alone, (N, H) with N = real tokens; only attention scatters them back into the (B, T) layout.
-  VideoBERT batches mix short text-only and long joint sequences, so most padded positions would
-  otherwise be computed for nothing. Outputs at real positions are unchanged; padded positions of
-  the encoder's output are zero.
+  alone, (N, H) with N = real tokens. Attention on the CPU scatters them back into the (B, T)
+  layout with a key mask; on CUDA it runs unpadded too, on variable-length sequences
+  (``models.attention``), unless ``Encoder.attention`` says ``padded``. VideoBERT batches mix short
+  text-only and long joint sequences, so most padded positions would otherwise be computed for
+  nothing. Outputs at real positions are unchanged; padded positions of the encoder's output are zero.
 """
 
 from __future__ import annotations
@@ -28,8 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from models.attention import varlen_attention
 from models.config import VideoBertConfig
 from models.kernels import KernelOps, get_ops
+
+ATTENTION_MODES = ("auto", "padded", "varlen")
+"""How attention sees a padded batch: ``varlen`` on unpadded sequences, ``padded`` in (B, T) with a
+key mask, ``auto`` = varlen on CUDA, padded elsewhere (the CPU's variable-length path is slow)."""
 
 
 class NormalLinear(nn.Linear):
@@ -96,13 +103,23 @@ class TokenLayout:
     """(N,) flat positions of the real tokens; None when nothing is padded (N = B x T)."""
     key_mask: torch.Tensor | None
     """(B, 1, 1, T) boolean key mask for attention; None when nothing is padded."""
+    offsets: torch.Tensor | None = None
+    """(B + 1,) where each example starts among the N real tokens, then N: set when attention runs
+    on variable-length sequences (and something is padded), else None."""
+    max_len: int = 0
+    """The longest example, in tokens, when ``offsets`` is set."""
 
     @classmethod
-    def of(cls, attention_mask: torch.Tensor | None, batch: int, length: int) -> "TokenLayout":
+    def of(cls, attention_mask: torch.Tensor | None, batch: int, length: int, *, varlen: bool = False) -> "TokenLayout":
         if attention_mask is None or bool(attention_mask.bool().all()):
             return cls(batch, length, None, None)
-        index = attention_mask.reshape(-1).nonzero().squeeze(1)
-        return cls(batch, length, index, key_padding_mask(attention_mask))
+        mask = attention_mask.bool()
+        index = mask.reshape(-1).nonzero().squeeze(1)
+        if not varlen:
+            return cls(batch, length, index, key_padding_mask(mask))
+        lengths = mask.sum(1)
+        offsets = F.pad(lengths.cumsum(0), (1, 0))
+        return cls(batch, length, index, None, offsets, int(lengths.max()))
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) -> (N, ...)."""
@@ -147,12 +164,14 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
         # x: (N, H) real tokens -> (N, H)
+        dropout_p = self.dropout_p if self.training else 0.0
+        qkv = self.qkv(x).view(x.shape[0], 3, self.num_heads, self.head_dim)  # (N, 3, nh, hd)
+        if layout.offsets is not None:
+            return varlen_attention(qkv, layout.offsets, layout.max_len, dropout_p)
         b, t, h = layout.batch, layout.length, x.shape[-1]
-        qkv = layout.unpack(self.qkv(x)).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hd)
-        context = F.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2], attn_mask=layout.key_mask, dropout_p=self.dropout_p if self.training else 0.0
-        )  # (B, nh, T, hd)
-        return layout.pack(context.transpose(1, 2).reshape(b, t, h))
+        qkv = layout.unpack(qkv).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hd)
+        context = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=layout.key_mask, dropout_p=dropout_p)
+        return layout.pack(context.transpose(1, 2).reshape(b, t, h))  # (B, nh, T, hd) -> (N, H)
 
 
 class EncoderLayer(nn.Module):
@@ -160,7 +179,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, config: VideoBertConfig) -> None:
         super().__init__()
-        ops = get_ops(config.kernels)
+        ops = get_ops("reference")  # until use_kernels swaps in another set
         std, h, eps = config.initializer_range, config.hidden_size, config.layer_norm_eps
         self.attention = SelfAttention(config)
         self.attention_out = NormalLinear(h, h, std=std)
@@ -185,10 +204,13 @@ class Encoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = config.gradient_checkpointing
+        self.attention = "auto"
+        """One of ``ATTENTION_MODES``: how attention sees padded batches (a run-time choice)."""
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """(B, T, H) embeddings and the (B, T) mask of real tokens -> (B, T, H), zeros at padding."""
-        layout = TokenLayout.of(attention_mask, hidden.shape[0], hidden.shape[1])
+        varlen = self.attention == "varlen" or (self.attention == "auto" and hidden.is_cuda)
+        layout = TokenLayout.of(attention_mask, hidden.shape[0], hidden.shape[1], varlen=varlen)
         x = layout.pack(hidden)  # (N, H)
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
@@ -206,3 +228,10 @@ class Encoder(nn.Module):
             else:
                 x = layer(x, layout)
         return layout.unpack(x)
+
+
+def use_kernels(module: nn.Module, ops: KernelOps) -> None:
+    """Point every layer of ``module`` that calls fusable operations at the kernel set ``ops``."""
+    for sub in module.modules():
+        if isinstance(getattr(sub, "ops", None), KernelOps):
+            sub.ops = ops

@@ -22,7 +22,7 @@ from torch import nn
 
 from models.config import VideoBertConfig
 from models.kernels import get_ops
-from models.transformer import BiasGeluLinear, Embeddings, Encoder, NormalLinear
+from models.transformer import ATTENTION_MODES, BiasGeluLinear, Embeddings, Encoder, NormalLinear, use_kernels
 from models.vocab import IGNORE_INDEX
 
 
@@ -76,7 +76,7 @@ class TiedDecoder(nn.Module):
         super().__init__()
         self.weight = word_weight
         self.bias = nn.Parameter(torch.zeros(config.vocab.size_padded))
-        self.ops = get_ops(config.kernels)
+        self.ops = get_ops("reference")  # until VideoBertForPreTraining.set_kernels swaps in another set
 
     def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None):
         """(N, H) -> logits (N, V); with labels (N,): (mean loss, correct count) without keeping logits."""
@@ -91,7 +91,7 @@ class MlmHead(nn.Module):
     def __init__(self, config: VideoBertConfig, word_weight: nn.Parameter) -> None:
         super().__init__()
         h = config.hidden_size
-        self.dense = BiasGeluLinear(h, h, std=config.initializer_range, ops=get_ops(config.kernels))
+        self.dense = BiasGeluLinear(h, h, std=config.initializer_range, ops=get_ops("reference"))
         self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.decoder = TiedDecoder(word_weight, config)
 
@@ -130,6 +130,11 @@ class VideoBertForPreTraining(nn.Module):
         with torch.device("meta"):
             model = VideoBertForPreTraining(config)
         model.to_empty(device="cuda"); model.reset_parameters()
+
+    The fusable operations start on the ``reference`` kernel set and attention on ``auto``; both
+    are run-time choices (``set_kernels``, ``set_attention``) outside the config, because they
+    change how the same function is computed, not which function: a model trained with ``triton``
+    on a GPU evaluates with ``reference`` on a CPU.
     """
 
     def __init__(self, config: VideoBertConfig) -> None:
@@ -143,6 +148,19 @@ class VideoBertForPreTraining(nn.Module):
         self.new_parameter_names: tuple[str, ...] = ()
         """Parameters that a pretrained checkpoint did not provide (set by ``from_pretrained_bert``);
         the trainer may give them a larger learning rate."""
+        self.kernels = "reference"
+        """Name of the kernel set the fusable operations run on (``set_kernels``)."""
+
+    def set_kernels(self, name: str) -> None:
+        """Run the fusable operations on the kernel set ``name`` (``models.kernels.KERNEL_SETS``)."""
+        use_kernels(self, get_ops(name))
+        self.kernels = name
+
+    def set_attention(self, mode: str) -> None:
+        """How attention sees padded batches: one of ``transformer.ATTENTION_MODES``."""
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"unknown attention mode {mode!r}; choose one of {list(ATTENTION_MODES)}")
+        self.encoder.attention = mode
 
     def tie_weights(self) -> None:
         """Point the MLM decoder at the word table again (after ``to_empty`` or loading replaced it)."""

@@ -125,17 +125,33 @@ def _model_problem(problem, cfg: TrainConfig) -> str:
     return f"{', '.join(keys)}: {problem.message}" if keys else problem.message
 
 
+def resolve_kernels(cfg: TrainConfig) -> str:
+    """The kernel set ``model.kernels`` asks for on this machine (``auto`` resolved)."""
+    from models.kernels import resolve_kernel_set
+
+    try:
+        return resolve_kernel_set(cfg.model.kernels)
+    except ValueError as e:
+        raise ConfigError(f"model.kernels={cfg.model.kernels}: {e}") from None
+
+
 def build_model(cfg: TrainConfig, model_config, ds_config: dict[str, Any]) -> torch.nn.Module:
     """The single-device model: from a BERT directory (full weights, then partitioned by the engine)
-    or from a preset, built already partitioned under ``deepspeed.zero.Init``."""
+    or from a preset, built already partitioned under ``deepspeed.zero.Init``; its fusable
+    operations on the kernel set ``model.kernels`` resolves to."""
     from models.hf_interop import load_pretrained_bert
     from models.videobert import VideoBertForPreTraining
 
+    kernels = resolve_kernels(cfg)  # before the build: a refused choice costs no model
     if cfg.model.init:
-        return load_pretrained_bert(resolve_bert_dir(cfg.model.init), model_config)
-    zero3 = ds_config.get("zero_optimization", {}).get("stage") == 3
-    with zero_init_context(ds_config, enabled=zero3):
-        return VideoBertForPreTraining(model_config)
+        model = load_pretrained_bert(resolve_bert_dir(cfg.model.init), model_config)
+    else:
+        zero3 = ds_config.get("zero_optimization", {}).get("stage") == 3
+        with zero_init_context(ds_config, enabled=zero3):
+            model = VideoBertForPreTraining(model_config)
+    model.set_kernels(kernels)
+    log.info("fusable operations on the %r kernel set (model.kernels=%s)", kernels, cfg.model.kernels)
+    return model
 
 
 def build_visual_tokenizer(cfg: TrainConfig, device: torch.device):

@@ -20,6 +20,10 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 
+KERNEL_CHOICES = ("auto", "triton", "reference")
+"""Values of ``model.kernels`` (``models.kernels.resolve_kernel_set`` turns ``auto`` into a set)."""
+
+
 class ConfigError(ValueError):
     """One or more problems with a configuration; the message lists each with its fix."""
 
@@ -62,6 +66,10 @@ class ModelConfig:
     """Override of the hidden dropout (None keeps the initialisation's)."""
     attention_dropout: float | None = None
     """Override of the attention-probability dropout (None keeps the initialisation's)."""
+    kernels: str = "auto"
+    """Kernel set of the fusable operations: ``auto`` (``triton`` on CUDA when Triton imports, else
+    ``reference``), ``triton`` (needs a GPU) or ``reference`` (plain PyTorch). A run-time choice:
+    checkpoints do not record it, and they load with any set."""
 
 
 @dataclass(kw_only=True)
@@ -318,6 +326,8 @@ def validate(c: TrainConfig) -> list[str]:
         p.append("model.init and model.preset are both empty: set one (a BERT directory, or a preset name)")
     if not c.model.init and not c.data.text_model:
         p.append("data.text_model is empty and there is no model.init to take the tokenizer from: name a BERT directory (or minilm)")
+    if c.model.kernels not in KERNEL_CHOICES:
+        p.append(f"model.kernels={c.model.kernels!r}: use one of {', '.join(KERNEL_CHOICES)}")
     p += _validate_objectives(c.objectives)
     p += _validate_optim(c.optim)
     _positive(p, "max_steps", c.max_steps)
