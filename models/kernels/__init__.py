@@ -18,7 +18,6 @@ evaluates and exports on a CPU with ``reference``.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -71,7 +70,9 @@ def resolve_kernel_set(name: str, *, cuda: bool | None = None) -> str:
         import torch
 
         cuda = torch.cuda.is_available()
-    has_triton = importlib.util.find_spec("triton") is not None
+    from models.kernels.triton_support import triton_available
+
+    has_triton = triton_available()
     if name == "auto":
         return "triton" if cuda and has_triton else "reference"
     if name == "triton" and not has_triton:

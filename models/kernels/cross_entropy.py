@@ -200,6 +200,11 @@ def linear_cross_entropy(
     _check_weight(hidden, weight, bias)
     if labels.shape != hidden.shape[:1]:
         raise ValueError(f"labels must be ({hidden.shape[0]},), got {tuple(labels.shape)}")
+    # A label past the vocabulary would match no logit and pass silently as a loss of lse - 0;
+    # the reference refuses it, so this does too (one host sync: the loss head syncs anyway).
+    if labels.numel() and int(labels.max()) >= weight.shape[0]:
+        raise ValueError(f"labels must be < {weight.shape[0]} (the vocabulary) or {IGNORE_INDEX}, "
+                         f"got {int(labels.max())}")
     chunk = chunk or vocab_chunk(hidden.shape[0], weight.shape[0])
     loss, correct = LinearCrossEntropy.apply(hidden.contiguous(), weight, bias, labels.contiguous().long(), chunk)
     return (loss, correct) if return_correct else loss

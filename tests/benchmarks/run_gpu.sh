@@ -32,16 +32,24 @@ cd "$root"
 
 log() { echo "[run_gpu $(( $(date +%s) - started ))s] $*" | tee -a "$results"; }
 
-# step NAME LIMIT_S COMMAND...: run COMMAND under the smaller of LIMIT_S and the budget left.
+# step NAME LIMIT_S KEEP COMMAND...: run COMMAND under the smaller of LIMIT_S and the budget left;
+# its output goes to $results.log, and its last KEEP lines to the results too (the benchmarks write
+# their own rows there: KEEP 0; pytest's summary is worth keeping).
 step() {
-    local name=$1 limit=$2; shift 2
+    local name=$1 limit=$2 keep=$3; shift 3
     local left=$(( budget - ($(date +%s) - started) ))
     (( left < limit )) && limit=$left
     if (( limit < 20 )); then log "SKIPPED $name (budget spent)"; return 0; fi
     log "START $name (limit ${limit}s): $*"
     if (( dry_run )); then return 0; fi
-    timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$results.log"
-    local rc=${PIPESTATUS[0]}
+    local output
+    output=$(mktemp)
+    timeout --signal=INT --kill-after=15 "$limit" "$@" > >(tee "$output" >> "$results.log") 2>&1
+    local rc=$?
+    sleep 1  # let tee drain
+    if (( keep > 0 )); then tail -n "$keep" "$output" >> "$results"; fi
+    (( rc != 0 && keep == 0 )) && tail -n 20 "$output" >> "$results"
+    rm -f "$output"
     log "END $name: exit $rc"
 }
 
@@ -66,16 +74,16 @@ install_missing
 bench=tests/benchmarks
 gpu_tests=(tests/models/test_kernels_triton.py tests/models/test_varlen_attention.py
            tests/models/test_kernels_training.py tests/models/test_transformer.py tests/models/test_kmeans_kernel.py)
-step "gpu tests" 180 "$python" -m pytest -q -p no:cacheprovider -m gpu -rA "${gpu_tests[@]}"
-step "MFU large@512" 120 "$python" $bench/bench_throughput.py --presets large --seq-lens 512 \
+step "gpu tests" 180 60 "$python" -m pytest -q -p no:cacheprovider -m gpu -rA "${gpu_tests[@]}"
+step "MFU large@512" 120 0 "$python" $bench/bench_throughput.py --presets large --seq-lens 512 \
     --variants reference,triton --out "$results"
-step "kernels vs reference" 120 "$python" $bench/bench_kernels.py --impls reference,triton --out "$results"
-step "MFU large@128, base@128" 150 "$python" $bench/bench_throughput.py --presets large,base \
+step "kernels vs reference" 120 0 "$python" $bench/bench_kernels.py --impls reference,triton --out "$results"
+step "MFU large@128, base@128" 150 0 "$python" $bench/bench_throughput.py --presets large,base \
     --seq-lens 128 --variants reference,triton --no-matmul --out "$results"
-step "MFU base@512" 100 "$python" $bench/bench_throughput.py --presets base --seq-lens 512 \
+step "MFU base@512" 100 0 "$python" $bench/bench_throughput.py --presets base --seq-lens 512 \
     --variants reference,triton --no-matmul --out "$results"
-step "mixed lengths, unpadded attention" 120 "$python" $bench/bench_throughput.py --presets large \
+step "mixed lengths, unpadded attention" 120 0 "$python" $bench/bench_throughput.py --presets large \
     --seq-lens 512 --lengths mixed --no-matmul --out "$results"
-step "kernels vs torch.compile" 240 "$python" $bench/bench_kernels.py --impls reference,compile,triton \
+step "kernels vs torch.compile" 240 0 "$python" $bench/bench_kernels.py --impls reference,compile,triton \
     --out "$results"
 log "done; results in $results"
