@@ -181,7 +181,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not set(args.variants) <= set(VARIANTS):
         parser.error(f"--variants: unknown {sorted(set(args.variants) - set(VARIANTS))}; choose from {list(VARIANTS)}")
     if args.smoke:
-        args.presets, args.seq_lens, args.tokens_per_step, args.warmup, args.steps = "tiny", "32", 128, 1, 2
+        args.presets, args.seq_lens, args.tokens_per_step, args.warmup, args.steps = "tiny", "32", 128, 1, 1
         args.lengths, args.no_matmul = "mixed", True
     args.presets = args.presets.split(",")
     args.seq_lens = [int(v) for v in str(args.seq_lens).split(",")]

@@ -54,10 +54,15 @@ step() {
 }
 
 install_missing() {
-    local missing=()
-    for spec in torch:torch triton:triton deepspeed:deepspeed yaml:pyyaml numpy:numpy pytest:pytest tqdm:tqdm; do
-        "$python" -c "import ${spec%%:*}" 2>/dev/null || missing+=("${spec##*:}")
-    done
+    # module:package pairs; find_spec looks without importing (deepspeed alone takes seconds to import)
+    local missing
+    missing=($("$python" - <<'PY'
+import importlib.util
+wanted = {"torch": "torch", "triton": "triton", "deepspeed": "deepspeed", "yaml": "pyyaml", "numpy": "numpy",
+          "pytest": "pytest", "tqdm": "tqdm"}
+print(" ".join(pkg for mod, pkg in wanted.items() if importlib.util.find_spec(mod) is None))
+PY
+    ))
     if (( ${#missing[@]} == 0 )); then log "all packages present"; return 0; fi
     local source=()
     [ -n "${VIDEOBERT_WHEELS:-}" ] && source=(--no-index --find-links "$VIDEOBERT_WHEELS")
