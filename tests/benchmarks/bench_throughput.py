@@ -196,7 +196,8 @@ def main(argv=None) -> int:
         print("no CUDA device: run with --smoke to check the script on the CPU", file=sys.stderr)
         return 2
     from models.config import preset
-    from trainer.engine import init_distributed, resolve_precision
+    from trainer.distributed import init_distributed
+    from trainer.engine import resolve_precision
     from trainer.metrics import peak_flops
 
     device = init_distributed().device

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from trainer.build import resolve_kernels
-from trainer.checkpoint import MODEL_CONFIG, consolidated_model, latest_complete
+from trainer.checkpoint import consolidated_model
 from trainer.config import ConfigError, load_config
+from trainer.run_folder import MODEL_CONFIG, latest_complete
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ["data.train=shards/train", "data.codebook=codebook.safetensors"]

@@ -28,6 +28,8 @@ RESOLVED_BEFORE = json.loads((Path(__file__).parent / "data" / "recipes_resolved
 OWNED_BY_THE_MODEL = {"model.gradient_checkpointing", "objectives.text_mlm_weight", "objectives.video_mlm_weight",
                       "objectives.alignment_weight"}
 """Keys whose unset value is now None (the model's or the preset's own value) instead of a copy of it."""
+ADDED_SINCE = {"model.kernels": "auto"}
+"""Keys the config gained after that snapshot, with the value every shipped recipe resolves them to."""
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -41,6 +43,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def test_recipes_resolve_as_before(name):
     before = _flat(RESOLVED_BEFORE[name])
     now = _flat(load_config(ROOT / "launch" / "recipes" / f"{name}.yaml", ["data.train=SHARDS", "data.codebook=CODEBOOK"]).to_dict())
+    assert {k: now.pop(k) for k in ADDED_SINCE} == ADDED_SINCE
     assert now.keys() == before.keys()
     changed = {k for k in now if now[k] != before[k]}
     assert changed <= OWNED_BY_THE_MODEL, {k: (before[k], now[k]) for k in changed - OWNED_BY_THE_MODEL}
