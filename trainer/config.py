@@ -69,7 +69,7 @@ class ModelConfig:
     kernels: str = "auto"
     """Kernel set of the fusable operations: ``auto`` (``triton`` on CUDA when Triton imports, else
     ``reference``), ``triton`` (needs a GPU) or ``reference`` (plain PyTorch). A run-time choice:
-    checkpoints do not record it, and they load with any set."""
+    the saved model config does not record it, so a checkpoint loads, evaluates and exports with any set."""
 
 
 @dataclass(kw_only=True)
