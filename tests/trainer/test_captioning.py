@@ -145,12 +145,22 @@ def _caption_args(corpus, model: Path, out: Path, *extra: str) -> list[str]:
             "--warmup-steps", "5", "--batch-size", "16", "--examples", "3", "--no-java", "--no-progress", *extra]
 
 
-def test_the_caption_command_writes_its_table_and_resumes(corpus, untrained, tmp_path, capsys):
-    out = tmp_path / "caption"
-    assert cli.main(_caption_args(corpus, untrained, out)) == 0
-    printed = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def captioned(corpus, untrained, tmp_path_factory) -> tuple[Path, dict, str]:
+    """One ``videobert caption`` run: its folder, its results as first written, what it printed."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("captioned") / "caption"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(_caption_args(corpus, untrained, out)) == 0
+    return out, json.loads((out / "results.json").read_text()), printed.getvalue()
+
+
+def test_the_caption_command_writes_its_table_and_resumes(corpus, untrained, captioned, capsys):
+    out, results, printed = captioned
     assert "VideoBERT + clip encoder features" in printed and "needs Java" in printed
-    results = json.loads((out / "results.json").read_text())
     assert list(results["rows"]) == ["no_video", "encoder", "videobert", "videobert_encoder"]
     assert results["train_segments"] == 96 and results["heldout_segments"] == 32
     for scores in results["rows"].values():
@@ -178,6 +188,22 @@ def test_the_caption_command_writes_its_table_and_resumes(corpus, untrained, tmp
     assert cli.main(_caption_args(corpus, untrained, out, "--lr", "0.01")) == 2
     assert "trained with other" in capsys.readouterr().err
     assert cli.main(_caption_args(corpus, untrained, out, "--lr", "0.01", "--overwrite", "--rows", "no_video")) == 0
+
+
+def test_two_processes_share_the_rows_and_write_the_table_of_one(corpus, untrained, captioned, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _, one, _ = captioned
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "trainer.evaluation.caption", *_caption_args(corpus, untrained, tmp_path / "two")[1:]]
+    done = subprocess.run(command, cwd=tiny_videobert.ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["rows"] == one["rows"] and two["probes"] == one["probes"]
+    assert sorted(p.parent.name for p in (tmp_path / "two").glob("rows/*/checkpoints")) == sorted(one["rows"])
 
 
 def test_inputs_captioning_cannot_use_are_refused(corpus, untrained, tmp_path, capsys):

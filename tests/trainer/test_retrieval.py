@@ -84,19 +84,41 @@ def test_every_pair_is_one_joint_sequence_whatever_the_batch(untrained):
             assert small[i, j] == pytest.approx(alone, rel=1e-5)
 
 
+def test_masked_words_score_each_caption_by_its_own_verb_and_noun(corpus, untrained):
+    from trainer.evaluation.labels import read_vocabulary
+    from trainer.evaluation.load import load_model
+    from trainer.evaluation.retrieval import masked_word_scores
+    from trainer.evaluation.zeroshot import ZeroShotClassifier
+
+    loaded = load_model(untrained)
+    labels = read_vocabulary(corpus["vocabulary"])
+    classifier = ZeroShotClassifier(loaded.model, loaded.tokenizer, loaded.vocab, labels, max_seq_len=32)
+    captions = ["now stir the lemon slowly", "roll it", "welcome back to my kitchen"]
+    videos = [np.array([0, 4]), np.array([2, 7, 7])]
+    matrix = masked_word_scores(classifier, captions, videos, batch_size=1)
+    scored = classifier.score(videos)
+    verb, noun = labels.verbs.index, labels.nouns.index
+    np.testing.assert_allclose(matrix[0], (scored["verb"][:, verb("stir")] + scored["noun"][:, noun("lemon")]).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(matrix[1], scored["verb"][:, verb("roll")].numpy(), rtol=1e-5)  # no noun: the verb alone
+    assert np.isneginf(matrix[2]).all()  # names neither: ranks last
+
+
 def test_the_eval_job_writes_the_table_and_the_picture(corpus, untrained, tmp_path):
     args = ["eval", str(untrained), "--out", str(tmp_path), "--retrieval", str(corpus["heldout"]), "--retrieval-segments",
-            "12", "--clips", str(corpus["clips"]), "--codebook", str(corpus["codebook"]), "--heldout"]
+            "12", "--clips", str(corpus["clips"]), "--codebook", str(corpus["codebook"]), "--heldout",
+            "--vocabulary", str(corpus["vocabulary"])]
     assert cli.main(args) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     r = results["retrieval"]
     assert r["segments"] == 12 and r["distinct_captions"] <= 12
-    for direction in ("text_to_video", "video_to_text"):
-        assert 0 <= r[direction]["r1"] <= r[direction]["r5"] <= r[direction]["r10"] <= 1
-        assert 1 <= r[direction]["median_rank"] <= 12
+    for ranking in (r, r["masked_words"]):
+        for direction in ("text_to_video", "video_to_text"):
+            assert 0 <= ranking[direction]["r1"] <= ranking[direction]["r5"] <= ranking[direction]["r10"] <= 1
+            assert 1 <= ranking[direction]["median_rank"] <= 12
     assert len(r["examples"]) == 4 and all(len(e["retrieved"]) == 4 for e in r["examples"])
     report = (tmp_path / "report.md").read_text()
     assert "## Text-video retrieval (zero-shot)" in report and "![retrieval](retrieval.png)" in report
+    assert "| text to video, masked words |" in report
     with Image.open(tmp_path / "retrieval.png") as image:
         assert image.format == "PNG" and min(image.size) > 64
         image.verify()

@@ -268,6 +268,8 @@ def _video_in_turn(ctx: Context, urls: list[str]) -> dict[str, float]:
 
 
 def retrieval_job(ctx: Context, results: dict[str, Any]) -> bool:
+    import numpy as np
+
     from trainer.evaluation.features import read_segments
     from trainer.evaluation.retrieval import examples as retrieval_examples
     from trainer.evaluation.retrieval import retrieval_metrics, score_matrix
@@ -284,7 +286,20 @@ def retrieval_job(ctx: Context, results: dict[str, Any]) -> bool:
                           device=ctx.device, batch_size=config.batch_size)
     results["retrieval"] = retrieval_metrics(scores, captions)
     results["retrieval"]["source"] = " ".join(config.retrieval)
-    results["retrieval"]["examples"] = retrieval_examples(scores, captions, [s.key for s in segments])
+    keys = [s.key for s in segments]
+    results["retrieval"]["examples"] = retrieval_examples(scores, captions, keys)
+    results["retrieval"]["examples_ranking"] = "alignment head"
+    if config.vocabulary:
+        from trainer.evaluation.labels import read_vocabulary
+        from trainer.evaluation.retrieval import masked_word_scores
+        from trainer.evaluation.zeroshot import ZeroShotClassifier
+
+        classifier = ZeroShotClassifier(r.model, r.tokenizer, r.vocab, read_vocabulary(config.vocabulary),
+                                        template=config.template, max_seq_len=ctx.max_seq_len, device=ctx.device)
+        words = masked_word_scores(classifier, captions, [s.tokens for s in segments], config.batch_size)
+        results["retrieval"]["masked_words"] = retrieval_metrics(words, captions)
+        results["retrieval"]["examples"] = retrieval_examples(np.exp(words), captions, keys)  # scores as probabilities
+        results["retrieval"]["examples_ranking"] = "masked words"
     return True
 
 

@@ -189,20 +189,27 @@ def in_turn_markdown(r: dict[str, float]) -> list[str]:
 
 
 def retrieval_markdown(r: dict[str, Any], picture: bool = False) -> list[str]:
-    from trainer.evaluation.retrieval import RECALL_AT
+    from trainer.evaluation.retrieval import RANKINGS, RECALL_AT
 
     lines = ["## Text-video retrieval (zero-shot)", "",
              f"{r['segments']} held-out segments of `{r.get('source', '')}` ({r['distinct_captions']} distinct captions), "
              "every caption read with every video; ranked by the alignment head's probability of \"aligned\". A "
              "retrieval is correct when it finds the query's own segment or one with an identical caption. "
              "Chance (a random ranking) in brackets.", "",
-             "| direction | " + " | ".join(f"R@{k}" for k in RECALL_AT) + " | median rank |", "|---|" + "---:|" * (len(RECALL_AT) + 1)]
-    for direction in ("text_to_video", "video_to_text"):
-        d = r[direction]
-        cells = " | ".join(f"{_pct(d[f'r{k}'])} ({_pct(d[f'r{k}_chance'])})" for k in RECALL_AT)
-        lines.append(f"| {direction.replace('_', ' ')} | {cells} | {d['median_rank']:.1f} ({d['median_rank_chance']:.1f}) |")
+             "The masked-words ranking reads each video once after the zero-shot template and scores a caption by "
+             "the log-probability of its own verb and noun at the masks.", "",
+             "| direction, ranked by | " + " | ".join(f"R@{k}" for k in RECALL_AT) + " | median rank |",
+             "|---|" + "---:|" * (len(RECALL_AT) + 1)]
+    for label, key in RANKINGS:
+        ranking = r if key is None else r.get(key)
+        for direction in ("text_to_video", "video_to_text") if ranking else ():
+            d = ranking[direction]
+            cells = " | ".join(f"{_pct(d[f'r{k}'])} ({_pct(d[f'r{k}_chance'])})" for k in RECALL_AT)
+            lines.append(f"| {direction.replace('_', ' ')}, {label} | {cells} | {d['median_rank']:.1f} "
+                         f"({d['median_rank_chance']:.1f}) |")
     if picture:
-        lines += ["", "Text to video for a few captions, best first (green: correct):", "", "![retrieval](retrieval.png)"]
+        lines += ["", f"Text to video for a few captions, ranked by the {r.get('examples_ranking', 'alignment head')}, best first "
+                  "(green: correct; p: the ranking's score as a probability):", "", "![retrieval](retrieval.png)"]
     return lines + [""]
 
 
@@ -231,6 +238,7 @@ def caption_markdown(c: dict[str, Any], pictures: str = "") -> list[str]:
     rows = c["rows"]
     tokenizer = next(iter(rows.values()))["tokenizer"] if rows else ""
     lines = ["## Captioning from frozen features", "",
+             f"Features of the model at step {c['model'].get('step')}. "
              f"A small transformer encoder-decoder trained on {c['train_segments']} labelled training segments for "
              f"{c['steps']} steps per row, {c['decoding']} decoding, scored on {c['heldout_segments']} held-out segments "
              f"({c['distinct_references']} distinct reference sentences). VideoBERT features: the frozen model reads "

@@ -10,9 +10,15 @@ it. Reported: R@1, R@5, R@10 and the median rank, each beside a uniformly random
 (for a query with c correct items among S, P(rank <= K) = 1 - C(S - c, K) / C(S, K), expected
 rank (S + 1) / (c + 1)), and the number of distinct captions.
 
-Cost: S^2 sequences of (caption + video + 3) tokens, about S^2 / S = S times the work of scoring the
-set once; ``max_segments`` caps S (the first S readable segments). Under a launcher the ranks
-share the captions (rows of the score matrix) and meet to assemble it.
+Cost: S^2 sequences of (caption + video + 3) tokens, S times the work of reading each segment
+once; ``max_segments`` caps S (the first S readable segments). Under a launcher the ranks share the
+captions (rows of the score matrix) and meet to assemble it.
+
+A second ranking needs no alignment head and only S passes (``masked_word_scores``): each video is
+read once after the zero-shot template (``trainer.evaluation.zeroshot``), and a caption scores the
+log-probability of its own verb and noun (read from it with the label vocabulary,
+``trainer.evaluation.labels.words_of_sentence``) at the template's masks. A caption that names
+neither scores nothing and ranks last.
 """
 
 from __future__ import annotations
@@ -69,6 +75,29 @@ def score_matrix(model: torch.nn.Module, tokenizer: Any, vocab: JointVocab, capt
     return matrix
 
 
+def masked_word_scores(classifier: Any, captions: Sequence[str], videos: Sequence[np.ndarray],
+                       batch_size: int = 32) -> np.ndarray:
+    """(S, S) log P(caption i's verb) + log P(its noun) at the template's masks given video j;
+    ``classifier``: a ``ZeroShotClassifier``. -inf for a caption without a vocabulary verb or noun."""
+    from trainer.evaluation.labels import words_of_sentence
+
+    labels = classifier.labels
+    columns = {"verb": [], "noun": []}
+    for start in range(0, len(videos), batch_size):
+        scored = classifier.score(list(videos[start : start + batch_size]))
+        for slot in columns:
+            columns[slot].append(scored[slot].numpy())
+    per_video = {slot: np.concatenate(parts) for slot, parts in columns.items()}  # (S, classes)
+    matrix = np.full((len(captions), len(videos)), -np.inf)
+    for i, caption in enumerate(captions):
+        verb, noun = words_of_sentence(caption, labels)
+        found = [per_video[slot][:, getattr(labels, slot + "s").index(word)]
+                 for slot, word in (("verb", verb), ("noun", noun)) if word is not None]
+        if found:
+            matrix[i] = np.sum(found, axis=0)
+    return matrix
+
+
 def first_correct_ranks(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
     """1-based rank of each query's best-scored correct item; ties with wrong items count against it.
     ``scores``, ``correct``: (queries, items)."""
@@ -113,14 +142,21 @@ def examples(scores: np.ndarray, captions: Sequence[str], keys: Sequence[str], c
     return out
 
 
+RANKINGS = (("alignment head", None), ("masked words", "masked_words"))
+"""(label, key of its metrics in the results; None: the top level) of each ranking."""
+
+
 def format_table(results: dict[str, Any]) -> str:
-    """Both directions beside chance, as plain text."""
-    head = f"{'retrieval':<16}" + "".join(f"{'R@' + str(k):>14}" for k in RECALL_AT) + f"{'median rank':>16}"
+    """Both directions of each ranking beside chance, as plain text."""
+    head = f"{'retrieval':<32}" + "".join(f"{'R@' + str(k):>14}" for k in RECALL_AT) + f"{'median rank':>16}"
     lines = [head, "-" * len(head)]
-    for direction in DIRECTIONS:
-        r = results[direction]
-        cells = "".join(f"{100 * r[f'r{k}']:>6.1f}% ({100 * r[f'r{k}_chance']:4.1f}%)" for k in RECALL_AT)
-        lines.append(f"{direction.replace('_', ' '):<16}{cells}{r['median_rank']:>8.1f} ({r['median_rank_chance']:5.1f})")
+    for label, key in RANKINGS:
+        ranking = results if key is None else results.get(key)
+        for direction in DIRECTIONS if ranking else ():
+            r = ranking[direction]
+            cells = "".join(f"{100 * r[f'r{k}']:>6.1f}% ({100 * r[f'r{k}_chance']:4.1f}%)" for k in RECALL_AT)
+            name = f"{direction.replace('_', ' ')}, {label}"
+            lines.append(f"{name:<32}{cells}{r['median_rank']:>8.1f} ({r['median_rank_chance']:5.1f})")
     lines.append(f"({results['segments']} held-out segments, {results['distinct_captions']} distinct captions; "
                  "chance in brackets)")
     return "\n".join(lines)
