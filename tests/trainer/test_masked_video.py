@@ -3,7 +3,6 @@ pass over real shards (every visual token a target once, baselines computed from
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -46,7 +46,7 @@ from shards.options import Flag, add_config_arguments, config_from_args
 from trainer import distributed
 from trainer.evaluation.caption_training import CaptionerSettings
 from trainer.evaluation.features import CAPTION_TEMPLATE, LabelledSegment
-from trainer.run_folder import CaptionFolder, RunFolder, write_json
+from trainer.run_folder import CaptionFolder, RunFolder, write_text_atomic
 
 ROWS: dict[str, tuple[str, ...]] = {
     "no_video": (),
@@ -182,8 +182,6 @@ def _claim(folder: CaptionFolder, config: CaptionConfig) -> None:
             shutil.rmtree(folder.path / "rows", ignore_errors=True)
             folder.features.unlink(missing_ok=True)
         folder.path.mkdir(parents=True, exist_ok=True)
-        from trainer.run_folder import write_text_atomic
-
         write_text_atomic(folder.config, yaml.safe_dump(_plain(asdict(config)), sort_keys=False))
     distributed.any_rank(True)  # a barrier: the folder is ready
 

@@ -383,7 +383,7 @@ def _write(ctx: Context, results: dict[str, Any], pictures: dict[str, bool]) -> 
     return results
 
 
-def _add_captioning(folder: "CaptionFolder", out: Path, results: dict[str, Any]) -> None:
+def _add_captioning(folder: CaptionFolder, out: Path, results: dict[str, Any]) -> None:
     """The run's ``videobert caption`` results, when there are any, for the report's captioning section."""
     import os
 
