@@ -208,7 +208,8 @@ def retrieval_grid(examples: Sequence[dict[str, Any]], frames: dict[str, np.ndar
     draw, font = ImageDraw.Draw(image), _font()
     for row, example in enumerate(examples):
         y = _MARGIN + row * row_h
-        _text(draw, (_MARGIN, y), f'"{example["caption"]}" (first correct: rank {example["rank"]})', 34, font)
+        _text(draw, (_MARGIN, y), f'"{example["caption"]}" (first correct: rank {example["rank"]}, ties counted '
+              "against it)", 34, font)
         for column, (key, correct, p) in enumerate(zip(example["retrieved"], example["correct"], example["probabilities"])):
             x = _TEXT_WIDTH + column * cell_w
             if key in frames:
