@@ -5,7 +5,9 @@
   pretrained weight kept. The word table grows from the text vocabulary to the joint one; heads the
   directory lacks are initialised as BERT initialises them, and that is logged.
 - ``export_pretrained``: a directory that ``transformers.BertForPreTraining.from_pretrained`` loads
-  with the joint vocabulary and that gives the same logits as our model; its tokenizer knows ``[>]``.
+  with the joint vocabulary and that gives the same logits as our model; its tokenizer
+  (``joint_tokenizer``) keeps every visual word one id and lays out the pair
+  ``tokenizer(text, visual_words)`` as ``[CLS] text [>] video [SEP]`` with the trained token types.
 - ``bert_key_table``: the one place where our parameter names meet BERT's, used both ways.
 
 The new rows of the word table ([>], visual words, padding rows) are drawn from a normal with the
@@ -26,7 +28,7 @@ from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import BertConfig, BertTokenizerFast
+from transformers import BertConfig, BertTokenizerFast, PreTrainedTokenizerFast
 
 from models.config import BERT_SHAPE_FIELDS, VideoBertConfig, config_from_bert_dir
 from models.videobert import VideoBertForPreTraining
@@ -201,9 +203,22 @@ def load_pretrained_bert(bert_dir: str | Path, config: VideoBertConfig) -> Video
     return model
 
 
-def load_text_tokenizer(bert_dir: str | Path) -> BertTokenizerFast:
-    """The WordPiece tokenizer stored with the BERT in ``bert_dir``."""
-    return BertTokenizerFast.from_pretrained(str(bert_dir))
+def load_text_tokenizer(bert_dir: str | Path) -> Any:
+    """The WordPiece tokenizer stored with the BERT in ``bert_dir``: a joint vocabulary's (one whose
+    vocab.txt holds ``[>]``, as ``export_pretrained`` writes it) read from its tokenizer.json as
+    written, visual words and pair layout included (``write_joint_tokenizer``); any other BERT's as
+    ``BertTokenizerFast``."""
+    root = Path(bert_dir)
+    if (root / "tokenizer.json").is_file() and _holds_video_separator(root / "vocab.txt"):
+        return PreTrainedTokenizerFast.from_pretrained(str(root))
+    return BertTokenizerFast.from_pretrained(str(root))
+
+
+def _holds_video_separator(vocab_txt: Path) -> bool:
+    if not vocab_txt.is_file():
+        return False
+    with open(vocab_txt, encoding="utf-8") as f:
+        return any(line.rstrip("\n") == VIDEO_SEP_TOKEN for line in f)
 
 
 def bert_config_for(config: VideoBertConfig) -> BertConfig:
@@ -220,7 +235,7 @@ def export_pretrained(model: VideoBertForPreTraining, out_dir: str | Path, token
 
     ``tokenizer`` is the text tokenizer the vocabulary was built from. The directory holds
     config.json (vocab_size = the joint table), model.safetensors (BERT's names), vocab.txt (text
-    vocabulary, then ``vocab.added_tokens()``) and tokenizer files with ``[>]`` as a special token.
+    vocabulary, then ``vocab.added_tokens()``) and the joint tokenizer's files (``joint_tokenizer``).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,8 +248,9 @@ def export_pretrained(model: VideoBertForPreTraining, out_dir: str | Path, token
     return out
 
 
-def write_joint_tokenizer(tokenizer: Any, vocab: JointVocab, out_dir: Path) -> BertTokenizerFast:
-    """vocab.txt over the whole joint table and a BERT tokenizer reading it, ``[>]`` special."""
+def write_joint_tokenizer(tokenizer: Any, vocab: JointVocab, out_dir: Path) -> PreTrainedTokenizerFast:
+    """vocab.txt over the whole joint table and a tokenizer of it (tokenizer.json) that a transformers
+    user can feed (see ``joint_tokenizer``)."""
     if tokenizer.vocab_size not in (vocab.text_vocab_size, vocab.size_padded):
         raise ValueError(
             f"the tokenizer has {tokenizer.vocab_size} ids but the joint vocabulary's text part has "
@@ -246,8 +262,40 @@ def write_joint_tokenizer(tokenizer: Any, vocab: JointVocab, out_dir: Path) -> B
                 if hasattr(tokenizer, k)}
     with tempfile.TemporaryDirectory() as scratch:  # built from vocab.txt alone, never from stale files
         (Path(scratch) / "vocab.txt").write_text(vocab_text, encoding="utf-8")
-        joint = BertTokenizerFast.from_pretrained(scratch, model_max_length=tokenizer.model_max_length, **settings)
-    joint.add_special_tokens({"additional_special_tokens": [VIDEO_SEP_TOKEN]})
+        bert = BertTokenizerFast.from_pretrained(scratch, model_max_length=tokenizer.model_max_length, **settings)
+    joint = joint_tokenizer(bert, vocab)
     joint.save_pretrained(str(out_dir))
     (out_dir / "vocab.txt").write_text(vocab_text, encoding="utf-8")
     return joint
+
+
+def joint_tokenizer(bert: BertTokenizerFast, vocab: JointVocab) -> PreTrainedTokenizerFast:
+    """``bert`` (reading the joint vocab.txt) made to read VideoBERT's inputs.
+
+    * ``[>]`` is a special token and every visual word an added token that is matched before
+      normalisation: ``[V00037]`` stays one id (BERT's lower-casing and punctuation split would
+      otherwise cut it into ``[``, ``v``, ``##00``...).
+    * The pair form ``tokenizer(text, visual_words)`` lays out ``[CLS] text [>] video [SEP]`` with
+      token type 0 up to the text's end and 1 from ``[>]`` on, as the model was trained
+      (``models.vocab``); the single form stays ``[CLS] text [SEP]``.
+
+    It is a ``PreTrainedTokenizerFast`` over the ``tokenizers`` pipeline (``AutoTokenizer`` loads
+    it as written): ``BertTokenizerFast`` rebuilds BERT's own pair template when it loads.
+    """
+    from tokenizers import AddedToken
+    from tokenizers.processors import TemplateProcessing
+
+    backend = bert.backend_tokenizer
+    backend.add_special_tokens([AddedToken(VIDEO_SEP_TOKEN, normalized=False, special=True)])
+    backend.add_tokens([AddedToken(vocab.visual_word(v), normalized=False, special=False)
+                        for v in range(vocab.num_visual_tokens)])
+    cls, sep = bert.cls_token, bert.sep_token
+    backend.post_processor = TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {VIDEO_SEP_TOKEN}:1 $B:1 {sep}:1",
+        special_tokens=[(cls, vocab.cls_id), (sep, vocab.sep_id), (VIDEO_SEP_TOKEN, vocab.video_sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, model_max_length=bert.model_max_length, additional_special_tokens=[VIDEO_SEP_TOKEN],
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        **{f"{name}_token": getattr(bert, f"{name}_token") for name in ("cls", "sep", "pad", "unk", "mask")},
+    )

@@ -11,14 +11,16 @@ Layout of OUT:
 
     train/videos/*.mp4, train/captions.json, train/annotations.json
     heldout/videos/*.mp4, heldout/captions.json, heldout/annotations.json
-    labels.jsonl        one line per segment: video, split, segment, start, end, verb, noun
+    labels.jsonl        one line per segment: video, split, segment, start, end, verb, noun, sentence
     vocabulary.json     {"verbs": [...], "nouns": [...]}
     corpus.json         the options (seed included) and counts; written last: a corpus without it
                         is incomplete
 
 ``captions.json`` is in the HowTo100M form {video_id: {"start": [...], "end": [...], "text": [...]}};
 ``annotations.json`` is in the YouCook2 form {"database": {video_id: {"subset", "duration",
-"annotations": [{"id", "segment": [start, end], "sentence", "verb", "noun"}]}}}.
+"annotations": [{"id", "segment": [start, end], "sentence", "verb", "noun"}]}}}; each sentence
+describes what the segment shows in six or more words (``shards.synth_describe``), the reference
+captions of both splits (the training split's train a captioner, the held-out split's score it).
 
 Everything is a function of the seed: the same options give the same bytes of every JSON file and
 the same decoded frames (x264 runs single-threaded with bit-exact flags), whatever ``--workers``.
@@ -51,11 +53,12 @@ import ffmpeg
 import numpy as np
 from tqdm import tqdm
 
-from shards import synth_scene, synth_speech
+from shards import synth_describe, synth_scene, synth_speech
 from shards.ffmpeg_bin import ffmpeg_exe
 from shards.options import Flag, add_config_arguments, config_from_args
 
-CORPUS_FORMAT_VERSION = 1
+CORPUS_FORMAT_VERSION = 2
+"""2: annotation sentences describe the segment (``shards.synth_describe``); older corpora are rendered anew."""
 SPLITS = ("train", "heldout")
 SUBSETS = {"train": "training", "heldout": "validation"}
 """YouCook2's names for the splits, used in annotations.json."""
@@ -320,17 +323,23 @@ def captions_json(plans: list[VideoPlan]) -> dict[str, dict[str, list]]:
     return out
 
 
+def described(plan: VideoPlan) -> list[str]:
+    """The reference sentence of each of a planned video's segments (``shards.synth_describe``)."""
+    rng = np.random.default_rng(np.random.SeedSequence([*plan.entropy, 3]))
+    return [synth_describe.describe(s.action, plan.background, rng) for s in plan.segments]
+
+
 def annotations_json(plans: list[VideoPlan]) -> dict[str, Any]:
-    """YouCook2 annotations form with the true segment boundaries and labels."""
+    """YouCook2 annotations form with the true segment boundaries, labels and reference sentences."""
     database = {}
     for plan in plans:
         database[plan.video_id] = {
             "subset": SUBSETS[plan.split],
             "duration": plan.duration,
             "annotations": [
-                {"id": s.index, "segment": [s.start, s.end], "sentence": f"{s.action.verb} the {s.action.noun}",
+                {"id": s.index, "segment": [s.start, s.end], "sentence": sentence,
                  "verb": s.action.verb, "noun": s.action.noun}
-                for s in plan.segments
+                for s, sentence in zip(plan.segments, described(plan))
             ],
         }
     return {"database": database}
@@ -339,8 +348,8 @@ def annotations_json(plans: list[VideoPlan]) -> dict[str, Any]:
 def label_rows(plans: list[VideoPlan]) -> list[dict[str, Any]]:
     return [
         {"video": p.video_id, "split": p.split, "segment": s.index, "start": s.start, "end": s.end,
-         "verb": s.action.verb, "noun": s.action.noun}
-        for p in plans for s in p.segments
+         "verb": s.action.verb, "noun": s.action.noun, "sentence": sentence}
+        for p in plans for s, sentence in zip(p.segments, described(p))
     ]
 
 
@@ -436,9 +445,12 @@ def _reusable(out: Path, config: SynthConfig, overwrite: bool) -> bool:
     if overwrite or not record_path.is_file():
         return False
     try:
-        previous = SynthConfig.from_dict(json.loads(record_path.read_text("utf-8"))["config"])
+        record = json.loads(record_path.read_text("utf-8"))
+        previous = SynthConfig.from_dict(record["config"])
     except (ValueError, KeyError, TypeError) as e:
         raise SynthError(f"{record_path} is not a synth corpus record ({e}); use --overwrite to replace it") from None
+    if record.get("format_version") != CORPUS_FORMAT_VERSION:
+        return False  # written by an older version of this stage: rendered anew
     if previous != config:
         differing = sorted(k for k, v in config.to_dict().items() if previous.to_dict().get(k) != v)
         shown = ", ".join(f"{k} {previous.to_dict()[k]} -> {config.to_dict()[k]}" for k in differing)

@@ -80,6 +80,8 @@ class Background:
     """Per-channel gain: brightness times a mild colour cast."""
     noise: float
     """Standard deviation of the per-pixel noise, in [0, 1] intensity units."""
+    palette: int = 0
+    """Index of the entry of ``BACKGROUNDS`` the colour was drawn around."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ class Action:
 
 
 def sample_background(rng: np.random.Generator) -> Background:
-    base = np.array(BACKGROUNDS[rng.integers(len(BACKGROUNDS))])
+    palette = int(rng.integers(len(BACKGROUNDS)))
+    base = np.array(BACKGROUNDS[palette])
     base = np.clip(base + rng.uniform(-0.04, 0.04, 3), 0.0, 1.0)
     brightness = rng.uniform(0.85, 1.12)
     cast = 1.0 + rng.uniform(-0.05, 0.05, 3)
@@ -114,13 +117,14 @@ def sample_background(rng: np.random.Generator) -> Background:
         texture_angle=float(rng.uniform(0, np.pi)),
         lighting=tuple(float(brightness * c) for c in cast),
         noise=float(rng.uniform(0.008, 0.02)),
+        palette=palette,
     )
 
 
 # Per verb: (period range in s, amplitude range). Amplitude means: orbit radius (stir), shake
 # half-width, roll speed in frames/s (a roll has no period), flip hop, lift height, all in frame
 # units; slice gap in object radii.
-_VERB_RANGES: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
+VERB_RANGES: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
     "stir": ((0.9, 1.4), (0.09, 0.13)),
     "shake": ((0.28, 0.40), (0.06, 0.085)),
     "roll": ((1.0, 1.0), (0.20, 0.30)),
@@ -131,7 +135,7 @@ _VERB_RANGES: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
 
 
 def sample_action(rng: np.random.Generator, verb: str, noun: str) -> Action:
-    (p_lo, p_hi), (a_lo, a_hi) = _VERB_RANGES[verb]
+    (p_lo, p_hi), (a_lo, a_hi) = VERB_RANGES[verb]
     radius = float(rng.uniform(0.12, 0.165))
     amplitude = float(rng.uniform(a_lo, a_hi))
     reach_x, reach_y = _reach(verb, radius, amplitude)

@@ -3,6 +3,7 @@
   videobert shards STAGE ...   raw videos and transcripts -> clip shards -> codebook -> token shards
   videobert train ...          pretrain on shards with DeepSpeed ZeRO-3 (resumable)
   videobert eval ...           zero-shot classification, alignment, masked-token accuracy, report
+  videobert caption ...        captioning from frozen VideoBERT features, linear probes
   videobert export ...         a checkpoint -> a transformers BertForPreTraining directory
   videobert demo ...           all of the above on the built-in synthetic corpus
 """
@@ -24,6 +25,7 @@ from shards import cli as shards_cli
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trainer.train", "pretrain on shards with DeepSpeed ZeRO-3 (resumable)"),
     "eval": ("trainer.evaluation.evaluate", "zero-shot classification, held-out metrics, text-to-video, and a report"),
+    "caption": ("trainer.evaluation.caption", "captioning from frozen VideoBERT features (Table 3) and linear probes"),
     "export": ("trainer.evaluation.export", "a checkpoint -> a transformers BertForPreTraining directory"),
     "demo": ("trainer.demo", "run the whole pipeline on the built-in synthetic corpus"),
 }

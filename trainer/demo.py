@@ -4,10 +4,12 @@
   videobert demo --out runs/demo      # re-running into the same folder resumes every stage
 
 Stages: render the synthetic instructional videos (H.264, with speech-like transcripts) ->
-prepare clip shards (train, held-out, and the held-out labelled segments for zero-shot evaluation)
--> fit a small hierarchical k-means codebook on the built-in clip encoder's features -> tokenize
--> pretrain the demo preset (the packaged MiniLM) with DeepSpeed ZeRO-3 on every GPU, else on the
-CPU -> held-out accuracies beside their chance levels -> the evaluation report.
+prepare clip shards (train, held-out, and the labelled segments of both splits: the held-out ones
+for zero-shot evaluation, retrieval and captioning, the training ones to train the captioners) ->
+fit a small hierarchical k-means codebook on the built-in clip encoder's features -> tokenize (the
+labelled segments with their encoder features) -> pretrain the demo preset (the packaged MiniLM)
+with DeepSpeed ZeRO-3 on every GPU, else on the CPU -> held-out accuracies beside their chance
+levels -> captioning from the frozen features and linear probes -> the evaluation report.
 Everything lands in one run folder, named at the end.
 """
 
@@ -59,26 +61,45 @@ class DemoSettings:
     """Training steps (default: the demo recipe's)."""
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
     """Processes for the shard stages."""
+    retrieval_segments: int = 48
+    """Held-out segments text-video retrieval ranks (S x S joint passes)."""
+
+
+CAPTIONER = dict(width=64, ffn=128, encoder_layers=1, decoder_layers=2, steps=300, lr=2e-3, warmup_steps=30,
+                 batch_size=32, checkpoint_every=100)
+"""The demo's captioner, sized for seconds per row on a CPU core (the same for every row)."""
+
+LABELLED = {"eval": "heldout", "train-labelled": "train"}
+"""Shards of labelled segments (one sample per annotated segment) -> the split they come from."""
 
 
 class Stages:
-    """Runs named stages in order, timing each, and prints what each produced."""
+    """Runs named stages in order, timing each (wall clock and CPU seconds, the stage's child
+    processes included), and prints what each produced."""
 
     def __init__(self) -> None:
-        self.times: list[tuple[str, float]] = []
+        self.times: list[tuple[str, float, float]] = []
 
     def run(self, name: str, action: Callable[[], str | None]) -> None:
         print(f"\n== {name}", flush=True)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         note = action()
-        seconds = time.perf_counter() - started
-        self.times.append((name, seconds))
-        print(f"   {note + ' ' if note else ''}({seconds:.1f} s)", flush=True)
+        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        self.times.append((name, seconds, cpu))
+        print(f"   {note + ' ' if note else ''}({seconds:.1f} s, {cpu:.1f} CPU s)", flush=True)
 
     def table(self) -> str:
-        total = sum(s for _, s in self.times)
-        rows = [f"  {name:<34} {seconds:7.1f} s" for name, seconds in self.times]
-        return "\n".join(["time per stage:", *rows, f"  {'total':<34} {total:7.1f} s"])
+        wall, cpu = sum(t[1] for t in self.times), sum(t[2] for t in self.times)
+        rows = [f"  {name:<34} {seconds:7.1f} s {used:8.1f} CPU s" for name, seconds, used in self.times]
+        return "\n".join(["time per stage:", *rows, f"  {'total':<34} {wall:7.1f} s {cpu:8.1f} CPU s"])
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and of its finished child processes."""
+    import resource
+
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def render(out: Path, s: DemoSettings) -> str:
@@ -123,7 +144,7 @@ def tokenize(out: Path, s: DemoSettings, name: str) -> str:
 
     summary = run_tokenize(TokenizeConfig(
         clips=(str(out / "clips" / name),), codebook=str(out / "codebook" / CODEBOOK_FILE),
-        out=str(out / "tokens" / name), workers=1, progress=False,
+        out=str(out / "tokens" / name), workers=1, progress=False, keep_features=name in LABELLED,
     ))
     return f"{summary.samples_written} samples, {summary.clips} visual tokens"
 
@@ -153,7 +174,7 @@ def pretrain(out: Path, s: DemoSettings) -> str:
     return f"held-out alignment accuracy {held.get('alignment_acc', 0):.3f} (chance {held.get('alignment_chance', 0):.3f})"
 
 
-def evaluation_config(out: Path):
+def evaluation_config(out: Path, s: DemoSettings):
     """What the demo evaluates: zero-shot classification of the held-out labelled segments, the
     held-out metrics (from the run's config), and pictures from the held-out labelled clips."""
     from trainer.evaluation.evaluate import EvalConfig
@@ -161,13 +182,33 @@ def evaluation_config(out: Path):
     corpus = out / "corpus"
     return EvalConfig(model=str(out / "train"), zero_shot=(str(out / "tokens" / "eval"),),
                       labels=str(corpus / "heldout" / "annotations.json"), vocabulary=str(corpus / "vocabulary.json"),
-                      clips=(str(out / "clips" / "eval"),))
+                      clips=(str(out / "clips" / "eval"),), retrieval=(str(out / "tokens" / "eval"),),
+                      retrieval_segments=s.retrieval_segments)
 
 
-def evaluate(out: Path) -> str:
+def caption_config(out: Path, s: DemoSettings):
+    """What the demo captions: the held-out labelled segments, captioners trained on the training ones."""
+    from trainer.evaluation.caption import CaptionConfig
+
+    corpus = out / "corpus"
+    return CaptionConfig(model=str(out / "train"), train=(str(out / "tokens" / "train-labelled"),),
+                         heldout=(str(out / "tokens" / "eval"),), labels=str(corpus / "labels.jsonl"),
+                         vocabulary=str(corpus / "vocabulary.json"), clips=(str(out / "clips" / "eval"),),
+                         seed=s.seed, progress=False, **CAPTIONER)
+
+
+def caption(out: Path, s: DemoSettings) -> str:
+    from trainer.evaluation.caption import caption as run_caption
+
+    results = run_caption(caption_config(out, s))
+    rows = results["rows"]
+    return ", ".join(f"{row} CIDEr {r['cider']:.2f} BLEU-4 {100 * r['bleu4']:.1f}" for row, r in rows.items())
+
+
+def evaluate(out: Path, s: DemoSettings) -> str:
     from trainer.evaluation.evaluate import evaluate as run_evaluation
 
-    results = run_evaluation(evaluation_config(out))
+    results = run_evaluation(evaluation_config(out, s))
     z = results["zero_shot"]
     return (f"zero-shot top-1 verb {100 * z['cross_modal_verb_top1']:.1f} %, noun {100 * z['cross_modal_noun_top1']:.1f} % "
             f"(chance {100 * z['chance_verb_top1']:.1f} / {100 * z['chance_noun_top1']:.1f} %); report {results['report']}")
@@ -176,14 +217,16 @@ def evaluate(out: Path) -> str:
 def run_demo(out: Path, settings: DemoSettings) -> Stages:
     stages = Stages()
     stages.run("render the synthetic corpus", lambda: render(out, settings))
-    for split, transcripts, name in (("train", "captions.json", "train"), ("heldout", "captions.json", "heldout"),
-                                     ("heldout", "annotations.json", "eval")):
+    shards = [("train", "captions.json", "train"), ("heldout", "captions.json", "heldout"),
+              *((split, "annotations.json", name) for name, split in LABELLED.items())]
+    for split, transcripts, name in shards:
         stages.run(f"prepare clip shards: {name}", lambda: prepare(out, settings, split, transcripts, name))
     stages.run("fit the visual codebook", lambda: fit(out, settings))
-    for name in ("train", "heldout", "eval"):
+    for _, _, name in shards:
         stages.run(f"tokenize: {name}", lambda: tokenize(out, settings, name))
     stages.run("pretrain (DeepSpeed ZeRO-3)", lambda: pretrain(out, settings))
-    stages.run("evaluate and report", lambda: evaluate(out))
+    stages.run("caption from frozen features", lambda: caption(out, settings))
+    stages.run("evaluate and report", lambda: evaluate(out, settings))
     return stages
 
 

@@ -12,7 +12,9 @@ For each item (one segment, or several neighbouring segments of one video joined
 4. text is WordPiece-tokenized here, in the data worker, with the fast tokenizer;
 5. text and video are cut to fit ``max_seq_len`` by ``models.vocab.fit_lengths``;
 6. tokens are chosen for masked prediction with the configured probabilities and replaced as BERT
-   does: 80 % ``[MASK]``, 10 % a random token of the same modality, 10 % unchanged.
+   does: 80 % ``[MASK]``, 10 % a random token of the same modality, 10 % unchanged; a misaligned
+   pair is corrupted the same way, without labels unless ``mlm_on_negatives``, so that masks never
+   tell the alignment head which pairs are aligned.
 
 Video positions are built as references into a per-batch table of clips: for token shards the table
 holds visual-token ids and is resolved here; for clip shards it holds frames, and the trainer resolves
@@ -144,15 +146,17 @@ class ExampleBuilder:
         return dict(input_ids=ids, token_type_ids=np.array(types, dtype=np.int64), mlm_labels=labels,
                     video_ref=video_ref, label_ref=label_ref)
 
-    def _mask(self, ids, video_ref, text_pos, video_pos, rng, enabled: bool):
+    def _mask(self, ids, video_ref, text_pos, video_pos, rng, labelled: bool):
+        # A misaligned pair (without mlm_on_negatives) is corrupted like any other but carries no
+        # labels: were it left clean, the presence of [MASK] alone would tell the alignment head
+        # "aligned", and it would learn that instead of comparing the text with the video.
         labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
         label_ref = np.full(len(ids), -1, dtype=np.int64)
-        if not enabled:
-            return labels, label_ref
         chosen_text = text_pos[rng.random(len(text_pos)) < self.obj.text_mask_prob]
         chosen_video = video_pos[rng.random(len(video_pos)) < self.obj.video_mask_prob]
-        labels[chosen_text] = ids[chosen_text]
-        label_ref[chosen_video] = video_ref[chosen_video]
+        if labelled:
+            labels[chosen_text] = ids[chosen_text]
+            label_ref[chosen_video] = video_ref[chosen_video]
         self._corrupt(ids, video_ref, chosen_text, rng, self.random_text_ids)
         self._corrupt(ids, video_ref, chosen_video, rng, None)
         return labels, label_ref

@@ -15,6 +15,13 @@ Layout of ``run_dir``::
         trainer/rng-00000.pt         each rank's RNG states (tensors only)
         (DeepSpeed's engine files)   ZeRO-3 partitions of every rank, optimizer, schedule
     report.md, results.json, *.png   the evaluation report (``videobert eval``'s default --out)
+    caption/                         captioning and linear probes (``videobert caption``, ``CaptionFolder``):
+        config.yaml                  the caption run's resolved config
+        features.safetensors         the frozen features of its segments (reused when they match)
+        tensorboard/                 each captioner's training loss, under its row's name
+        rows/ROW/checkpoints/step-N/ a captioner's checkpoint: weights, optimizer, state, COMPLETE
+        rows/ROW/captions.jsonl      its caption for every held-out segment
+        results.json, report.md      the table, the probes, the examples (caption_examples.png)
 
 An exported model directory (``videobert export``) keeps the run's config as ``EXPORT_CONFIG`` and
 its identity as ``EXPORT_INFO`` beside the transformers files. Small files are written atomically
@@ -48,6 +55,15 @@ EXPORT_INFO = "videobert.json"
 """Written by ``videobert export``: the step, the checkpoint it came from, the codebook's hash."""
 EXPORT_CONFIG = "videobert-run.yaml"
 """Written by ``videobert export``: the run's resolved config."""
+
+CAPTION_DIR = "caption"
+FEATURES_FILE = "features.safetensors"
+ROWS_DIR = "rows"
+CAPTIONS_FILE = "captions.jsonl"
+CAPTIONER_WEIGHTS = "captioner.safetensors"
+CAPTIONER_STATE = "captioner.json"
+OPTIMIZER_STATE = "optimizer.pt"
+CAPTION_EXAMPLES = "caption_examples.png"
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -125,11 +141,59 @@ class RunFolder:
     def results(self) -> Path:
         return self.path / RESULTS_FILE
 
+    @property
+    def caption(self) -> Path:
+        """``videobert caption``'s default output folder (``CaptionFolder``)."""
+        return self.path / CAPTION_DIR
+
     def checkpoint(self, step: int) -> CheckpointFolder:
         return CheckpointFolder(self.checkpoints / CheckpointFolder.name_of(step))
 
     def is_run(self) -> bool:
         return self.checkpoints.is_dir()
+
+
+@dataclass(frozen=True)
+class CaptionFolder:
+    """What ``videobert caption`` writes (see the module doc); one sub-folder per captioner row."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def features(self) -> Path:
+        return self.path / FEATURES_FILE
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD_DIR
+
+    @property
+    def results(self) -> Path:
+        return self.path / RESULTS_FILE
+
+    @property
+    def report(self) -> Path:
+        return self.path / REPORT_FILE
+
+    @property
+    def examples(self) -> Path:
+        return self.path / CAPTION_EXAMPLES
+
+    def row(self, name: str) -> Path:
+        return self.path / ROWS_DIR / name
+
+    def row_checkpoints(self, name: str) -> Path:
+        return self.row(name) / CHECKPOINTS_DIR
+
+    def row_captions(self, name: str) -> Path:
+        return self.row(name) / CAPTIONS_FILE
 
 
 def step_dirs(root: Path) -> list[tuple[int, Path]]:

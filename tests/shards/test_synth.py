@@ -95,7 +95,8 @@ def test_annotations_hold_the_true_segments_inside_each_video(corpus):
             for i, a in enumerate(entry["annotations"]):
                 start, end = a["segment"]
                 assert a["id"] == i and start == pytest.approx(previous_end) and start < end <= entry["duration"]
-                assert a["sentence"] == f"{a['verb']} the {a['noun']}"
+                words = a["sentence"].split()
+                assert len(words) >= 6 and a["verb"] in words and a["noun"] in words, a["sentence"]
                 label = next(r for r in rows if r["video"] == video_id and r["segment"] == i)
                 assert (label["start"], label["end"], label["verb"], label["noun"]) == (start, end, a["verb"], a["noun"])
                 previous_end = end

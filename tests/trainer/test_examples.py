@@ -139,3 +139,15 @@ def test_clip_references_resolve_to_the_token_path(tokenizer, vocab):
     resolve_visual(from_frames, table, vocab)
     for key in ("input_ids", "mlm_labels", "token_type_ids", "attention_mask", "alignment_labels"):
         np.testing.assert_array_equal(from_frames[key], from_tokens[key], err_msg=key)
+
+
+def test_negatives_are_masked_like_positives_but_carry_no_labels(tokenizer, vocab):
+    """Were misaligned pairs left clean, a [MASK] anywhere would tell the alignment head "aligned"."""
+    builder = ExampleBuilder(vocab, tokenizer, _objectives(negative_rate=0.5, text_mask_prob=0.4, video_mask_prob=0.4), 64)
+    batch = builder.build(_segments(200), np.random.default_rng(4))
+    masked = (batch["input_ids"] == vocab.mask_id).any(axis=1)
+    labelled = (batch["mlm_labels"] != IGNORE_INDEX).any(axis=1)
+    negative = batch["alignment_labels"] == MISALIGNED
+    assert 40 < negative.sum() < 160
+    assert abs(masked[negative].mean() - masked[~negative].mean()) < 0.1 and masked[negative].mean() > 0.8
+    assert not labelled[negative].any() and labelled[~negative].mean() > 0.8

@@ -41,6 +41,7 @@ import torch
 from shards.options import Flag, add_config_arguments, config_from_args
 from trainer import distributed
 from trainer.evaluation.zeroshot import PAPER_TEMPLATE
+from trainer.run_folder import CaptionFolder, RunFolder, read_json
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +62,10 @@ class EvalConfig:
     """Held-out shards (None, the default: the run's ``data.heldout``; empty: skip)."""
     clips: tuple[str, ...] = ()
     """Clip shards for the pictures of text-to-video and the clips of video-to-text."""
+    retrieval: tuple[str, ...] = ()
+    """Shards of held-out segments for text-video retrieval (their text is the caption queried)."""
+    retrieval_segments: int = 100
+    """Most segments retrieval ranks (it reads every caption with every video: S x S joint passes)."""
     codebook: str | None = None
     """Codebook file (default: the run's ``data.codebook``)."""
     encoder_weights: str | None = None
@@ -119,7 +124,7 @@ def _evaluate(config: EvalConfig, loaded: Any, device: torch.device, started: fl
     ctx.visual = _visual_tokenizer(ctx)
     results: dict[str, Any] = {"model": {"source": str(loaded.source), "step": loaded.step,
                                          "processes": distributed.world()[1]}, "timing": {}}
-    jobs = [("zero_shot", zero_shot_job), ("heldout", heldout_job)]
+    jobs = [("zero_shot", zero_shot_job), ("heldout", heldout_job), ("retrieval", retrieval_job)]
     for name, job in jobs:
         began = time.perf_counter()
         if job(ctx, results):
@@ -128,6 +133,7 @@ def _evaluate(config: EvalConfig, loaded: Any, device: torch.device, started: fl
         return None
     began = time.perf_counter()
     pictures = generation_job(ctx, results, _out_dir(ctx))
+    pictures["retrieval"] = retrieval_picture(ctx, results, _out_dir(ctx))
     results["timing"]["generation"] = time.perf_counter() - began
     results["seconds"] = time.perf_counter() - started
     return _write(ctx, results, pictures)
@@ -135,16 +141,22 @@ def _evaluate(config: EvalConfig, loaded: Any, device: torch.device, started: fl
 
 def _visual_tokenizer(ctx: Context):
     """The codebook's visual tokenizer, when a codebook is known (needed for clip shards and pictures)."""
+    return visual_tokenizer_for(ctx.loaded, ctx.config.codebook, ctx.config.encoder_weights, ctx.device)
+
+
+def visual_tokenizer_for(loaded: Any, codebook: str | None, encoder_weights: str | None, device: torch.device):
+    """The visual tokenizer of ``codebook`` (default: the run's ``data.codebook``), checked against the
+    model's codebook; None when no codebook is known."""
     from models.visual.tokenizer import VisualTokenizer
 
-    cfg, config = ctx.loaded.cfg, ctx.config
-    path = config.codebook or (cfg.data.codebook if cfg else None)
+    cfg = loaded.cfg
+    path = codebook or (cfg.data.codebook if cfg else None)
     if not path:
         return None
-    weights = config.encoder_weights or (cfg.data.encoder_weights if cfg else "")
-    visual = VisualTokenizer.from_codebook(path, **({"weights": weights} if weights else {})).to(ctx.device).eval()
-    if ctx.loaded.codebook_hash:
-        visual.codebook.check_hash(ctx.loaded.codebook_hash, f"the model (name its codebook with --codebook, not {path})")
+    weights = encoder_weights or (cfg.data.encoder_weights if cfg else "")
+    visual = VisualTokenizer.from_codebook(path, **({"weights": weights} if weights else {})).to(device).eval()
+    if loaded.codebook_hash:
+        visual.codebook.check_hash(loaded.codebook_hash, f"the model (name its codebook with --codebook, not {path})")
     return visual
 
 
@@ -230,6 +242,80 @@ def heldout_job(ctx: Context, results: dict[str, Any]) -> bool:
         max_seq_len=ctx.max_seq_len, batch_size=config.batch_size, seed=seed, visual=ctx.visual,
     )
     results["heldout_source"] = " ".join(spec)
+    results["heldout_video_in_turn"] = _video_in_turn(ctx, urls)
+    return True
+
+
+def _video_in_turn(ctx: Context, urls: list[str]) -> dict[str, float]:
+    """Every held-out visual token masked once (``trainer.evaluation.masked_video``), beside the
+    unigram of the run's training tokens (token shards; without them, a uniform one)."""
+    import numpy as np
+
+    from shards import reader
+    from trainer.evaluation.masked_video import evaluate_in_turn, train_counts
+
+    r = ctx.loaded
+    counts = np.zeros(r.vocab.num_visual_tokens)
+    if r.cfg is not None and r.cfg.data.train:
+        try:
+            counts = train_counts(reader.resolve_shards(list(r.cfg.data.train)), r.vocab.num_visual_tokens)
+        except reader.ShardSpecError:
+            pass  # the training shards moved: the unigram stays uniform, and the table says so
+    out = evaluate_in_turn(r.model, r.tokenizer, urls, counts, max_seq_len=ctx.max_seq_len,
+                           batch_size=ctx.config.batch_size, visual=ctx.visual)
+    out["train_tokens"] = float(counts.sum())
+    return out
+
+
+def retrieval_job(ctx: Context, results: dict[str, Any]) -> bool:
+    import numpy as np
+
+    from trainer.evaluation.features import read_segments
+    from trainer.evaluation.retrieval import examples as retrieval_examples
+    from trainer.evaluation.retrieval import retrieval_metrics, score_matrix
+
+    config, r = ctx.config, ctx.loaded
+    if not config.retrieval:
+        return False
+    urls = _resolve(config.retrieval, "--retrieval", ctx)
+    segments = read_segments(urls, ctx.visual, limit=config.retrieval_segments)
+    if len(segments) < 2:
+        raise EvalError(f"--retrieval: {list(config.retrieval)} holds {len(segments)} segment(s); ranking needs two or more")
+    captions = [s.caption for s in segments]
+    scores = score_matrix(r.model, r.tokenizer, r.vocab, captions, [s.tokens for s in segments], max_seq_len=ctx.max_seq_len,
+                          device=ctx.device, batch_size=config.batch_size)
+    results["retrieval"] = retrieval_metrics(scores, captions)
+    results["retrieval"]["source"] = " ".join(config.retrieval)
+    keys = [s.key for s in segments]
+    results["retrieval"]["examples"] = retrieval_examples(scores, captions, keys)
+    results["retrieval"]["examples_ranking"] = "alignment head"
+    if config.vocabulary:
+        from trainer.evaluation.labels import read_vocabulary
+        from trainer.evaluation.retrieval import masked_word_scores
+        from trainer.evaluation.zeroshot import ZeroShotClassifier
+
+        classifier = ZeroShotClassifier(r.model, r.tokenizer, r.vocab, read_vocabulary(config.vocabulary),
+                                        template=config.template, max_seq_len=ctx.max_seq_len, device=ctx.device)
+        words = masked_word_scores(classifier, captions, [s.tokens for s in segments], config.batch_size)
+        results["retrieval"]["masked_words"] = retrieval_metrics(words, captions)
+        results["retrieval"]["examples"] = retrieval_examples(np.exp(words), captions, keys)  # scores as probabilities
+        results["retrieval"]["examples_ranking"] = "masked words"
+    return True
+
+
+def retrieval_picture(ctx: Context, results: dict[str, Any], out: Path) -> bool:
+    """retrieval.png: a few captions and the first clips of the videos they retrieve (rank 0)."""
+    from shards import reader
+    from trainer.evaluation import generate
+
+    shown = results.get("retrieval", {}).get("examples")
+    if not shown or not ctx.config.clips:
+        return False
+    wanted = {k for e in shown for k in e["retrieved"]}
+    frames = {s.key: s.frames[0] for s in reader.iter_samples(reader.resolve_shards(list(ctx.config.clips))) if s.key in wanted}
+    if not frames:
+        return False
+    generate.retrieval_grid(shown, frames).save(out / "retrieval.png")
     return True
 
 
@@ -292,17 +378,34 @@ def _write(ctx: Context, results: dict[str, Any], pictures: dict[str, bool]) -> 
         pictures["confusion"] = report.plot_confusion(records, vocabulary.verbs, vocabulary.nouns, out / "zeroshot_confusion.png")
     if ctx.loaded.run_dir is not None:
         pictures["curves"] = report.plot_curves(report.read_curves(ctx.loaded.run_dir), out / "curves.png")
+        _add_captioning(CaptionFolder(RunFolder(ctx.loaded.run_dir).caption), out, results)
     report.write_report(out, results, pictures)
     return results
 
 
+def _add_captioning(folder: CaptionFolder, out: Path, results: dict[str, Any]) -> None:
+    """The run's ``videobert caption`` results, when there are any, for the report's captioning section."""
+    import os
+
+    if folder.results.is_file():
+        captioning = read_json(folder.results)
+        captioning["pictures_folder"] = os.path.relpath(folder.path, out) if captioning.get("pictures", {}).get("examples") else None
+        results["captioning"] = captioning
+
+
 def format_tables(results: dict[str, Any]) -> str:
-    """The zero-shot and held-out tables as plain text (what ``eval`` and ``demo`` print)."""
+    """The zero-shot, held-out, retrieval and captioning tables as plain text (what ``eval`` and ``demo`` print)."""
+    from trainer.evaluation.caption import format_table as caption_table
     from trainer.evaluation.heldout import format_table as heldout_table
+    from trainer.evaluation.masked_video import format_table as in_turn_table
+    from trainer.evaluation.retrieval import format_table as retrieval_table
     from trainer.evaluation.zeroshot import format_table as zeroshot_table
 
     parts = [zeroshot_table(results["zero_shot"])] if "zero_shot" in results else []
     parts += [heldout_table(results["heldout"])] if "heldout" in results else []
+    parts += [in_turn_table(results["heldout_video_in_turn"])] if "heldout_video_in_turn" in results else []
+    parts += [retrieval_table(results["retrieval"])] if "retrieval" in results else []
+    parts += [caption_table(results["captioning"])] if "captioning" in results else []
     return "\n\n".join(parts)
 
 
@@ -316,6 +419,7 @@ FLAGS = {
     "heldout": Flag(nargs="*", metavar="SHARDS", help="held-out shards (default: the run's data.heldout; the flag "
                     "alone: skip)"),
     "clips": Flag(metavar="SHARDS"),
+    "retrieval": Flag(metavar="SHARDS"),
     "prompts": Flag(name="--prompt", action="append", metavar="SENTENCE",
                     help="a text-to-video sentence (default: the template filled with each verb of the vocabulary)"),
 }

@@ -4,8 +4,9 @@
   videobert export runs/demo/train/checkpoints/step-300 --out DIR   # a given one
 
 The directory loads with ``transformers.BertForPreTraining.from_pretrained`` and
-``BertTokenizerFast.from_pretrained`` (the joint vocabulary: text WordPieces, ``[>]``, the visual
-words ``[V00000]``...), and ``videobert eval DIR`` evaluates it. Beside the weights it keeps the run's
+``AutoTokenizer.from_pretrained`` (the joint vocabulary: text WordPieces, ``[>]``, the visual words
+``[V00000]``..., each one id; ``tokenizer(text, visual_words)`` lays out ``[CLS] text [>] video
+[SEP]``: ``models.hf_interop.joint_tokenizer``), and ``videobert eval DIR`` evaluates it. Beside the weights it keeps the run's
 config (``videobert-run.yaml``) and ``videobert.json`` (the step, the checkpoint it came from and the
 hash of the codebook whose visual words it knows).
 """

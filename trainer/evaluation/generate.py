@@ -1,4 +1,4 @@
-"""Text-to-video and video-to-text with a trained model, and pictures of both.
+"""Text-to-video and video-to-text with a trained model, and pictures of both (and of captioned segments).
 
 Text-to-video (``fill_video``): the sentence is followed by masks, ``[CLS] sentence [>] [MASK] x L
 [SEP]``, which are filled one at a time: each step predicts every still-masked position over the
@@ -10,7 +10,10 @@ centroid (Euclidean distance, as k-means assigns). ``text_to_video_grid`` draws 
 Video-to-text (``video_to_text``): a clip sample's frames become visual words through the codebook,
 and the most likely words at the masks of the zero-shot template are listed, over the whole text
 vocabulary (whole words only: no ``[...]`` special tokens, no ``##`` word continuations).
-``video_to_text_grid`` draws each clip beside its caption and the predicted words.
+``video_to_text_grid`` draws each clip beside its caption and the predicted words; ``caption_grid``
+draws held-out segments beside their reference and each captioner's sentence
+(``trainer.evaluation.caption``), ``retrieval_grid`` captions beside the videos they retrieve
+(``trainer.evaluation.retrieval``).
 """
 
 from __future__ import annotations
@@ -176,4 +179,42 @@ def video_to_text_grid(samples: Sequence[schema.Sample], readings: Sequence[dict
         lines = (f'caption: "{reading["caption"]}"', "verb: " + " ".join(reading["verb_words"]),
                  "noun: " + " ".join(reading["noun_words"]))
         draw.multiline_text((strip_w + _MARGIN, y), "\n".join(lines), fill="black", font=font)
+    return image
+
+
+def caption_grid(frames: Sequence[np.ndarray], examples: Sequence[dict[str, Any]], rows: Sequence[str],
+                 labels: dict[str, str]) -> Image.Image:
+    """One row per segment: its first clip's frames (n_clips, T, H, W, 3), its reference and the
+    caption of each of ``rows`` (``examples[i][row]``), labelled by ``labels[row]``."""
+    strip_w, line_h = FRAMES_PER_CLIP * THUMB + _MARGIN, 15
+    text_w = 3 * _TEXT_WIDTH
+    row_h = max(THUMB, line_h * (1 + len(rows))) + 2 * _MARGIN
+    image = Image.new("RGB", (strip_w + text_w + 2 * _MARGIN, len(examples) * row_h + _MARGIN), "white")
+    draw, font = ImageDraw.Draw(image), _font()
+    for i, (clips, example) in enumerate(zip(frames, examples)):
+        y = _MARGIN + i * row_h
+        image.paste(_strip(clips[0]), (_MARGIN, y))
+        lines = [f'reference: "{example["reference"]}"'] + [f'{labels[r]}: "{example[r]}"' for r in rows]
+        draw.multiline_text((strip_w + _MARGIN, y), "\n".join(lines), fill="black", font=font, spacing=3)
+    return image
+
+
+def retrieval_grid(examples: Sequence[dict[str, Any]], frames: dict[str, np.ndarray]) -> Image.Image:
+    """One row per query caption: the first clip (T, H, W, 3) of each video it retrieved, best
+    first, framed green where the retrieval is correct, with the probability of "aligned"."""
+    cell_w, row_h = FRAMES_PER_CLIP * THUMB + _MARGIN, THUMB + 20 + 2 * _MARGIN
+    columns = max(len(e["retrieved"]) for e in examples)
+    image = Image.new("RGB", (_TEXT_WIDTH + columns * cell_w + _MARGIN, len(examples) * row_h + _MARGIN), "white")
+    draw, font = ImageDraw.Draw(image), _font()
+    for row, example in enumerate(examples):
+        y = _MARGIN + row * row_h
+        _text(draw, (_MARGIN, y), f'"{example["caption"]}" (first correct: rank {example["rank"]}, ties counted '
+              "against it)", 34, font)
+        for column, (key, correct, p) in enumerate(zip(example["retrieved"], example["correct"], example["probabilities"])):
+            x = _TEXT_WIDTH + column * cell_w
+            if key in frames:
+                image.paste(_strip(frames[key]), (x, y))
+            if correct:
+                draw.rectangle((x - 2, y - 2, x + FRAMES_PER_CLIP * THUMB + 1, y + THUMB + 1), outline=(20, 160, 40), width=3)
+            draw.text((x, y + THUMB + 3), f"{column + 1}. p={p:.2f}" + (" correct" if correct else ""), fill="black", font=font)
     return image

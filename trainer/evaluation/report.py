@@ -12,6 +12,10 @@ Files written into the report folder:
     zeroshot_problems.jsonl   one line per sample read but not classified, with the reason
     text_to_video.png         sentences and the clips of their predicted visual words
     video_to_text.png         clips and the words predicted for them
+    retrieval.png             captions and the videos they retrieve
+
+The captioning section comes from ``videobert caption``'s results (``caption/results.json`` in the
+run folder, written by ``write_caption_report``, which also writes ``caption/report.md`` alone).
 """
 
 from __future__ import annotations
@@ -161,11 +165,54 @@ def zeroshot_markdown(z: dict[str, Any], summary: dict[str, Any]) -> list[str]:
 def heldout_markdown(h: dict[str, float], source: str) -> list[str]:
     lines = ["## Held-out alignment and masked tokens", "",
              f"Shards: `{source}`. Chance: for accuracies the share of the most frequent target, for "
-             "perplexities that of predicting the targets' own frequencies, for ROC-AUC 0.5.", "",
+             "perplexities that of predicting the targets' own frequencies, for ROC-AUC 0.5. Tokens are masked "
+             "at random as in training: on a small set that leaves few video targets, whose own frequencies "
+             "make a chance perplexity no real prediction reaches; the next table masks every held-out video "
+             "token instead.", "",
              "| | model | chance | targets |", "|---|---:|---:|---:|"]
     for label, value, chance, count in TABLE_ROWS:
         if value in h:
             lines.append(f"| {label} | {h[value]:.3f} | {h[chance]:.3f} | {int(h[count])} |")
+    return lines + [""]
+
+
+def in_turn_markdown(r: dict[str, float]) -> list[str]:
+    from trainer.evaluation.masked_video import TABLE_ROWS as IN_TURN_ROWS
+
+    unigram = (f"{int(r['train_tokens'])} training tokens, add-one smoothed" if r.get("train_tokens")
+               else "no training tokens found: uniform")
+    lines = ["## Held-out video tokens, each masked once", "",
+             f"Every visual token of the held-out segments is masked in turn ({int(r['targets'])} targets) and "
+             "predicted from the segment's text and its other clips. The training unigram "
+             f"({unigram}) is the best prediction that ignores the segment; the oracle unigram is fitted on "
+             "these very targets.", "", "| | accuracy | perplexity |", "|---|---:|---:|"]
+    for label, acc, ppl in IN_TURN_ROWS:
+        lines.append(f"| {label} | {r[acc]:.3f} | {f'{r[ppl]:.2f}' if ppl else '-'} |")
+    return lines + [""]
+
+
+def retrieval_markdown(r: dict[str, Any], picture: bool = False) -> list[str]:
+    from trainer.evaluation.retrieval import RANKINGS, RECALL_AT
+
+    lines = ["## Text-video retrieval (zero-shot)", "",
+             f"{r['segments']} held-out segments of `{r.get('source', '')}` ({r['distinct_captions']} distinct captions), "
+             "every caption read with every video; ranked by the alignment head's probability of \"aligned\". A "
+             "retrieval is correct when it finds the query's own segment or one with an identical caption. "
+             "Chance (a random ranking) in brackets.", "",
+             "The masked-words ranking reads each video once after the zero-shot template and scores a caption by "
+             "the log-probability of its own verb and noun at the masks.", "",
+             "| direction, ranked by | " + " | ".join(f"R@{k}" for k in RECALL_AT) + " | median rank |",
+             "|---|" + "---:|" * (len(RECALL_AT) + 1)]
+    for label, key in RANKINGS:
+        ranking = r if key is None else r.get(key)
+        for direction in ("text_to_video", "video_to_text") if ranking else ():
+            d = ranking[direction]
+            cells = " | ".join(f"{_pct(d[f'r{k}'])} ({_pct(d[f'r{k}_chance'])})" for k in RECALL_AT)
+            lines.append(f"| {direction.replace('_', ' ')}, {label} | {cells} | {d['median_rank']:.1f} "
+                         f"({d['median_rank_chance']:.1f}) |")
+    if picture:
+        lines += ["", f"Text to video for a few captions, ranked by the {r.get('examples_ranking', 'alignment head')}, best first "
+                  "(green: correct; p: the ranking's score as a probability):", "", "![retrieval](retrieval.png)"]
     return lines + [""]
 
 
@@ -186,6 +233,63 @@ def generation_markdown(t2v: list[dict[str, Any]], v2t: list[dict[str, Any]]) ->
     return lines
 
 
+def caption_markdown(c: dict[str, Any], pictures: str = "") -> list[str]:
+    """The captioning table (the paper's Table 3 layout), the probes and the examples; ``pictures``:
+    the folder of ``caption_examples.png`` relative to the report, or None when there is none."""
+    from trainer.evaluation.caption_metrics import METRIC_LABELS, METRICS, format_score
+
+    rows = c["rows"]
+    tokenizer = next(iter(rows.values()))["tokenizer"] if rows else ""
+    lines = ["## Captioning from frozen features", "",
+             f"Features of the model at step {c['model'].get('step')}. "
+             f"A small transformer encoder-decoder trained on {c['train_segments']} labelled training segments for "
+             f"{c['steps']} steps per row, {c['decoding']} decoding, scored on {c['heldout_segments']} held-out segments "
+             f"({c['distinct_references']} distinct reference sentences). VideoBERT features: the frozen model reads "
+             f"`{c['template']}` before the video tokens; its outputs at the video tokens and at the masks are "
+             f"averaged and concatenated. Tokens: {tokenizer}. BLEU, METEOR and ROUGE-L in %.", "",
+             "| features | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+    for row, scores in rows.items():
+        lines.append(f"| {c['row_labels'][row]} | " + " | ".join(format_score(m, scores[m]) for m in METRICS) + " |")
+    if c.get("skipped_rows"):
+        lines += ["", f"Rows without their features (no encoder features in the shards): {', '.join(c['skipped_rows'])}."]
+    lines.append("")
+    lines += _probe_markdown(c.get("probes", {}))
+    if pictures is not None:
+        lines += ["Captioned held-out segments (first clip's frames):", "",
+                  f"![captioned examples]({pictures}{'/' if pictures else ''}caption_examples.png)", ""]
+    elif c.get("examples"):
+        lines += ["| reference | " + " | ".join(c["row_labels"][r] for r in rows) + " |", "|---|" + "---|" * len(rows)]
+        lines += ["| " + " | ".join([e["reference"], *(e.get(r, "") for r in rows)]) + " |" for e in c["examples"]]
+        lines.append("")
+    return lines
+
+
+def _probe_markdown(probes: dict[str, Any]) -> list[str]:
+    accuracy = probes.get("accuracy")
+    if not accuracy:
+        return []
+    lines = ["### Linear probes", "",
+             f"Logistic regression on standardised frozen features, fitted on {probes['train_segments']} labelled "
+             f"training segments, held-out accuracy on {probes['heldout_segments']}.", "",
+             "| features | verb | noun |", "|---|---:|---:|"]
+    for name, label in (("constant", "best constant guess"), ("encoder", "clip encoder"), ("videobert", "VideoBERT")):
+        if name in accuracy:
+            lines.append(f"| {label} | {_pct(accuracy[name]['verb'])} | {_pct(accuracy[name]['noun'])} |")
+    return lines + [""]
+
+
+def write_caption_report(folder: Any, results: dict[str, Any], pictures: dict[str, bool]) -> Path:
+    """``videobert caption``'s report.md and results.json in its ``CaptionFolder``."""
+    lines = ["# VideoBERT captioning", "", f"Model: `{results['model']['source']}`"
+             + (f" (step {results['model']['step']})" if results["model"].get("step") is not None else "") + ".", ""]
+    lines += caption_markdown(results, "" if pictures.get("examples") else None)
+    write_text_atomic(folder.report, "\n".join(lines))
+    results["report"] = str(folder.report)
+    results["pictures"] = pictures
+    write_json(folder.results, results)
+    return folder.report
+
+
 def write_report(out: Path, results: dict[str, Any], pictures: dict[str, bool]) -> Path:
     """report.md and results.json into ``out`` (``results["report"]`` names the report); ``pictures``:
     which PNGs were written."""
@@ -197,6 +301,12 @@ def write_report(out: Path, results: dict[str, Any], pictures: dict[str, bool]) 
         lines += zeroshot_markdown(results["zero_shot"], {**results["zero_shot_summary"], "confusion": pictures.get("confusion")})
     if "heldout" in results:
         lines += heldout_markdown(results["heldout"], results["heldout_source"])
+    if "heldout_video_in_turn" in results:
+        lines += in_turn_markdown(results["heldout_video_in_turn"])
+    if "retrieval" in results:
+        lines += retrieval_markdown(results["retrieval"], bool(pictures.get("retrieval")))
+    if "captioning" in results:
+        lines += caption_markdown(results["captioning"], results["captioning"].get("pictures_folder"))
     if pictures.get("curves"):
         lines += ["## Training curves", "", "![training curves](curves.png)", ""]
     lines += generation_markdown(results.get("text_to_video", []), results.get("video_to_text", []))

@@ -1,0 +1,97 @@
+"""Captioning metrics against values worked out by hand on tiny reference sets.
+
+BLEU (COCO's): clipped n-gram matches over n-grams, pooled over the set (micro), the brevity
+penalty from the summed closest reference lengths. ROUGE-L: the LCS F-measure with beta = 1.2,
+averaged over segments. CIDEr-D: tf-idf n-gram vectors (idf = log(segments / df)), clipped cosine
+per n averaged over n = 1..4, a Gaussian length penalty on the bigram counts, times 10. METEOR 1.5
+(English): for a hypothesis made of exactly the reference's words, Fmean = 1 and the score is
+1 - 0.6 (chunks / matches) ** 0.2, with no penalty when one chunk covers the whole sentence.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from trainer.evaluation.caption_metrics import CaptionScorer, format_score, java_available
+
+needs_java = pytest.mark.skipif(not java_available(), reason="METEOR and the PTB tokenizer need a Java runtime")
+
+
+JAVA = [False] + ([True] if java_available() else [])
+
+
+@pytest.fixture(scope="module")
+def scorers():
+    """One scorer per tokenization, shared: METEOR's Java process loads its tables once."""
+    made = {java: CaptionScorer(use_java=java) for java in JAVA}
+    yield made
+    for scorer in made.values():
+        scorer.close()
+
+
+@pytest.mark.parametrize("java", JAVA)
+def test_bleu_is_pooled_over_the_set_with_its_brevity_penalty(scorers, java):
+    references = {"a": ["the cat sat on a mat"], "b": ["a dog runs fast"]}
+    candidates = {"a": "the cat sat on the mat", "b": "a dog runs"}
+    # Segment a: 1-grams 5/6 (one "the" is clipped), 2-grams 3/5, 3-grams 2/4, 4-grams 1/3.
+    # Segment b: 3/3, 2/2, 1/1, 0/0. Pooled: 8/9, 5/7, 3/5, 1/3; lengths 9 against 10.
+    brevity = math.exp(1 - 10 / 9)
+    scores = scorers[java].score(references, candidates)
+    assert scores.bleu3 == pytest.approx(brevity * (8 / 9 * 5 / 7 * 3 / 5) ** (1 / 3), rel=1e-6)
+    assert scores.bleu4 == pytest.approx(brevity * (8 / 9 * 5 / 7 * 3 / 5 * 1 / 3) ** (1 / 4), rel=1e-6)
+    assert scores.segments == 2
+
+
+@pytest.mark.parametrize("java", JAVA)
+def test_rouge_l_is_the_lcs_f_measure(scorers, java):
+    # LCS of "the cat sat on the mat" and "the cat is on the mat today": "the cat on the mat", 5 words.
+    p, r, beta2 = 5 / 6, 5 / 7, 1.2**2
+    scores = scorers[java].score({"a": ["the cat is on the mat today"]}, {"a": "the cat sat on the mat"})
+    assert scores.rouge_l == pytest.approx((1 + beta2) * p * r / (r + beta2 * p), rel=1e-9)
+
+
+@pytest.mark.parametrize("java", JAVA)
+def test_cider_d_on_two_segments_with_disjoint_words(scorers, java):
+    # Every reference n-gram occurs in one of the two segments: idf = log 2 for all (unseen ones too).
+    # Segment a is captioned exactly: 1 for every n. Segment b shares "e", "f" and "e f": cosines
+    # 2/4 (unigrams), 1/3 (bigrams), 0, 0; both have 3 bigrams, so no length penalty.
+    scores = scorers[java].score({"a": ["a b c d"], "b": ["e f g h"]}, {"a": "a b c d", "b": "e f x y"})
+    assert scores.cider == pytest.approx((10 * 1 + 10 * (1 / 2 + 1 / 3) / 4) / 2, rel=1e-9)
+
+
+@needs_java
+def test_meteor_penalises_fragmentation_as_meteor_1_5_states(scorers):
+    pairs = {"same": ("the cat sat on the mat", "the cat sat on the mat"),
+             "two chunks of six": ("the cat sat on the mat", "on the mat the cat sat"),
+             "two chunks of eight": ("one two three four five six seven eight", "five six seven eight one two three four"),
+             "nothing shared": ("the cat sat on the mat", "green ideas sleep furiously")}
+    # Already PTB tokens (lower case, no punctuation): scored without launching the tokenizer again.
+    scores = {name: scorers[True].score_tokenized({"a": [ref]}, {"a": [hyp]}).meteor for name, (ref, hyp) in pairs.items()}
+    assert scores["same"] == pytest.approx(1.0)
+    assert scores["two chunks of six"] == pytest.approx(1 - 0.6 * (2 / 6) ** 0.2, abs=1e-4)
+    assert scores["two chunks of eight"] == pytest.approx(1 - 0.6 * (2 / 8) ** 0.2, abs=1e-4)
+    assert scores["nothing shared"] == 0.0
+
+
+@pytest.mark.parametrize("java", JAVA)
+def test_both_tokenizations_lower_case_and_drop_punctuation(scorers, java):
+    scorer = scorers[java]
+    tokens = scorer.tokenize({"a": ["Stir the Tomato, slowly."]})
+    assert tokens == {"a": ["stir the tomato slowly"]}
+    # Case and punctuation do not change a score.
+    assert scorer.score({"a": ["stir the tomato slowly"]}, {"a": "Stir the Tomato, slowly."}).bleu4 == pytest.approx(1.0)
+
+
+def test_without_java_meteor_is_absent_and_the_table_says_so():
+    with CaptionScorer(use_java=False) as scorer:
+        scores = scorer.score({"a": ["stir the tomato"]}, {"a": "stir the tomato"})
+    assert scores.meteor is None and "no Java" in scores.tokenizer
+    assert format_score("meteor", scores.meteor) == "needs Java"
+    assert format_score("bleu4", 0.1234) == "12.34" and format_score("cider", 0.47) == "0.470"
+
+
+def test_references_and_candidates_must_name_the_same_segments():
+    with pytest.raises(ValueError, match="different segments"):
+        CaptionScorer(use_java=False).score({"a": ["x y"]}, {"b": "x y"})

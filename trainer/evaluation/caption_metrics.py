@@ -1,0 +1,160 @@
+"""Captioning metrics as the YouCook2 leaderboard states them: BLEU-3/4, METEOR, ROUGE-L, CIDEr (micro).
+
+The scorers are the COCO caption evaluation code (``pycocoevalcap``), the reference implementation
+that YouCook2's and the VideoBERT paper's numbers come from. "Micro" means one score over every
+evaluated segment (BLEU and METEOR from n-gram and match counts pooled over the whole set, CIDEr's
+document frequencies from the whole set) rather than a mean of per-video scores.
+
+Sentences are tokenized by the Stanford PTB tokenizer (lower case, punctuation dropped) and METEOR
+1.5 runs as its jar; both need a Java runtime. Without one, BLEU, ROUGE-L and CIDEr are computed on
+a plain tokenization (lower case, split at spaces and punctuation: the same tokens the PTB tokenizer
+gives for plain sentences), the scores say so (``tokenizer``), and METEOR is None: the tables print
+"needs Java" in its column rather than a different METEOR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from typing import Mapping
+
+METRICS = ("bleu3", "bleu4", "meteor", "rouge_l", "cider")
+"""Score names, in table order."""
+METRIC_LABELS = {"bleu3": "BLEU-3", "bleu4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr"}
+PTB = "PTB (Stanford CoreNLP)"
+PLAIN = "plain (no Java: lower case, split at spaces and punctuation)"
+_PLAIN_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def plain_tokens(sentence: str) -> list[str]:
+    """The plain tokenization: lower case, words and numbers, punctuation dropped."""
+    return _PLAIN_TOKEN.findall(sentence.lower())
+
+
+def java_available() -> bool:
+    """True when a ``java`` executable is on the PATH (METEOR and the PTB tokenizer need it)."""
+    return shutil.which("java") is not None
+
+
+@dataclass(frozen=True)
+class CaptionScores:
+    """One row of a captioning table. Scores are fractions (BLEU, METEOR, ROUGE-L) or CIDEr's own
+    scale; ``meteor`` is None without a Java runtime."""
+
+    bleu3: float
+    bleu4: float
+    meteor: float | None
+    rouge_l: float
+    cider: float
+    segments: int
+    tokenizer: str
+
+    def as_dict(self) -> dict[str, float | int | str | None]:
+        return {name: getattr(self, name) for name in (*METRICS, "segments", "tokenizer")}
+
+
+class CaptionScorer:
+    """Scores sets of candidate captions against references; one METEOR process serves every set.
+
+    Use as a context manager (the METEOR process is closed at the end)::
+
+        with CaptionScorer() as scorer:
+            scores = scorer.score(references, candidates)   # {segment: [sentences]}, {segment: sentence}
+    """
+
+    def __init__(self, use_java: bool | None = None):
+        self.java = java_available() if use_java is None else use_java
+        self._meteor = None
+
+    def start(self) -> None:
+        """Start METEOR now (it loads its tables for seconds) so that it is ready when scoring begins."""
+        if self.java and self._meteor is None:
+            from pycocoevalcap.meteor.meteor import Meteor
+
+            self._meteor = Meteor()
+
+    def __enter__(self) -> "CaptionScorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._meteor is not None:
+            meteor, self._meteor = self._meteor, None
+            meteor.meteor_p.stdin.close()
+            meteor.meteor_p.kill()
+            meteor.meteor_p.wait()
+
+    def tokenize(self, sentences: Mapping[str, list[str]]) -> dict[str, list[str]]:
+        """Each key's sentences as space-joined tokens (PTB with Java, else the plain split)."""
+        if not self.java:
+            return {k: [" ".join(plain_tokens(s)) for s in v] for k, v in sentences.items()}
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        with _quiet_stderr():  # the tokenizer's Java process reports its speed on stderr
+            return PTBTokenizer().tokenize({k: [{"caption": s} for s in v] for k, v in sentences.items()})
+
+    def score(self, references: Mapping[str, list[str]], candidates: Mapping[str, str]) -> CaptionScores:
+        """Micro scores of ``candidates`` (one sentence per segment) against ``references``."""
+        return self.score_sets(references, {"": candidates})[""]
+
+    def score_sets(self, references: Mapping[str, list[str]], sets: Mapping[str, Mapping[str, str]]) -> dict[str, CaptionScores]:
+        """``score`` for several sets of candidates of the same segments, tokenized in one pass."""
+        keys = sorted(references)
+        if not keys:
+            raise ValueError("no segments to score")
+        for name, candidates in sets.items():
+            missing = sorted(set(keys) ^ set(candidates))
+            if missing:
+                raise ValueError(f"references and candidates {name!r} name different segments, e.g. {missing[:3]}")
+        names = list(sets)
+        sentences = {f"r{k}": list(references[k]) for k in keys}
+        sentences |= {f"c{n}:{k}": [sets[name][k]] for n, name in enumerate(names) for k in keys}
+        tokens = self.tokenize(sentences)
+        gts = {k: tokens[f"r{k}"] for k in keys}
+        return {name: self.score_tokenized(gts, {k: tokens[f"c{n}:{k}"] for k in keys}) for n, name in enumerate(names)}
+
+    def score_tokenized(self, gts: dict[str, list[str]], res: dict[str, list[str]]) -> CaptionScores:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        rouge, _ = Rouge().compute_score(gts, res)
+        cider, _ = Cider().compute_score(gts, res)
+        return CaptionScores(bleu3=float(bleu[2]), bleu4=float(bleu[3]), meteor=self._meteor_score(gts, res),
+                             rouge_l=float(rouge), cider=float(cider), segments=len(gts),
+                             tokenizer=PTB if self.java else PLAIN)
+
+    def _meteor_score(self, gts: dict[str, list[str]], res: dict[str, list[str]]) -> float | None:
+        if not self.java:
+            return None
+        self.start()
+        score, _ = self._meteor.compute_score(gts, res)
+        return float(score)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 sent to /dev/null (child processes included) for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "wb") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def format_score(name: str, value: float | None) -> str:
+    """A table cell: percent for the fractions (as YouCook2 tables print them), CIDEr as it is."""
+    if value is None:
+        return "needs Java"
+    return f"{value:.3f}" if name == "cider" else f"{100 * value:.2f}"
