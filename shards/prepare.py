@@ -56,7 +56,7 @@ from tqdm import tqdm
 
 from shards import schema
 from shards.clips import ClipConfig
-from shards.cut import SegmentPlan, VideoJob, VideoResult, count_noun, plan_video, process_video
+from shards.cut import MAX_SEGMENT_SECONDS, SegmentPlan, VideoJob, VideoResult, count_noun, plan_video, process_video
 from shards.decode import DecodeOptions, parse_crop
 from shards.ffmpeg_bin import FFmpegNotFound, ffmpeg_exe
 from shards.options import Flag, add_config_arguments, config_from_args
@@ -104,6 +104,12 @@ class PrepareConfig:
     """Frames per clip (the paper: 30, i.e. 1.5 s)."""
     min_last_clip: int | None = None
     """Least frames of a trailing partial clip to keep it (padded); default: half a clip."""
+    max_segment_seconds: float = MAX_SEGMENT_SECONDS
+    """Longest caption segment cut into a sample; longer ones are skipped, with the reason."""
+    max_frame_pixels: int = DecodeOptions.max_frame_pixels
+    """Most pixels of a scaled frame (before the crop); a video of a more extreme aspect ratio is skipped."""
+    decode_timeout: float = 60.0
+    """Seconds without a decoded frame after which a video's ffmpeg is stopped (its frames so far are used)."""
     max_samples: int | None = 10_000
     """Samples per shard at most."""
     max_bytes: int | None = 1 << 30
@@ -121,7 +127,8 @@ class PrepareConfig:
             raise ArgumentsError("; ".join(problems))
 
     def decode_options(self) -> DecodeOptions:
-        return DecodeOptions(fps=self.fps, size=self.size, crop=parse_crop(self.crop, self.size))
+        return DecodeOptions(fps=self.fps, size=self.size, crop=parse_crop(self.crop, self.size),
+                             max_frame_pixels=self.max_frame_pixels, stall_timeout=self.decode_timeout)
 
     def clip_config(self) -> ClipConfig:
         return ClipConfig(clip_len=self.clip_len, min_last_clip=self.min_last_clip)
@@ -135,6 +142,7 @@ class PrepareConfig:
             "transcript_format": self.transcript_format, "fps": float(self.fps), "size": self.size,
             "crop": list(crop) if crop else None, "clip_len": self.clip_len,
             "min_last_clip": self.clip_config().min_last, "max_samples": self.max_samples, "max_bytes": self.max_bytes,
+            "max_segment_seconds": float(self.max_segment_seconds), "max_frame_pixels": self.max_frame_pixels,
         }
 
 
@@ -161,12 +169,18 @@ def _config_problems(config: PrepareConfig) -> list[str]:
         (config.max_bytes is None or config.max_bytes >= 10240, "--max-bytes must be at least 10240 (one tar record)"),
         (config.min_last_clip is None or 1 <= config.min_last_clip <= max(config.clip_len, 1),
          f"--min-last-clip must be between 1 and --clip-len ({config.clip_len})"),
+        (config.max_segment_seconds > 0, "--max-segment-seconds must be positive"),
+        (config.decode_timeout > 0, "--decode-timeout must be positive"),
     ]
     problems += [message for ok, message in checks if not ok]
     try:
-        parse_crop(config.crop, config.size)
+        crop = parse_crop(config.crop, config.size)
     except ValueError as e:
         problems.append(f"--crop: {e}")
+    else:
+        smallest = max(config.size * config.size, crop[0] * crop[1] if crop else 0)
+        if config.max_frame_pixels < smallest:
+            problems.append(f"--max-frame-pixels must be at least {smallest} (the --size and --crop asked for)")
     if Path(config.out).exists() and not Path(config.out).is_dir():
         problems.append(f"--out {config.out} is a file; give a folder")
     return problems
@@ -259,7 +273,8 @@ def _plan_run(config: PrepareConfig, videos: list[VideoFile], transcripts: Trans
     for video in videos:
         segments = transcripts.segments.get(video.video_id, [])
         source = transcripts.sources.get(video.video_id, "")
-        plans, problems = plan_video(video.video_id, segments, source, config.fps, config.clip_config())
+        plans, problems = plan_video(video.video_id, segments, source, config.fps, config.clip_config(),
+                                     config.max_segment_seconds)
         problems = by_video.get(video.video_id, []) + problems
         if not segments:
             problems.append(_no_captions(video, transcripts))
