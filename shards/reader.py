@@ -102,11 +102,13 @@ def iter_raw_samples(urls: Iterable[str], on_error: ErrorCallback | None = None)
     current = [""]
 
     def handler(exn: Exception) -> bool:
+        # The stream is read one shard at a time: the shard in hand is the one at fault.
+        url = current[0] or _url_of(exn)
+        problem, once = _tar_problem(exn)
         # webdataset reports a broken tar stream at two levels; tell the caller once.
-        url = _url_of(exn)
-        if (url, type(exn).__name__) not in last[-1:]:
-            last.append((url, type(exn).__name__))
-            on_error(url, exn)
+        if not once or (url, "broken") not in last[-1:]:
+            last.append((url, "broken" if once else problem))
+            on_error(url, schema.ShardFormatError(f"{url}: {problem}"))
         return True
 
     def report(url: str, problem: str) -> None:
@@ -132,6 +134,9 @@ def iter_raw_samples(urls: Iterable[str], on_error: ErrorCallback | None = None)
             yield {"url": url}
 
     def readable(name: str) -> bool:
+        if not _MEMBER_NAME.match(os.path.basename(name)):
+            report(current[0], f"member {name[:120]!r} is not named KEY.FIELD; not read")
+            return False
         return name not in unread.get(current[0], ())
 
     samples = wds.tariterators.tarfile_samples(
@@ -141,6 +146,7 @@ def iter_raw_samples(urls: Iterable[str], on_error: ErrorCallback | None = None)
 
 
 _TAR_BLOCK = 512
+_MEMBER_NAME = re.compile(r"^[^.]+\.")
 
 
 def truncation(url: str) -> str | None:
@@ -205,6 +211,17 @@ def iter_samples(
             if on_error is None:
                 raise
             on_error(str(raw.get("__url__", "?")), e)
+
+
+def _tar_problem(exn: Exception) -> tuple[str, bool]:
+    """What a webdataset / tarfile exception says, in words, and whether it breaks off the shard (then
+    it is reported once, however many levels report it)."""
+    text = str(exn.args[0]) if getattr(exn, "args", None) else type(exn).__name__
+    text = re.sub(r" @ <.*$", "", text, flags=re.S)[:300]
+    if "duplicate file name" in text:
+        name = text.split(":", 1)[0]
+        return f"member {name} appears twice in a row; the second copy is not read", False
+    return f"the tar data cannot be read past this point ({type(exn).__name__}: {text}); the rest of the shard is lost", True
 
 
 def _url_of(exn: Exception) -> str:
