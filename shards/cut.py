@@ -7,16 +7,12 @@ process copies into the shards. Decoding stops after the last frame a clip uses.
 
 The end of the video is only known when ffmpeg stops producing frames (there is no probing): the
 segments still pending then are clipped to the frames decoded, when enough are left for a clip, or
-skipped. A segment's frames are allocated when its first frame is decoded, so a segment longer than
-``MAX_SEGMENT_SECONDS`` (``prepare --max-segment-seconds``) is skipped at planning with its reason: a
-caption ending hours past its start (or at 1e300 s) would otherwise claim memory for all of it, and the
-failure would take the video's good segments with it. A damaged file that ffmpeg gave up on part-way is treated the same way, with the damage
+skipped. A damaged file that ffmpeg gave up on part-way is treated the same way, with the damage
 named in the reasons.
 """
 
 from __future__ import annotations
 
-import math
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,11 +25,6 @@ from shards.clips import ClipConfig, ClipPlan, frame_range, plan_clips, too_shor
 from shards.decode import DecodeError, DecodeOptions, VideoDecoder
 from shards.transcripts import CLIPPED, SKIPPED, Problem, Segment, seconds, span
 from shards.writer import SampleSpool, SpooledSample
-
-
-MAX_SEGMENT_SECONDS = 300.0
-"""Default longest caption segment, in seconds (5 minutes: speech captions last seconds, YouCook2 steps
-under a few minutes; at 20 fps and 224 x 224 pixels, 300 s of frames are 0.9 GB)."""
 
 
 @dataclass(frozen=True)
@@ -173,36 +164,23 @@ def _sample(job: VideoJob, segment: Segment, clips: ClipPlan, frames: np.ndarray
 
 
 def plan_video(
-    video_id: str, segments: Sequence[Segment], source: str, fps: float, clip: ClipConfig,
-    max_seconds: float = MAX_SEGMENT_SECONDS,
+    video_id: str, segments: Sequence[Segment], source: str, fps: float, clip: ClipConfig
 ) -> tuple[tuple[SegmentPlan, ...], list[Problem]]:
-    """Clip plans of a video's segments; segments too short for one clip, or longer than ``max_seconds``,
-    are reported (as problems of ``source``, the transcript file)."""
+    """Clip plans of a video's segments; segments too short for one clip are reported (as problems of
+    ``source``, the transcript file)."""
     plans, problems = [], []
     for segment in segments:
-        label = f"segment {segment.index} of {video_id} ({span(segment.start, segment.end)})"
-        reason = _unplannable(segment, fps, max_seconds)
-        clips = None
-        if reason is None:
-            first, stop = frame_range(segment.start, segment.end, fps)
-            clips = plan_clips(first, stop, clip)
-            reason = None if clips is not None else too_short_reason(first, stop, fps, clip)
+        first, stop = frame_range(segment.start, segment.end, fps)
+        clips = plan_clips(first, stop, clip)
         if clips is None:
-            problems.append(Problem(input=source, video_id=video_id, segment=segment.index, reason=f"{label} {reason}"))
+            problems.append(Problem(
+                input=source, video_id=video_id, segment=segment.index,
+                reason=f"segment {segment.index} of {video_id} ({span(segment.start, segment.end)}) "
+                f"{too_short_reason(first, stop, fps, clip)}",
+            ))
         else:
             plans.append(SegmentPlan(segment, clips))
     return tuple(plans), problems
-
-
-def _unplannable(segment: Segment, fps: float, max_seconds: float) -> str | None:
-    """Why a segment's frames are not planned at all (too long, or at times no frame index reaches)."""
-    length = segment.end - segment.start
-    if length > max_seconds:
-        return (f"lasts {seconds(length) if math.isfinite(length) else length} s, more than the longest segment "
-                f"allowed ({seconds(max_seconds)} s, --max-segment-seconds)")
-    if not math.isfinite(segment.end * fps):
-        return "lies beyond any video (its times overflow the frame count)"
-    return None
 
 
 def count_noun(n: int, noun: str) -> str:

@@ -56,12 +56,12 @@ from tqdm import tqdm
 
 from shards import schema
 from shards.clips import ClipConfig
-from shards.cut import MAX_SEGMENT_SECONDS, SegmentPlan, VideoJob, VideoResult, count_noun, plan_video, process_video
+from shards.cut import SegmentPlan, VideoJob, VideoResult, count_noun, plan_video, process_video
 from shards.decode import DecodeOptions, parse_crop
 from shards.ffmpeg_bin import FFmpegNotFound, ffmpeg_exe
 from shards.options import Flag, add_config_arguments, config_from_args
 from shards.transcripts import (
-    FORMATS, SKIPPED, VIDEO_EXTENSIONS, Problem, Transcripts, list_transcript_files, read_transcripts,
+    FORMATS, MAX_SEGMENT_SECONDS, SKIPPED, VIDEO_EXTENSIONS, Problem, Transcripts, list_transcript_files, read_transcripts,
 )
 from shards.writer import (
     ErrorLog, ResumeError, ShardWriter, SpooledSample, claim_output_folder, read_json_lines, resume_point,
@@ -273,8 +273,7 @@ def _plan_run(config: PrepareConfig, videos: list[VideoFile], transcripts: Trans
     for video in videos:
         segments = transcripts.segments.get(video.video_id, [])
         source = transcripts.sources.get(video.video_id, "")
-        plans, problems = plan_video(video.video_id, segments, source, config.fps, config.clip_config(),
-                                     config.max_segment_seconds)
+        plans, problems = plan_video(video.video_id, segments, source, config.fps, config.clip_config())
         problems = by_video.get(video.video_id, []) + problems
         if not segments:
             problems.append(_no_captions(video, transcripts))
@@ -491,7 +490,7 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     if claim_output_folder(out, record, overwrite=config.overwrite, stage=STAGE, argument_differences=_argument_differences,
                            error=ArgumentsError, extra_patterns=(f"{SPOOL_PREFIX}*",)):
         return PrepareSummary.read(out / schema.SUMMARY_FILE)
-    transcripts = read_transcripts(config.transcripts, config.transcript_format)
+    transcripts = read_transcripts(config.transcripts, config.transcript_format, config.max_segment_seconds)
     resume = resume_point(out)
     order, segment = resume.last_position if resume.last_position is not None else (0, -1)
     work = _plan_run(config, videos, transcripts)
