@@ -31,8 +31,8 @@ def export_checkpoint(path: str | Path, out: str | Path) -> Path:
     from trainer.evaluation.load import ModelLoadError, load_model
 
     loaded = load_model(path)
-    if loaded.cfg is None:
-        raise ModelLoadError(f"{path} is already an exported directory")
+    if loaded.run_dir is None or loaded.cfg is None:
+        raise ModelLoadError(f"{path} is already an exported directory; export a run folder or a step-N checkpoint")
     return write_export(loaded.model, loaded.tokenizer, loaded.cfg, out, step=loaded.step,
                         checkpoint=str(loaded.source.resolve()), codebook_hash=loaded.codebook_hash)
 
