@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The long fuzz run: SCALE times the inputs of the bounded run in the test suite, drawn at random.
-#   bash launch/fuzz.sh [SCALE] [pytest options]       (default SCALE 50: about half an hour on 2 cores)
+#   bash launch/fuzz.sh [SCALE] [pytest options]       (default SCALE 50: some fifteen minutes on 2 cores)
 # The figures (inputs tried by kind, and what happened to each) are printed at the end and written to
 # fuzz-figures.json; a failing case is printed with the input that made it fail.
 set -euo pipefail

@@ -3,6 +3,7 @@
     videobert shards prepare --videos VIDEOS/ --transcripts caption.json --out SHARDS/
         [--fps 20] [--size 224] [--crop center|none|HxW] [--clip-len 30] [--min-last-clip N]
         [--max-samples N] [--max-bytes 1G] [--workers N] [--transcript-format FMT] [--overwrite]
+        [--max-segment-seconds 300] [--max-frame-pixels 8294400] [--decode-timeout 60]
 
 One sample per caption segment: the segment's frames (decoded once per video at ``--fps``, short side
 ``--size``, centre crop), grouped into clips of ``--clip-len`` frames (see ``shards.clips`` for the
@@ -30,8 +31,10 @@ is regenerated. Re-running with different arguments stops and names them (``--ov
 A run killed at any moment leaves no file a reader would take for a complete shard.
 
 Bad input never stops the run: a missing, empty, unreadable or audio-only video file, a malformed or
-non-UTF-8 transcript, segments that are empty, reversed, overlapping, out of order or past the end of
-the video are each fixed or listed in errors.jsonl. A truncated video contributes the frames decoded
+non-UTF-8 transcript, segments that are empty, reversed, overlapping, out of order, longer than
+``--max-segment-seconds`` or past the end of the video are each fixed or listed in errors.jsonl, and so
+is a video that is a playlist in disguise, stalls ffmpeg for ``--decode-timeout`` seconds, or has frames
+beyond ``--max-frame-pixels`` (``shards.decode``). A truncated video contributes the frames decoded
 before the damage. Exit status: 0 when samples were written, 1 when nothing at all could be written,
 2 when the arguments are wrong.
 """

@@ -221,8 +221,7 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(_META_KEY)
             tensors = {name: f.get_tensor(name) for name in f.keys()}
-    # safetensors reports a damaged header or data with any of these (and Rust panics as BaseException
-    # subclasses other than these; the file is then just as unreadable).
+    # safetensors reports a damaged header or data with any of these.
     except (SafetensorError, OSError, ValueError, TypeError, RuntimeError, OverflowError) as e:
         raise CodebookError(f"{path}: not a codebook file (cannot read it as safetensors: {e})") from None
     if raw is None:
