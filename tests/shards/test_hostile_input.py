@@ -44,6 +44,24 @@ def test_a_playlist_named_like_a_video_reads_nothing(media, tmp_path):
         assert caught.value.kind == UNREADABLE
 
 
+CONTAINERS = {".mp4": "libx264", ".m4v": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9", ".mov": "libx264",
+              ".avi": "mpeg4", ".flv": "flv", ".mpg": "mpeg1video", ".mpeg": "mpeg2video", ".ts": "libx264",
+              ".wmv": "wmv2", ".3gp": "libx264", ".ogv": "libtheora"}
+
+
+def test_every_video_extension_passes_the_demuxer_whitelist(tmp_path):
+    from shards.transcripts import VIDEO_EXTENSIONS
+
+    assert set(CONTAINERS) == set(VIDEO_EXTENSIONS)
+    for extension, codec in CONTAINERS.items():
+        path = tmp_path / f"video{extension}"
+        made = subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=20:duration=1",
+                               "-c:v", codec, "-pix_fmt", "yuv420p", str(path)], capture_output=True)
+        if made.returncode != 0:
+            continue  # this ffmpeg build cannot write that codec; nothing to check
+        assert 9 <= len(list(iter_frames(path, OPTIONS))) <= 11, extension  # 1 s at 10 fps (containers pad the start)
+
+
 def test_a_file_name_that_reads_as_a_protocol_is_a_local_file(media, tmp_path, monkeypatch):
     media.encode(tmp_path / "secret.mp4", media.coded_frames(20))
     lure = tmp_path / "concat:secret.mp4|secret.mp4"

@@ -15,7 +15,8 @@ transformers directory. Each job runs when its inputs are there:
   ``--labels`` (labels JSON lines or YouCook2-form annotations) with the classes of ``--vocabulary``
   (JSON ``{"verbs": [...], "nouns": [...]}``); ``trainer.evaluation.labels`` describes both files;
 * held-out alignment and masked-token metrics (``trainer.evaluation.heldout``): ``--heldout`` shards, by default
-  the run's ``data.heldout``;
+  the run's ``data.heldout`` (read from the model's own config, which is not the user's: it may name
+  local shards only, unless ``--trust-model-config``; see the README's trust section);
 * text-to-video and video-to-text (``trainer.evaluation.generate``): ``--clips`` clip shards supply the pictures
   (and the clips whose words are read); the sentences are ``--prompt`` (repeatable), else the template
   filled with labels of the vocabulary.
