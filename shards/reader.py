@@ -38,6 +38,11 @@ class ShardSpecError(ValueError):
     pass
 
 
+MAX_UNTRUSTED_SHARDS = 100_000
+"""Most shards one brace pattern from a file that came with a model may expand to (a pattern such as
+``{0..999999999}`` would otherwise keep the reader checking paths for hours)."""
+
+
 def resolve_shards(spec: str | os.PathLike | Sequence[str | os.PathLike], *, from_file: str | None = None,
                    allow: str = "") -> list[str]:
     """Expand a shard spec into a list of shard URLs; raises ``ShardSpecError`` naming what is missing.
@@ -50,6 +55,9 @@ def resolve_shards(spec: str | os.PathLike | Sequence[str | os.PathLike], *, fro
     urls: list[str] = []
     missing: list[str] = []
     for item in items:
+        if from_file is not None and _brace_count(str(item)) > MAX_UNTRUSTED_SHARDS:
+            raise ShardSpecError(f"{from_file} names more than {MAX_UNTRUSTED_SHARDS} shards in {str(item)[:120]!r}"
+                                 f"{'; ' + allow if allow else ''}")
         for part in braceexpand.braceexpand(str(item)):
             if from_file is not None and not is_local(part):
                 raise ShardSpecError(
@@ -65,6 +73,21 @@ def resolve_shards(spec: str | os.PathLike | Sequence[str | os.PathLike], *, fro
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ShardSpecError(f"no shards found at {shown}")
     return urls
+
+
+_INNERMOST = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.-?\d+)?$")
+
+
+def _brace_count(pattern: str) -> int:
+    """An upper bound of the names a brace pattern expands to, found without expanding it (braceexpand
+    builds each numeric range as a list first): the product of every group's size, innermost first."""
+    count = 1
+    while (group := _INNERMOST.search(pattern)) is not None:
+        numbers = _RANGE.match(group.group(1))
+        count *= abs(int(numbers.group(2)) - int(numbers.group(1))) + 1 if numbers else group.group(1).count(",") + 1
+        pattern = pattern[: group.start()] + "_" + pattern[group.end():]
+    return count
 
 
 def _expand_one(part: str) -> list[str]:

