@@ -197,11 +197,14 @@ def load_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
         raise ConfigError(f"recipe {path} does not exist")
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError) as e:  # ValueError: JSONDecodeError
-        raise ConfigError(f"recipe {path} is not valid UTF-8 {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"recipe {path} is not UTF-8 text ({e})") from None
     except OSError as e:
         raise ConfigError(f"recipe {path} cannot be read: {e}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, RecursionError, yaml.YAMLError) as e:  # ValueError: JSONDecodeError
+        raise ConfigError(f"recipe {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
     if not isinstance(data, (dict, type(None))):
         raise ConfigError(f"recipe {path} must be a mapping of sections (data:, model:, optim: ...), "
                           f"not a {type(data).__name__}")
