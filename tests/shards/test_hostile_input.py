@@ -76,16 +76,18 @@ def test_a_file_name_that_reads_as_a_protocol_is_a_local_file(media, tmp_path, m
 
 
 def test_a_stalled_decode_is_stopped(time_video):
-    options = DecodeOptions(fps=20, size=32, crop=(32, 32), stall_timeout=1.0)
+    # 60 frames of 224 x 224: far more than the pipe holds, so ffmpeg is still at work when it is stopped.
+    options = DecodeOptions(fps=20, size=224, crop=(224, 224), stall_timeout=1.0)
     with VideoDecoder(time_video, options) as decoder:
         frame = np.empty(decoder.frame_shape, np.uint8)
         for _ in range(3):
             assert decoder.read_into(frame)
         os.kill(decoder.process.pid, signal.SIGSTOP)  # ffmpeg stuck (a hung file system, a decoder loop)
         started = time.monotonic()
-        assert not decoder.read_into(frame)
+        while decoder.read_into(frame):  # what was in the pipe already, then the stall
+            pass
         assert time.monotonic() - started < 10
-    assert decoder.frames_read == 3 and "no frame for 1 s" in decoder.damage
+    assert 3 <= decoder.frames_read < 60 and "no frame for 1 s" in decoder.damage
 
     with pytest.raises(DecodeError, match="before its first frame") as caught:
         with VideoDecoder(time_video, options) as decoder:
