@@ -19,9 +19,23 @@ One sequential pass per video, streamed through a pipe, one frame at a time:
 * ffmpeg's stderr is drained by a thread all along, so a chatty or failing ffmpeg cannot fill the pipe
   and stall; the error lines are kept for the messages below.
 
+Hostile files. A video file is named by the user's folders but made by anyone, so ffmpeg is told to
+treat it as a local file and as a video container only: the path goes in as ``file:/absolute/path``
+(a name like ``concat:a|b`` or ``subfile:...`` is then just a name), the protocols it may open are
+``file`` alone (``-protocol_whitelist``), and the demuxers it may use are the video containers of
+``DEMUXERS`` (``-format_whitelist``): a playlist (HLS, ``concat``, ``image2`` sequences...) saved
+under a video's name is refused instead of opening the files or URLs it lists. What one video may cost
+is bounded too: a decode that produces no frame for ``DecodeOptions.stall_timeout`` seconds is stopped
+(kind ``stalled`` when nothing came at all; otherwise its frames so far are used, as for a damaged
+file), and no decoded frame exceeds ``DecodeOptions.max_frame_pixels`` before cropping: ffmpeg fits
+the scaled frame in a box of that area (``force_original_aspect_ratio=decrease``), which for any
+ordinary aspect ratio is the plain short-side scaling, and with ``crop=None`` a video whose scaled
+frame would not fit is refused (kind ``too_large``) before any frame is produced.
+
 Bad input raises ``DecodeError`` (``kind`` says which) before any frame is produced: the file is
-missing (``missing``), empty (``empty``), has no video stream (``no_video``), or is not a video ffmpeg
-can read, which includes an mp4 truncated before its index (``unreadable``). A file damaged part-way
+missing (``missing``), empty (``empty``), has no video stream (``no_video``), is not a video ffmpeg
+can read, which includes an mp4 truncated before its index and a playlist (``unreadable``), stalls
+(``stalled``) or has frames too large (``too_large``). A file damaged part-way
 (e.g. an mp4 truncated in its media data) yields the frames decoded up to the damage and then stops;
 ``VideoDecoder.damage`` then says what ffmpeg reported. The decoded part is used: those frames were
 decoded from intact data, and the caption segments past the damage are handled like segments past
@@ -33,6 +47,7 @@ from __future__ import annotations
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +61,13 @@ MISSING = "missing"
 EMPTY = "empty"
 NO_VIDEO = "no_video"
 UNREADABLE = "unreadable"
+STALLED = "stalled"
+TOO_LARGE = "too_large"
+
+DEMUXERS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "flv", "mpegts", "mpeg",
+            "mpegvideo", "asf", "ogg", "m4v", "h264", "hevc")
+"""The ffmpeg demuxers a video file may be read with (containers of ``shards.transcripts.VIDEO_EXTENSIONS``
+and raw streams). Playlists and file lists (hls, dash, concat, image2, ...) are not among them."""
 
 _ERROR_LEVELS = ("[error]", "[fatal]", "[panic]")
 _OUTPUT_SIZE = re.compile(r"Video: rawvideo\b.*?, (\d+)x(\d+)[ ,\[]")
@@ -72,6 +94,11 @@ class DecodeOptions:
     """Length of the short side after scaling."""
     crop: tuple[int, int] | None = (224, 224)
     """(height, width) of the centre crop after scaling; None keeps the whole scaled frame."""
+    max_frame_pixels: int = 3840 * 2160
+    """Most pixels of a scaled frame (before the crop): a video of a more extreme aspect ratio than this
+    allows is refused with ``crop=None`` (and cannot be cropped as asked otherwise)."""
+    stall_timeout: float | None = 60.0
+    """Seconds without a new frame after which ffmpeg is stopped; None waits for ever."""
 
     def __post_init__(self) -> None:
         if not self.fps > 0:
@@ -80,6 +107,12 @@ class DecodeOptions:
             raise ValueError(f"size must be a positive number of pixels, got {self.size}")
         if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 1):
             raise ValueError(f"crop must be (height, width) in pixels, got {self.crop}")
+        smallest = max(self.size * self.size, self.crop[0] * self.crop[1] if self.crop else 0)
+        if self.max_frame_pixels < smallest:
+            raise ValueError(f"max_frame_pixels must be at least {smallest} (the size and crop asked for), "
+                             f"got {self.max_frame_pixels}")
+        if self.stall_timeout is not None and not self.stall_timeout > 0:
+            raise ValueError(f"stall_timeout must be positive seconds (or None), got {self.stall_timeout}")
 
 
 def parse_crop(text: str, size: int) -> tuple[int, int] | None:
@@ -98,10 +131,13 @@ def parse_crop(text: str, size: int) -> tuple[int, int] | None:
 def ffmpeg_command(path: str | Path, options: DecodeOptions, output: str = "pipe:") -> list[str]:
     """The ffmpeg argv that decodes ``path`` to rgb24 frames at ``output`` (also used by the benchmark)."""
     size = options.size
+    long = max(size, options.max_frame_pixels // size)  # the bounding box's long side (module doc)
     stream = (
-        ffmpeg.input(str(path), hide_banner=None, nostdin=None, nostats=None, y=None, loglevel="level+info")["v:0"]
+        ffmpeg.input(f"file:{Path(path).absolute()}", hide_banner=None, nostdin=None, nostats=None, y=None,
+                     loglevel="level+info", protocol_whitelist="file", format_whitelist=",".join(DEMUXERS))["v:0"]
         .filter("fps", fps=options.fps, start_time=0, round="up")
-        .filter("scale", w=f"if(gt(iw,ih),-1,{size})", h=f"if(gt(iw,ih),{size},-1)")
+        .filter("scale", w=f"if(gt(iw,ih),{long},{size})", h=f"if(gt(iw,ih),{size},{long})",
+                force_original_aspect_ratio="decrease")
     )
     if options.crop is not None:
         height, width = options.crop
@@ -157,6 +193,7 @@ class VideoDecoder:
         self.process: subprocess.Popen | None = None
         """The ffmpeg process (ended once the decoder is closed)."""
         self._drain: _StderrDrain | None = None
+        self._watchdog: _Watchdog | None = None
         self._ended = False
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -183,6 +220,9 @@ class VideoDecoder:
         )
         self._drain = _StderrDrain(self.process.stderr)
         self._drain.start()
+        if self.options.stall_timeout is not None:
+            self._watchdog = _Watchdog(self, self.options.stall_timeout)
+            self._watchdog.start()
         _widen_pipe(self.process.stdout)
         try:
             self.frame_shape = (*self.options.crop, 3) if self.options.crop else self._output_shape()
@@ -195,7 +235,19 @@ class VideoDecoder:
         self._drain.size_known.wait()
         if self._drain.output_size is None:
             self._end_of_stream()  # ffmpeg gave up before producing output: raises why
-        return (*self._drain.output_size, 3)
+        height, width = self._drain.output_size
+        if min(height, width) < self.options.size:  # ffmpeg fitted the frame in the pixel box (module doc)
+            raise DecodeError(
+                self.path, TOO_LARGE,
+                f"{self.path}: frames scaled to a short side of {self.options.size} would exceed "
+                f"{self.options.max_frame_pixels} pixels (an aspect ratio beyond {width}:{height}); not decoded",
+            )
+        return (height, width, 3)
+
+    @property
+    def stalled(self) -> bool:
+        """Whether ffmpeg was stopped for producing no frame within ``stall_timeout``."""
+        return self._watchdog is not None and self._watchdog.fired
 
     def read_into(self, frame: np.ndarray) -> bool:
         """Decode the next frame into ``frame`` (contiguous uint8 of ``frame_shape``); False at the end.
@@ -219,6 +271,8 @@ class VideoDecoder:
 
     def close(self) -> None:
         """Stop ffmpeg if it is still running (closing its output pipe ends it)."""
+        if self._watchdog is not None:
+            self._watchdog.stop()
         if self.process is not None:
             _stop(self.process, self._drain)
 
@@ -237,16 +291,47 @@ class VideoDecoder:
         self._drain.join()
         if self.frames_read == 0:
             raise self._no_frames_error(self.process.returncode, self._drain)
+        if self.stalled:
+            self.damage = self._stall_reason()
         if (self.process.returncode != 0 or self._drain.error_lines) and self.damage is None:
             self.damage = f"ffmpeg: {self._drain.first_error or f'exited with status {self.process.returncode}'}"
 
+    def _stall_reason(self) -> str:
+        return f"ffmpeg produced no frame for {self.options.stall_timeout:g} s and was stopped"
+
     def _no_frames_error(self, returncode: int, drain: _StderrDrain) -> DecodeError:
+        if self.stalled:
+            return DecodeError(self.path, STALLED, f"{self.path}: {self._stall_reason()} before its first frame")
         if drain.no_video_stream:
             return DecodeError(self.path, NO_VIDEO, f"{self.path} has no video stream (only audio, subtitles or data)")
         if returncode == 0 and not drain.error_lines:
             return DecodeError(self.path, UNREADABLE, f"{self.path}: ffmpeg decoded no frame from its video stream")
         cause = drain.first_error or f"exited with status {returncode}"
         return DecodeError(self.path, UNREADABLE, f"{self.path} is not a video ffmpeg can decode (ffmpeg: {cause})")
+
+
+class _Watchdog(threading.Thread):
+    """Kills ffmpeg when the decoder's frame count has not moved for ``timeout`` seconds."""
+
+    def __init__(self, decoder: VideoDecoder, timeout: float) -> None:
+        super().__init__(daemon=True)
+        self._decoder = decoder
+        self._timeout = timeout
+        self._done = threading.Event()
+        self.fired = False
+
+    def run(self) -> None:
+        seen, since = self._decoder.frames_read, time.monotonic()
+        while not self._done.wait(min(1.0, self._timeout / 4)):
+            if self._decoder.frames_read != seen:
+                seen, since = self._decoder.frames_read, time.monotonic()
+            elif time.monotonic() - since > self._timeout and self._decoder.process.poll() is None:
+                self.fired = True
+                self._decoder.process.kill()  # its pipes close: the reader sees the end of the stream
+                return
+
+    def stop(self) -> None:
+        self._done.set()
 
 
 def iter_frames(path: str | Path, options: DecodeOptions) -> Iterator[np.ndarray]:

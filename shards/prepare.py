@@ -3,6 +3,7 @@
     videobert shards prepare --videos VIDEOS/ --transcripts caption.json --out SHARDS/
         [--fps 20] [--size 224] [--crop center|none|HxW] [--clip-len 30] [--min-last-clip N]
         [--max-samples N] [--max-bytes 1G] [--workers N] [--transcript-format FMT] [--overwrite]
+        [--max-segment-seconds 300] [--max-frame-pixels 8294400] [--decode-timeout 60]
 
 One sample per caption segment: the segment's frames (decoded once per video at ``--fps``, short side
 ``--size``, centre crop), grouped into clips of ``--clip-len`` frames (see ``shards.clips`` for the
@@ -30,8 +31,10 @@ is regenerated. Re-running with different arguments stops and names them (``--ov
 A run killed at any moment leaves no file a reader would take for a complete shard.
 
 Bad input never stops the run: a missing, empty, unreadable or audio-only video file, a malformed or
-non-UTF-8 transcript, segments that are empty, reversed, overlapping, out of order or past the end of
-the video are each fixed or listed in errors.jsonl. A truncated video contributes the frames decoded
+non-UTF-8 transcript, segments that are empty, reversed, overlapping, out of order, longer than
+``--max-segment-seconds`` or past the end of the video are each fixed or listed in errors.jsonl, and so
+is a video that is a playlist in disguise, stalls ffmpeg for ``--decode-timeout`` seconds, or has frames
+beyond ``--max-frame-pixels`` (``shards.decode``). A truncated video contributes the frames decoded
 before the damage. Exit status: 0 when samples were written, 1 when nothing at all could be written,
 2 when the arguments are wrong.
 """
@@ -61,7 +64,7 @@ from shards.decode import DecodeOptions, parse_crop
 from shards.ffmpeg_bin import FFmpegNotFound, ffmpeg_exe
 from shards.options import Flag, add_config_arguments, config_from_args
 from shards.transcripts import (
-    FORMATS, SKIPPED, VIDEO_EXTENSIONS, Problem, Transcripts, list_transcript_files, read_transcripts,
+    FORMATS, MAX_SEGMENT_SECONDS, SKIPPED, VIDEO_EXTENSIONS, Problem, Transcripts, list_transcript_files, read_transcripts,
 )
 from shards.writer import (
     ErrorLog, ResumeError, ShardWriter, SpooledSample, claim_output_folder, read_json_lines, resume_point,
@@ -104,6 +107,12 @@ class PrepareConfig:
     """Frames per clip (the paper: 30, i.e. 1.5 s)."""
     min_last_clip: int | None = None
     """Least frames of a trailing partial clip to keep it (padded); default: half a clip."""
+    max_segment_seconds: float = MAX_SEGMENT_SECONDS
+    """Longest caption segment cut into a sample; longer ones are skipped, with the reason."""
+    max_frame_pixels: int = DecodeOptions.max_frame_pixels
+    """Most pixels of a scaled frame (before the crop); a video of a more extreme aspect ratio is skipped."""
+    decode_timeout: float = 60.0
+    """Seconds without a decoded frame after which a video's ffmpeg is stopped (its frames so far are used)."""
     max_samples: int | None = 10_000
     """Samples per shard at most."""
     max_bytes: int | None = 1 << 30
@@ -121,7 +130,8 @@ class PrepareConfig:
             raise ArgumentsError("; ".join(problems))
 
     def decode_options(self) -> DecodeOptions:
-        return DecodeOptions(fps=self.fps, size=self.size, crop=parse_crop(self.crop, self.size))
+        return DecodeOptions(fps=self.fps, size=self.size, crop=parse_crop(self.crop, self.size),
+                             max_frame_pixels=self.max_frame_pixels, stall_timeout=self.decode_timeout)
 
     def clip_config(self) -> ClipConfig:
         return ClipConfig(clip_len=self.clip_len, min_last_clip=self.min_last_clip)
@@ -135,6 +145,7 @@ class PrepareConfig:
             "transcript_format": self.transcript_format, "fps": float(self.fps), "size": self.size,
             "crop": list(crop) if crop else None, "clip_len": self.clip_len,
             "min_last_clip": self.clip_config().min_last, "max_samples": self.max_samples, "max_bytes": self.max_bytes,
+            "max_segment_seconds": float(self.max_segment_seconds), "max_frame_pixels": self.max_frame_pixels,
         }
 
 
@@ -161,12 +172,18 @@ def _config_problems(config: PrepareConfig) -> list[str]:
         (config.max_bytes is None or config.max_bytes >= 10240, "--max-bytes must be at least 10240 (one tar record)"),
         (config.min_last_clip is None or 1 <= config.min_last_clip <= max(config.clip_len, 1),
          f"--min-last-clip must be between 1 and --clip-len ({config.clip_len})"),
+        (config.max_segment_seconds > 0, "--max-segment-seconds must be positive"),
+        (config.decode_timeout > 0, "--decode-timeout must be positive"),
     ]
     problems += [message for ok, message in checks if not ok]
     try:
-        parse_crop(config.crop, config.size)
+        crop = parse_crop(config.crop, config.size)
     except ValueError as e:
         problems.append(f"--crop: {e}")
+    else:
+        smallest = max(config.size * config.size, crop[0] * crop[1] if crop else 0)
+        if config.max_frame_pixels < smallest:
+            problems.append(f"--max-frame-pixels must be at least {smallest} (the --size and --crop asked for)")
     if Path(config.out).exists() and not Path(config.out).is_dir():
         problems.append(f"--out {config.out} is a file; give a folder")
     return problems
@@ -476,7 +493,7 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     if claim_output_folder(out, record, overwrite=config.overwrite, stage=STAGE, argument_differences=_argument_differences,
                            error=ArgumentsError, extra_patterns=(f"{SPOOL_PREFIX}*",)):
         return PrepareSummary.read(out / schema.SUMMARY_FILE)
-    transcripts = read_transcripts(config.transcripts, config.transcript_format)
+    transcripts = read_transcripts(config.transcripts, config.transcript_format, config.max_segment_seconds)
     resume = resume_point(out)
     order, segment = resume.last_position if resume.last_position is not None else (0, -1)
     work = _plan_run(config, videos, transcripts)

@@ -5,6 +5,15 @@ path or glob, a brace pattern (``data/shard-{000000..000099}.tar``), a ``pipe:``
 whose stdout is the tar, e.g. ``pipe:aws s3 cp s3://bucket/shard-000001.tar -``), or a list of
 these. Local paths are checked when the spec is resolved, so a missing shard is an error at
 start-up rather than hours into a run.
+
+Trust. A ``pipe:`` spec is a shell command, and a URL is opened by running a program (curl, a cloud
+tool): fine on the user's command line or recipe, not in a file that came with a model. A spec read
+from such a file is resolved with ``from_file=`` and may then name local shards only.
+
+Local shards are checked before they are streamed: a tar cut short is reported (``truncation``), a file
+that is not an uncompressed tar is refused unread, and in a shard larger than
+``schema.MAX_ARRAY_BYTES`` the members larger than the schema allows are listed and left unread (the
+tar headers are scanned first), so one member cannot make a reader allocate without bound.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import glob
 import json
 import os
 import re
+import tarfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -28,13 +38,32 @@ class ShardSpecError(ValueError):
     pass
 
 
-def resolve_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Expand a shard spec into a list of shard URLs; raises ``ShardSpecError`` naming what is missing."""
+MAX_UNTRUSTED_SHARDS = 100_000
+"""Most shards one brace pattern from a file that came with a model may expand to (a pattern such as
+``{0..999999999}`` would otherwise keep the reader checking paths for hours)."""
+
+
+def resolve_shards(spec: str | os.PathLike | Sequence[str | os.PathLike], *, from_file: str | None = None,
+                   allow: str = "") -> list[str]:
+    """Expand a shard spec into a list of shard URLs; raises ``ShardSpecError`` naming what is missing.
+
+    ``from_file``: the spec was read from this file, one that came with a model or checkpoint rather
+    than from the user; then a ``pipe:`` command or a URL in it is refused, the message ending with
+    ``allow`` (how the user lets it run).
+    """
     items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
     urls: list[str] = []
     missing: list[str] = []
     for item in items:
+        if from_file is not None and _brace_count(str(item)) > MAX_UNTRUSTED_SHARDS:
+            raise ShardSpecError(f"{from_file} names more than {MAX_UNTRUSTED_SHARDS} shards in {str(item)[:120]!r}"
+                                 f"{'; ' + allow if allow else ''}")
         for part in braceexpand.braceexpand(str(item)):
+            if from_file is not None and not is_local(part):
+                raise ShardSpecError(
+                    f"{from_file} names the shards {part[:120]!r}, which would run a command or open a URL; a shard "
+                    f"spec from a file that came with a model may only name local files{'; ' + allow if allow else ''}"
+                )
             found = _expand_one(part)
             if found:
                 urls.extend(found)
@@ -44,6 +73,21 @@ def resolve_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ShardSpecError(f"no shards found at {shown}")
     return urls
+
+
+_INNERMOST = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.-?\d+)?$")
+
+
+def _brace_count(pattern: str) -> int:
+    """An upper bound of the names a brace pattern expands to, found without expanding it (braceexpand
+    builds each numeric range as a list first): the product of every group's size, innermost first."""
+    count = 1
+    while (group := _INNERMOST.search(pattern)) is not None:
+        numbers = _RANGE.match(group.group(1))
+        count *= abs(int(numbers.group(2)) - int(numbers.group(1))) + 1 if numbers else group.group(1).count(",") + 1
+        pattern = pattern[: group.start()] + "_" + pattern[group.end():]
+    return count
 
 
 def _expand_one(part: str) -> list[str]:
@@ -77,30 +121,55 @@ def iter_raw_samples(urls: Iterable[str], on_error: ErrorCallback | None = None)
     """
 
     last: list[tuple[str, str]] = []
+    unread: dict[str, set[str]] = {}
+    current = [""]
 
     def handler(exn: Exception) -> bool:
+        # The stream is read one shard at a time: the shard in hand is the one at fault.
+        url = current[0] or _url_of(exn)
+        problem, once = _tar_problem(exn)
         # webdataset reports a broken tar stream at two levels; tell the caller once.
-        url = _url_of(exn)
-        if (url, type(exn).__name__) not in last[-1:]:
-            last.append((url, type(exn).__name__))
-            on_error(url, exn)
+        if not once or (url, "broken") not in last[-1:]:
+            last.append((url, "broken" if once else problem))
+            on_error(url, schema.ShardFormatError(f"{url}: {problem}"))
         return True
+
+    def report(url: str, problem: str) -> None:
+        exc = schema.ShardFormatError(f"{url}: {problem}")
+        if on_error is None:
+            raise exc
+        on_error(url, exc)
 
     def checked(urls: Iterable[str]) -> Iterator[dict[str, str]]:
         for url in urls:
+            refused = not_a_tar(url)
+            if refused:
+                report(url, refused)
+                continue
             problem = truncation(url)
             if problem:
-                exc = schema.ShardFormatError(f"{url}: {problem}")
-                if on_error is None:
-                    raise exc
-                on_error(url, exc)
+                report(url, problem)
+            unread[url] = set()
+            for name, size, limit in oversized_members(url):
+                unread[url].add(name)
+                report(url, f"member {name} is {size} bytes, more than the {limit} the schema allows; not read")
+            current[0] = url  # the stream is read one shard at a time, in this order
             yield {"url": url}
 
-    samples = wds.tariterators.tarfile_samples(checked(urls), handler=handler if on_error else wds.reraise_exception)
+    def readable(name: str) -> bool:
+        if not _MEMBER_NAME.match(os.path.basename(name)):
+            report(current[0], f"member {name[:120]!r} is not named KEY.FIELD; not read")
+            return False
+        return name not in unread.get(current[0], ())
+
+    samples = wds.tariterators.tarfile_samples(
+        checked(urls), handler=handler if on_error else wds.reraise_exception, select_files=readable,
+    )
     yield from samples
 
 
 _TAR_BLOCK = 512
+_MEMBER_NAME = re.compile(r"^[^.]+\.")
 
 
 def truncation(url: str) -> str | None:
@@ -121,6 +190,39 @@ def truncation(url: str) -> str | None:
     return None
 
 
+def not_a_tar(url: str) -> str | None:
+    """Why a local file is not read at all (it is not an uncompressed tar: a compressed stream could
+    expand without bound), or None."""
+    if not is_local(url):
+        return None
+    try:
+        with open(url, "rb") as f:
+            first = f.read(_TAR_BLOCK)
+    except OSError as e:
+        return f"cannot be read ({e})"
+    if first.count(0) == len(first) or first[257:262] == b"ustar":  # empty archive, or a POSIX/GNU header
+        return None
+    return "not an uncompressed tar (no tar header in its first block); a shard is a plain tar"
+
+
+def oversized_members(url: str) -> list[tuple[str, int, int]]:
+    """(name, size, limit) of a local shard's members larger than the schema allows for their field.
+    Only a shard larger than the largest member limit can hold one; only its headers are read."""
+    try:
+        if not is_local(url) or os.path.getsize(url) <= schema.MAX_ARRAY_BYTES:
+            return []
+        with tarfile.open(url, "r:") as tar:  # headers only: tarfile seeks over the data
+            members = [(m.name, m.size) for m in tar if m.isreg()]
+    except (OSError, tarfile.TarError):
+        return []  # truncation or a broken header: reported while streaming
+    found = []
+    for name, size in members:
+        limit = schema.MAX_MEMBER_BYTES.get(os.path.basename(name).partition(".")[2].lower(), schema.MAX_ARRAY_BYTES)
+        if size > limit:
+            found.append((name, size, limit))
+    return found
+
+
 def iter_samples(
     urls: Iterable[str], *, decode_arrays: bool = True, on_error: ErrorCallback | None = None
 ) -> Iterator[schema.Sample]:
@@ -132,6 +234,17 @@ def iter_samples(
             if on_error is None:
                 raise
             on_error(str(raw.get("__url__", "?")), e)
+
+
+def _tar_problem(exn: Exception) -> tuple[str, bool]:
+    """What a webdataset / tarfile exception says, in words, and whether it breaks off the shard (then
+    it is reported once, however many levels report it)."""
+    text = str(exn.args[0]) if getattr(exn, "args", None) else type(exn).__name__
+    text = re.sub(r" @ <.*$", "", text, flags=re.S)[:300]
+    if "duplicate file name" in text:
+        name = text.split(":", 1)[0]
+        return f"member {name} appears twice in a row; the second copy is not read", False
+    return f"the tar data cannot be read past this point ({type(exn).__name__}: {text}); the rest of the shard is lost", True
 
 
 def _url_of(exn: Exception) -> str:

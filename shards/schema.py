@@ -14,6 +14,12 @@ that share a key (the key never contains a dot, so WebDataset splits key and fie
 
 Arrays are stored in NumPy's .npy format and always read with ``allow_pickle=False``.
 
+Reading is defensive, because a shard may come from anywhere: metadata of the wrong type, a key that
+is not a plain name (a ``/`` would carry a path into the member names a stage writes), a member larger
+than the schema allows (``MAX_MEMBER_BYTES``), or an array whose .npy header declares another dtype or
+shape than the sample's metadata (or more bytes than follow it) are each a ``ShardFormatError``
+naming the shard and key, raised before anything is allocated for the array.
+
 A shard folder holds ``shard-000000.tar`` ... and, for each finished tar, a stats file
 ``shard-000000.stats.json`` written after the tar is closed: a tar without its stats file is not
 complete and readers skip it. The folder also holds the stage's ``summary.json``,
@@ -26,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -61,6 +68,19 @@ ERRORS_FILE = "errors.jsonl"
 RUN_FILE = "run.json"
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+MAX_KEY_LENGTH = 240
+"""Longest sample key (``make_key`` of a long video id stays well below it)."""
+
+MAX_TEXT_BYTES = 1 << 20
+"""Largest caption member (a caption is a sentence or a few; 1 MiB is far beyond any)."""
+MAX_META_BYTES = 1 << 20
+"""Largest metadata member."""
+MAX_ARRAY_BYTES = 4 << 30
+"""Largest array member (4 GiB). Prepare's segment bound keeps frames far below it (300 s at 20 fps
+of 224 x 224 frames is 0.9 GB); a member above it is refused before it is read."""
+MAX_MEMBER_BYTES = {TEXT: MAX_TEXT_BYTES, META: MAX_META_BYTES, FRAMES: MAX_ARRAY_BYTES, TOKENS: MAX_ARRAY_BYTES,
+                    FEATURES: MAX_ARRAY_BYTES}
+"""Field -> the largest member of that field a reader accepts."""
 
 
 class ShardFormatError(ValueError):
@@ -108,25 +128,86 @@ class SampleMeta:
 
     @classmethod
     def from_json(cls, data: bytes | str | Mapping[str, Any], where: str = "") -> "SampleMeta":
-        try:
-            d = dict(json.loads(data)) if isinstance(data, (bytes, str)) else dict(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ShardFormatError(f"{where}: metadata is not valid JSON ({e})") from None
+        """Parse and check metadata; anything that does not follow the schema is a ``ShardFormatError``."""
+        d = _parse_meta(data, where)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in d and _required(f))
         if unknown or missing:
             raise ShardFormatError(f"{where}: metadata fields unknown {unknown}, missing {missing}")
         version = d.get("format_version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
+        if not _is_int(version) or version != FORMAT_VERSION:
             raise ShardFormatError(
-                f"{where}: written with shard format version {version}, this reader reads version "
+                f"{where}: written with shard format version {version!r}, this reader reads version "
                 f"{FORMAT_VERSION}; re-run the stage that wrote it with this version"
             )
-        if d.get("kind", CLIP_KIND) not in KINDS:
-            raise ShardFormatError(f"{where}: kind {d.get('kind')!r} is not one of {KINDS}")
-        d["frame_size"] = tuple(int(x) for x in d["frame_size"])
+        wrong = [f"{name} is {_shown(d[name])}, expected {expected}"
+                 for name, (expected, valid) in _META_RULES.items() if name in d and not valid(d[name])]
+        if wrong:
+            raise ShardFormatError(f"{where}: metadata " + "; ".join(wrong))
+        d["frame_size"] = tuple(d["frame_size"])
+        for name in ("start", "end", "fps"):
+            d[name] = float(d[name])
         return cls(**d)
+
+
+def _parse_meta(data: bytes | str | Mapping[str, Any], where: str) -> dict[str, Any]:
+    if isinstance(data, Mapping):
+        return dict(data)
+    if len(data) > MAX_META_BYTES:
+        raise ShardFormatError(f"{where}: metadata of {len(data)} bytes, more than the {MAX_META_BYTES} allowed")
+    try:
+        parsed = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, huge integers
+        raise ShardFormatError(f"{where}: metadata is not valid JSON ({_first_line(e)})") from None
+    if not isinstance(parsed, dict):
+        raise ShardFormatError(f"{where}: metadata is a JSON {type(parsed).__name__}, expected an object")
+    return parsed
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+def _at_least(low: int) -> Any:
+    return lambda v: _is_int(v) and v >= low
+
+
+_META_RULES: dict[str, tuple[str, Any]] = {
+    "video_id": ("a string", lambda v: isinstance(v, str)),
+    "segment_index": ("an integer >= 0", _at_least(0)),
+    "start": ("a finite number", _is_number),
+    "end": ("a finite number", _is_number),
+    "fps": ("a positive number", lambda v: _is_number(v) and v > 0),
+    "clip_len": ("an integer >= 1", _at_least(1)),
+    "frame_size": ("[height, width] in pixels (integers >= 1)",
+                   lambda v: isinstance(v, list) and len(v) == 2 and all(_at_least(1)(x) for x in v)),
+    "n_clips": ("an integer >= 1", _at_least(1)),
+    "first_frame": ("an integer >= 0", _at_least(0)),
+    "source": ("a string", lambda v: isinstance(v, str)),
+    "kind": (f"one of {list(KINDS)}", lambda v: isinstance(v, str) and v in KINDS),
+    "codebook_hash": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "extra": ("an object", lambda v: isinstance(v, dict)),
+}
+"""Metadata field -> (what it must be, in words; the test)."""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
 def _required(f: dataclasses.Field) -> bool:
@@ -183,11 +264,61 @@ def encode_array(array: np.ndarray) -> bytes:
     return b"".join((header.getvalue(), array.reshape(-1).view(np.uint8)))
 
 
-def decode_array(data: bytes, where: str) -> np.ndarray:
+def decode_array(data: bytes, where: str, dtype: np.dtype | None = None,
+                 shape: tuple[int | None, ...] | None = None) -> np.ndarray:
+    """An .npy member as an array. Its header is checked first, against ``dtype`` and ``shape`` (what
+    the sample's metadata says; None in ``shape``: any length) and against the bytes that follow it,
+    so a header declaring a huge array costs nothing. Raises ``ShardFormatError``."""
+    found_shape, fortran, found_dtype, offset = _npy_header(data, where)
+    problems = []
+    if found_dtype.hasobject:
+        problems.append(f"dtype {found_dtype} holds Python objects (they would need pickle)")
+    elif dtype is not None and found_dtype != dtype:
+        problems.append(f"dtype {found_dtype}, expected {dtype}")
+    if shape is not None and (len(found_shape) != len(shape) or any(s is not None and s != f for s, f in zip(shape, found_shape))):
+        problems.append(f"shape {tuple(found_shape)}, expected {_shape_text(shape)}")
+    count = math.prod(found_shape)
+    if not problems and count * found_dtype.itemsize != len(data) - offset:
+        problems.append(f"its header declares {count * found_dtype.itemsize} bytes of data, {len(data) - offset} follow")
+    if problems:
+        raise ShardFormatError(f"{where}: " + "; ".join(problems))
+    array = np.frombuffer(data, dtype=found_dtype, count=count, offset=offset)
+    return array.reshape(found_shape, order="F" if fortran else "C").copy(order="K")  # writable, as np.load's
+
+
+def _npy_header(data: bytes, where: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, Fortran order, dtype, offset of the data) from an .npy header."""
+    stream = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ShardFormatError(f"{where}: not a valid .npy array ({e})") from None
+        version = np.lib.format.read_magic(stream)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, fortran, dtype = read_header(stream)
+    # Parsing untrusted bytes: numpy reports a bad header with any of these.
+    except (ValueError, TypeError, OSError, EOFError, SyntaxError, RecursionError, MemoryError) as e:
+        raise ShardFormatError(f"{where}: not a valid .npy array ({_first_line(e)})") from None
+    return tuple(shape), bool(fortran), dtype, stream.tell()
+
+
+def _shape_text(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("any" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def expected_arrays(meta: SampleMeta) -> dict[str, tuple[np.dtype, tuple[int | None, ...]]]:
+    """Field -> (dtype, shape) of the arrays a sample with this metadata holds (None: any length)."""
+    main = ({FRAMES: (FRAMES_DTYPE, (meta.n_clips, meta.clip_len, *meta.frame_size, 3))} if meta.kind == CLIP_KIND
+            else {TOKENS: (TOKENS_DTYPE, (meta.n_clips,))})
+    return {**main, FEATURES: (FEATURES_DTYPE, (meta.n_clips, None))}
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` is not a sample key (``make_key``'s characters only, so that no path, dot or
+    control character reaches a member name), or None."""
+    if not key or len(key) > MAX_KEY_LENGTH or _KEY_UNSAFE.search(key):
+        return (f"key {_shown(key)} is not a sample key (1 to {MAX_KEY_LENGTH} letters, digits, '_' or '-'; "
+                "no '/', '.' or spaces)")
+    return None
 
 
 def encode_sample(sample: Sample) -> dict[str, Any]:
@@ -213,6 +344,13 @@ def decode_sample(raw: Mapping[str, Any], *, decode_arrays: bool = True) -> Samp
     where = f"{raw.get('__url__', '?')}:{key}"
     if META not in raw or TEXT not in raw:
         raise ShardFormatError(f"{where}: sample lacks its {META!r} or {TEXT!r} field (truncated shard?)")
+    problem = key_problem(key)
+    if problem:
+        raise ShardFormatError(f"{where}: {problem}")
+    oversized = [f"{name} is {len(raw[name])} bytes, more than the {limit} allowed"
+                 for name, limit in MAX_MEMBER_BYTES.items() if name in raw and len(raw[name]) > limit]
+    if oversized:
+        raise ShardFormatError(f"{where}: " + "; ".join(oversized))
     meta = SampleMeta.from_json(raw[META], where)
     try:
         text = bytes(raw[TEXT]).decode("utf-8")
@@ -228,7 +366,11 @@ def decode_sample(raw: Mapping[str, Any], *, decode_arrays: bool = True) -> Samp
 def with_arrays(head: Sample, raw: Mapping[str, Any]) -> Sample:
     """A sample decoded without its arrays (``decode_arrays=False``) completed from its raw fields."""
     where = f"{raw.get('__url__', '?')}:{head.key}"
-    arrays = {name: decode_array(raw[name], f"{where}.{name}") for name in (FRAMES, TOKENS, FEATURES) if name in raw}
+    expected = expected_arrays(head.meta)
+    unexpected = [name for name in (FRAMES, TOKENS, FEATURES) if name in raw and name not in expected]
+    if unexpected:
+        raise ShardFormatError(f"{where}: a {head.meta.kind} sample holds {', '.join(unexpected)}")
+    arrays = {name: decode_array(raw[name], f"{where}.{name}", *expected[name]) for name in expected if name in raw}
     sample = dataclasses.replace(
         head, frames=arrays.get(FRAMES), tokens=arrays.get(TOKENS), features=arrays.get(FEATURES)
     )
@@ -238,21 +380,17 @@ def with_arrays(head: Sample, raw: Mapping[str, Any]) -> Sample:
 
 def _check(sample: Sample, where: str) -> None:
     meta = sample.meta
-    problems = []
-    if "." in sample.key:
-        problems.append(f"key {sample.key!r} contains a dot")
+    problems = [problem] if (problem := key_problem(sample.key)) else []
     if meta.n_clips < 1:
         problems.append(f"n_clips is {meta.n_clips}; a sample holds at least one clip")
-    if meta.kind == CLIP_KIND:
-        problems += _array_problems(
-            sample.frames, FRAMES, FRAMES_DTYPE, (meta.n_clips, meta.clip_len, *meta.frame_size, 3)
-        )
-    else:
-        problems += _array_problems(sample.tokens, TOKENS, TOKENS_DTYPE, (meta.n_clips,))
-        if not meta.codebook_hash:
-            problems.append("token sample without codebook_hash")
-    if sample.features is not None:
-        problems += _array_problems(sample.features, FEATURES, FEATURES_DTYPE, (meta.n_clips, None))
+    for name, (dtype, shape) in expected_arrays(meta).items():
+        array = {FRAMES: sample.frames, TOKENS: sample.tokens, FEATURES: sample.features}[name]
+        if name != FEATURES or array is not None:
+            problems += _array_problems(array, name, dtype, shape)
+            if array is not None and array.nbytes > MAX_ARRAY_BYTES:
+                problems.append(f"{name} is {array.nbytes} bytes, more than the {MAX_ARRAY_BYTES} a reader accepts")
+    if meta.kind == TOKEN_KIND and not meta.codebook_hash:
+        problems.append("token sample without codebook_hash")
     if problems:
         raise ShardFormatError(f"{where}: " + "; ".join(problems))
 

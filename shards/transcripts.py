@@ -23,7 +23,10 @@ reading:
   numbered in that order (``Segment.index``); entries unusable as read (invalid UTF-8, times that are
   not numbers) are reported before that and get no number;
 * empty or whitespace-only text: skipped; ``end <= start``: skipped; a segment ending at or before 0 s:
-  skipped; one starting before 0 s: clipped to start at 0;
+  skipped; one starting before 0 s: clipped to start at 0; one lasting longer than ``max_segment_seconds``
+  (default ``MAX_SEGMENT_SECONDS``): skipped before it can own any frame, so that an absurd end time
+  (``1e300``, hours past the video) costs neither memory when its frames are cut nor the segments it
+  would have covered;
 * a segment overlapping the previous kept one is trimmed to start where that one ends, or skipped when
   nothing is left, so that every frame belongs to at most one segment.
 
@@ -56,6 +59,10 @@ TRANSCRIPT_EXTENSIONS = (".json", ".jsonl", ".ndjson", ".vtt", ".srt")
 VIDEO_EXTENSIONS = (
     ".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".wmv", ".3gp", ".ogv",
 )
+
+MAX_SEGMENT_SECONDS = 300.0
+"""Default longest caption segment, in seconds (5 minutes: speech captions last seconds, YouCook2 steps
+under a few minutes; at 20 fps and 224 x 224 pixels, 300 s of frames are 0.9 GB, one sample's array)."""
 
 # What an errors.jsonl line says happened to the input it describes.
 SKIPPED = "skipped"  # lost: the segments the line accounts for are not written
@@ -129,8 +136,10 @@ class Transcripts:
 # Entry points
 
 
-def read_transcripts(paths: Iterable[str | Path], fmt: str | None = None) -> Transcripts:
-    """Read transcript files and folders; ``fmt`` (one of ``FORMATS``) overrides detection."""
+def read_transcripts(paths: Iterable[str | Path], fmt: str | None = None,
+                     max_segment_seconds: float = MAX_SEGMENT_SECONDS) -> Transcripts:
+    """Read transcript files and folders; ``fmt`` (one of ``FORMATS``) overrides detection; segments
+    longer than ``max_segment_seconds`` are skipped (module docstring)."""
     if fmt is not None and fmt not in FORMATS:
         raise ValueError(f"unknown transcript format {fmt!r}; choose one of {', '.join(FORMATS)}")
     files, missing = list_transcript_files(paths)
@@ -149,7 +158,8 @@ def read_transcripts(paths: Iterable[str | Path], fmt: str | None = None) -> Tra
         result.problems += parsed.problems
         _merge(parsed, entries, labels, result)
     for video_id, video_entries in entries.items():
-        segments, problems = _normalize(video_id, video_entries, result.sources[video_id], labels[video_id])
+        segments, problems = _normalize(video_id, video_entries, result.sources[video_id], labels[video_id],
+                                        max_segment_seconds)
         result.segments[video_id] = segments
         result.problems += problems
     return result
@@ -276,7 +286,7 @@ def _merge(parsed: ParsedFile, entries: dict[str, list[_Entry]], labels: dict[st
 
 
 def _normalize(
-    video_id: str, entries: Sequence[_Entry], input_name: str, source: str
+    video_id: str, entries: Sequence[_Entry], input_name: str, source: str, max_seconds: float = MAX_SEGMENT_SECONDS,
 ) -> tuple[list[Segment], list[Problem]]:
     """Sort a video's entries by time, number them, and apply the fixes of the module docstring.
 
@@ -292,7 +302,8 @@ def _normalize(
         ))
     kept: list[Segment] = []
     for index, i in enumerate(order):
-        segment, problem = _check_segment(video_id, index, entries[i], kept[-1] if kept else None, input_name, source)
+        segment, problem = _check_segment(video_id, index, entries[i], kept[-1] if kept else None, input_name, source,
+                                          max_seconds)
         if problem is not None:
             problems.append(problem)
         if segment is not None:
@@ -301,7 +312,8 @@ def _normalize(
 
 
 def _check_segment(
-    video_id: str, index: int, entry: _Entry, previous: Segment | None, input_name: str, source: str
+    video_id: str, index: int, entry: _Entry, previous: Segment | None, input_name: str, source: str,
+    max_seconds: float = MAX_SEGMENT_SECONDS,
 ) -> tuple[Segment | None, Problem | None]:
     label = f"segment {index} of {video_id} ({span(entry.start, entry.end)})"
 
@@ -315,6 +327,11 @@ def _check_segment(
         return None, problem("end <= start")
     if entry.end <= 0:
         return None, problem("ends at or before 0 s")
+    length = entry.end - max(entry.start, 0.0)
+    if length > max_seconds:
+        shown = seconds(length) if length < 1e15 else f"{length:.3g}"
+        return None, problem(f"lasts {shown} s, more than the longest segment allowed ({seconds(max_seconds)} s, "
+                             "--max-segment-seconds)")
     start, fix = entry.start, None
     if start < 0:
         start, fix = 0.0, problem("starts before 0 s; clipped to start at 0 s", CLIPPED)

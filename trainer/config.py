@@ -203,15 +203,25 @@ def load_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
         raise ConfigError(f"recipe {path} names itself as a base (through {[str(p) for p in _seen]})")
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"recipe {path} is not UTF-8 text ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"recipe {path} cannot be read: {e}") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
+    except (ValueError, RecursionError, yaml.YAMLError) as e:  # ValueError: JSONDecodeError
         raise ConfigError(f"recipe {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    if not isinstance(data, (dict, type(None))):
+        raise ConfigError(f"recipe {path} must be a mapping of sections (data:, model:, optim: ...), "
+                          f"not a {type(data).__name__}")
     data = dict(data or {})
     base = data.pop("base", None)
     if base is None:
         return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"recipe {path}: base must name another recipe file, got {base!r}")
     return merge(load_recipe(path.parent / base, (*_seen, path)), data)
 
 
@@ -236,7 +246,10 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {key} is not a section")
-    node[keys[-1]] = yaml.safe_load(text) if text.strip() else ""
+    try:
+        node[keys[-1]] = yaml.safe_load(text) if text.strip() else ""
+    except (yaml.YAMLError, RecursionError) as e:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
 
 
 def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:

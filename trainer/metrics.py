@@ -14,8 +14,10 @@ gives one. On a CPU there is no reliable peak, so MFU is not reported there unle
 from __future__ import annotations
 
 import json
+import os
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import torch
 
@@ -124,7 +126,7 @@ class TensorBoard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(run.tensorboard))
-            self.jsonl = open(run.metrics, "a", encoding="utf-8")
+            self.jsonl = open_lines_for_append(run.metrics)
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         if self.writer is None:
@@ -139,6 +141,30 @@ class TensorBoard:
         if self.writer is not None:
             self.writer.close()
             self.jsonl.close()
+
+
+def open_lines_for_append(path: Path) -> TextIO:
+    """A JSON-lines file opened to append, after cutting off a last line that a killed writer left
+    without its newline (appended to, it would glue onto the next run's first line and spoil both)."""
+    with open(path, "ab+") as f:
+        end = f.seek(0, os.SEEK_END)
+        keep = _end_of_last_line(f, end)
+        if keep != end:
+            f.truncate(keep)
+    return open(path, "a", encoding="utf-8")
+
+
+def _end_of_last_line(f, end: int, chunk: int = 1 << 16) -> int:
+    """Offset just past the file's last newline (0 when it has none)."""
+    position = end
+    while position > 0:
+        start = max(0, position - chunk)
+        f.seek(start)
+        found = f.read(position - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        position = start
+    return 0
 
 
 def console_summary(values: dict[str, float]) -> dict[str, str]:

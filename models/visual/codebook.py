@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,19 +174,29 @@ class Codebook:
 
     @classmethod
     def load(cls, path: str | Path) -> "Codebook":
-        """Read a codebook file (or a folder holding ``codebook.safetensors``); verifies its hash."""
+        """Read a codebook file (or a folder holding ``codebook.safetensors``); verifies its hash.
+
+        A damaged or foreign file is a ``CodebookError`` that names the file and what is wrong."""
         path = resolve_codebook_path(path)
         meta, tensors = _read_file(path)
+        spec = _spec_of(meta, path)
+        depth = meta.get("depth")
+        if not _is_int(depth) or not 1 <= depth <= len(tensors):
+            raise CodebookError(f"{path}: depth {depth!r} does not match the {len(tensors)} centroid tensors it holds")
+        missing = [f"level_{i}" for i in range(depth) if f"level_{i}" not in tensors]
+        if missing:
+            raise CodebookError(f"{path}: codebook tensors {missing} are missing")
+        centroids = [tensors[f"level_{i}"] for i in range(depth)]
+        wrong = [f"level_{i} is {c.dtype} of shape {tuple(c.shape)}" for i, c in enumerate(centroids)
+                 if c.dim() != 3 or not c.is_floating_point()]
+        if wrong:
+            raise CodebookError(f"{path}: centroids must be float tensors (nodes, branching, D): {'; '.join(wrong)}")
         try:
-            spec = EncoderSpec.from_dict(meta["encoder"])
-            depth = int(meta["depth"])
-            centroids = [tensors[f"level_{i}"] for i in range(depth)]
-            book = cls(
-                spec=spec, centroids=centroids, seed=int(meta.get("seed", 0)),
-                feature_count=int(meta.get("feature_count", 0)), inertia=list(meta.get("inertia", [])),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise CodebookError(f"{path}: codebook metadata or tensors are incomplete ({e!r})") from None
+            book = cls(spec=spec, centroids=centroids, seed=int(meta.get("seed", 0)),
+                       feature_count=int(meta.get("feature_count", 0)),
+                       inertia=[float(x) for x in meta.get("inertia", [])])
+        except (TypeError, ValueError) as e:  # CodebookError (a shape that does not fit) is a ValueError too
+            raise CodebookError(f"{path}: {e}") from None
         if book.hash != meta.get("hash"):
             raise CodebookError(
                 f"{path}: content hash {book.hash} differs from the recorded {meta.get('hash')}; the file is damaged"
@@ -210,19 +221,51 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(_META_KEY)
             tensors = {name: f.get_tensor(name) for name in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
+    # safetensors reports a damaged header or data with any of these.
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError, OverflowError) as e:
         raise CodebookError(f"{path}: not a codebook file (cannot read it as safetensors: {e})") from None
     if raw is None:
         raise CodebookError(f"{path}: a safetensors file without codebook metadata; not a codebook")
-    meta = json.loads(raw)
-    if meta.get("format") != CODEBOOK_FORMAT:
-        raise CodebookError(f"{path}: format {meta.get('format')!r} is not {CODEBOOK_FORMAT!r}")
-    if int(meta.get("format_version", -1)) > CODEBOOK_VERSION:
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise CodebookError(f"{path}: its codebook metadata is not valid JSON ({str(e)[:200]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != CODEBOOK_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CodebookError(f"{path}: format {found!r} is not {CODEBOOK_FORMAT!r}")
+    version = meta.get("format_version")
+    if not _is_int(version):
+        raise CodebookError(f"{path}: codebook format version {version!r} is not a number")
+    if version > CODEBOOK_VERSION:
         raise CodebookError(
-            f"{path}: codebook format version {meta.get('format_version')} is newer than this "
+            f"{path}: codebook format version {version} is newer than this "
             f"version reads ({CODEBOOK_VERSION}); upgrade videobert"
         )
     return meta, tensors
+
+
+def _spec_of(meta: dict[str, Any], path: Path) -> EncoderSpec:
+    """The encoder spec a codebook's metadata records, checked field by field."""
+    d = meta.get("encoder")
+    rules = {
+        "name": (lambda v: isinstance(v, str) and bool(v), "a name"),
+        "fps": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf, "a positive number"),
+        "clip_len": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "frame_size": (lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v),
+                       "[height, width]"),
+        "feature_dim": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    }
+    if not isinstance(d, dict) or set(d) != set(rules):
+        raise CodebookError(f"{path}: the encoder record must hold exactly {sorted(rules)}, found "
+                            f"{sorted(d) if isinstance(d, dict) else type(d).__name__}")
+    wrong = [f"{name} is {d[name]!r}, expected {what}" for name, (valid, what) in rules.items() if not valid(d[name])]
+    if wrong:
+        raise CodebookError(f"{path}: encoder record: {'; '.join(wrong)}")
+    return EncoderSpec.from_dict(d)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_hash(expected: str, found: str | None, where: str) -> None:

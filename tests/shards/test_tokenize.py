@@ -5,6 +5,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -239,6 +245,60 @@ def test_bad_inputs_are_listed_and_the_run_goes_on(clip_dir, codebook_dir, tmp_p
     assert summary["samples_skipped"] == 4 and summary["shards_written"] == 6
     written = {s.key for s in read_all(out)}
     assert "new-s00000" in written and {s.key for s in read_all(good)} <= written
+
+
+def test_samples_that_break_the_schema_never_reach_the_output(clip_dir, codebook_dir, tmp_path):
+    """Metadata of the wrong types and a key holding a path: each listed with its key, the good sample
+    written, and no member name of the output carries a '/'."""
+    good = clip_sample("good", 0, 1, 1)
+    encoded = schema.encode_sample(good)
+    bad_meta = {"frame_size": None, "n_clips": "3", "fps": "x", "video_id": [1]}
+    raws = [encoded] + [
+        {**encoded, "__key__": f"bad{i}-s00000", schema.META: json.dumps({**json.loads(good.meta.to_json()), name: value}).encode()}
+        for i, (name, value) in enumerate(bad_meta.items())
+    ] + [{**encoded, "__key__": "dir/evil-s00000"}, {**encoded, "__key__": "list-s00000", schema.META: b"[1]"}]
+    path = write_raw_tar(tmp_path / "hostile.tar", raws)
+    assert tokenize_cli(path, codebook_dir, tmp_path / "out", "--workers", 1) == 0
+    lines = {line["key"]: line["reason"] for line in map(json.loads, (tmp_path / "out" / schema.ERRORS_FILE).read_text().splitlines())}
+    assert "frame_size is None, expected [height, width]" in lines["bad0-s00000"]
+    assert "n_clips is '3', expected an integer >= 1" in lines["bad1-s00000"]
+    assert "fps is 'x', expected a positive number" in lines["bad2-s00000"]
+    assert "video_id is [1], expected a string" in lines["bad3-s00000"]
+    assert "is not a sample key" in lines["dir/evil-s00000"]
+    assert "metadata is a JSON list, expected an object" in lines["list-s00000"]
+    assert [s.key for s in read_all(tmp_path / "out")] == ["good-s00000"]
+    with tarfile.open(schema.complete_shards(tmp_path / "out")[0]) as tar:
+        assert all("/" not in name for name in tar.getnames())
+    summary = json.loads((tmp_path / "out" / schema.SUMMARY_FILE).read_text())
+    assert (summary["samples_read"], summary["samples_written"], summary["samples_skipped"]) == (7, 1, 6)
+
+
+@pytest.mark.slow
+def test_resume_after_a_real_kill(codebook_dir, tmp_path):
+    """tokenize killed with SIGKILL mid-run (the process and its workers), then run again: the output is
+    the bytes of an uninterrupted run, and nothing a reader takes for a shard was ever half-written."""
+    samples = [clip_sample(f"video{v}", 0, n_clips=1 + v % 2, seed=v) for v in range(16)]
+    write_shards(tmp_path / "clips", samples, per_shard=1)
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    command = [sys.executable, "-m", "shards.cli", "tokenize", "--clips", str(tmp_path / "clips"), "--codebook",
+               str(codebook_dir), "--out", str(killed), "--workers", "2", "--no-progress"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(killed.glob("*.stats.json")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+    done = len(list(killed.glob("*.stats.json")))
+    assert 1 <= done < 16 and not (killed / schema.SUMMARY_FILE).exists(), "killed mid-run"
+    for tar in reader.resolve_shards(killed):  # whatever a reader takes for a shard is whole
+        assert len(list(reader.iter_samples([tar]))) == reader.read_stats(tar)["samples"]
+    assert tokenize_cli(tmp_path / "clips", codebook_dir, killed, "--workers", 1) == 0
+    assert tokenize_cli(tmp_path / "clips", codebook_dir, whole, "--workers", 1) == 0
+    names = [schema.shard_name(i) for i in range(16)]
+    assert all((killed / n).read_bytes() == (whole / n).read_bytes() for n in names)
+    summary = json.loads((killed / schema.SUMMARY_FILE).read_text())
+    assert summary["shards_kept"] >= 1 and summary["samples_written"] == 16
 
 
 def test_nothing_matching_exits_with_1(codebook_dir, tmp_path, capsys):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shards.transcripts import (
-    CLIPPED, HOWTO100M, JSONL, SKIPPED, SORTED, SRT, TRIMMED, VTT, YOUCOOK2, Transcripts, detect_format,
+    CLIPPED, FORMATS, HOWTO100M, JSONL, SKIPPED, SORTED, SRT, TRIMMED, VTT, YOUCOOK2, Transcripts, detect_format,
     read_transcripts, video_id_of,
 )
 
@@ -258,5 +258,32 @@ def test_unknown_format_name_is_refused():
         read_transcripts([], fmt="ass")
 
 
-def test_formats_named_in_constants():
-    assert {HOWTO100M, YOUCOOK2, VTT, SRT, JSONL} == {"howto100m", "youcook2", "vtt", "srt", "jsonl"}
+FORMAT_SAMPLES = {
+    HOWTO100M: '{"clip": {"start": [1.0], "end": [2.0], "text": ["stir"]}}',
+    YOUCOOK2: '{"database": {"clip": {"annotations": [{"segment": [1.0, 2.0], "sentence": "stir"}]}}}',
+    VTT: "WEBVTT\n\n00:01.000 --> 00:02.000\nstir\n",
+    SRT: "1\n00:00:01,000 --> 00:00:02,000\nstir\n",
+    JSONL: '{"video": "clip", "start": 1.0, "end": 2.0, "text": "stir"}\n',
+}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_name_can_be_forced(tmp_path, fmt):
+    """Each name of FORMATS (the --transcript-format choices) reads its format from a file whose name
+    tells nothing, and labels the segments with that name."""
+    path = tmp_path / "clip.data"
+    path.write_text(FORMAT_SAMPLES[fmt])
+    result = read_transcripts([path], fmt=fmt)
+    (segment,) = result.segments["clip"]
+    assert (segment.start, segment.end, segment.text, segment.source) == (1.0, 2.0, "stir", f"clip.data ({fmt})")
+
+
+def test_the_command_line_offers_exactly_these_formats():
+    import argparse
+
+    from shards.prepare import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    choices = next(a.choices for a in parser._actions if "--transcript-format" in a.option_strings)
+    assert tuple(choices) == FORMATS and set(FORMAT_SAMPLES) == set(FORMATS)

@@ -123,3 +123,37 @@ def test_a_stream_without_any_readable_sample_stops_with_a_message(tmp_path):
 def test_missing_shards_fail_at_start_up(tmp_path):
     with pytest.raises(reader.ShardSpecError, match="no shards found"):
         reader.resolve_shards(str(tmp_path / "nowhere" / "shard-{000000..000003}.tar"))
+
+
+def test_samples_that_break_the_schema_do_not_stop_a_loader_worker(token_shards, tmp_path):
+    """Metadata of the wrong types, an array of another dtype, a forged .npy header, a key with a '/':
+    a DataLoader worker skips and counts each, and delivers every good sample of the epoch."""
+    import webdataset as wds
+
+    folder, keys = token_shards(videos=4, segments=2, shards=2)
+    urls = reader.resolve_shards(folder)
+    first = next(reader.iter_samples(urls))
+    good = schema.encode_sample(first)
+    meta = json.loads(first.meta.to_json())
+    huge = b"{'descr': '<i4', 'fortran_order': False, 'shape': (10000000000,), }"
+    huge = b"\x93NUMPY\x01\x00" + (len(huge) + 1).to_bytes(2, "little") + huge + b"\n"
+    bad = [
+        {**good, "__key__": "nulls-s00000", schema.META: json.dumps({**meta, "frame_size": None}).encode()},
+        {**good, "__key__": "strings-s00000", schema.META: json.dumps({**meta, "n_clips": "3"}).encode()},
+        {**good, "__key__": "wide-s00000", schema.TOKENS: schema.encode_array(first.tokens.astype(np.int64))},
+        {**good, "__key__": "forged-s00000", schema.TOKENS: huge},
+        {**good, "__key__": "dir/evil-s00000"},
+    ]
+    hostile = tmp_path / "hostile.tar"
+    with wds.TarWriter(str(hostile), encoder=False) as sink:
+        for sample in bad:
+            sink.write(sample)
+    spec = StreamSpec(urls=(str(hostile), *urls), seed=0, shuffle=False)
+    loader = make_loader(spec, {}, 0, _build_keys, batch_size=2, num_workers=1, prefetch_factor=2)
+    seen, bad_count = [], 0
+    for batch in loader:
+        if int(batch["epoch"]) > 0:
+            break
+        seen += list(batch["keys"])
+        bad_count += int(batch["bad_samples"])
+    assert sorted(seen) == sorted(keys) and bad_count == len(bad)

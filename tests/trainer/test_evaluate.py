@@ -12,19 +12,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import eval_corpus
 from models.videobert import MODEL_INPUTS
+from shards import reader
 from trainer import cli
 from trainer.evaluation.evaluate import EvalConfig, evaluate
+from trainer.evaluation.load import ModelLoadError, load_model
+from trainer.run_folder import EXPORT_CONFIG, EXPORT_INFO
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "launch" / "recipes" / "debug.yaml"
@@ -110,14 +116,36 @@ def evaluated(corpus, trained, tmp_path_factory) -> dict:
 def test_cross_modal_beats_the_language_prior(evaluated):
     z = evaluated["zero_shot"]
     assert z["segments"] == 32
-    for slot in ("verb", "noun"):
+    records = [json.loads(x) for x in (Path(evaluated["out"]) / "zeroshot.jsonl").read_text().splitlines()]
+    for slot, classes in (("verb", eval_corpus.VERBS), ("noun", eval_corpus.NOUNS)):
         cross, prior, chance = (z[f"{m}_{slot}_top1"] for m in ("cross_modal", "language_prior", "chance"))
         assert cross >= 2 * chance, (slot, z)
         assert cross >= prior + 0.3, (slot, z)
-        assert z[f"cross_modal_{slot}_top5"] == 1.0  # 4 classes
+        # The per-segment rankings behind the figures: every class ranked once (top-5 of 4 classes is
+        # all of them, so top-5 says nothing here), the reported top-1 is the share of first places, and
+        # the true label sits at the top (mean 0-based rank under 0.5, where a blind guess averages 1.5).
+        ranked = [r[f"predicted_{slot}s"] for r in records]
+        assert all(sorted(r) == sorted(classes) for r in ranked)
+        assert cross == pytest.approx(np.mean([r[f"predicted_{slot}s"][0] == r[slot] for r in records]))
+        assert np.mean([r[f"predicted_{slot}s"].index(r[slot]) for r in records]) < 0.5, slot
     h = evaluated["heldout"]
     assert h["alignment_count"] > 0 and h["text_mlm_acc"] > h["text_mlm_chance"]
-    assert 0.0 <= h["alignment_auc"] <= 1.0 and h["text_mlm_perplexity"] < h["text_mlm_perplexity_chance"]
+    assert h["alignment_acc"] > h["alignment_chance"] + 0.2 and h["alignment_auc"] > 0.9, h
+    assert h["text_mlm_perplexity"] < h["text_mlm_perplexity_chance"], h
+
+
+def test_roc_auc_is_the_mann_whitney_statistic():
+    """Checked against scikit-learn on scores with ties, and at its ends."""
+    from sklearn.metrics import roc_auc_score
+
+    from trainer.evaluation.heldout import roc_auc
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 20, 300) / 20.0  # many ties
+    labels = rng.random(300) < 0.4
+    assert roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert roc_auc(labels.astype(float), labels) == 1.0 and roc_auc(-labels.astype(float), labels) == 0.0
+    assert roc_auc(scores, np.ones(300, bool)) is None
 
 
 def test_report_files_and_pictures(evaluated):
@@ -156,8 +184,10 @@ def test_two_processes_give_the_numbers_of_one(corpus, trained, evaluated, tmp_p
     assert ones == twos
 
 
-def test_a_checkpoint_and_its_export_evaluate_alike(corpus, tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def checkpoint_run(corpus, tmp_path_factory) -> Path:
+    """A 4-step DeepSpeed run of the tiny preset with one checkpoint (its config names the held-out shards)."""
+    run = tmp_path_factory.mktemp("checkpoint-run") / "run"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "trainer.train", "--config", str(RECIPE), f"run_dir={run}",
                f"data.train={corpus['train']}", f"data.heldout={corpus['heldout']}", f"data.codebook={corpus['codebook']}",
@@ -165,7 +195,12 @@ def test_a_checkpoint_and_its_export_evaluate_alike(corpus, tmp_path):
                "logging.every_steps=1", "logging.progress=false", "data.num_workers=0", *TRAINING]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return run
 
+
+def test_a_checkpoint_and_its_export_evaluate_alike(corpus, checkpoint_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint_run, run)
     assert cli.main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
     common = dict(zero_shot=(str(corpus["heldout"]),), labels=str(corpus["labels"]), vocabulary=str(corpus["vocabulary"]))
     from_run = evaluate(EvalConfig(model=str(run), **common))  # held-out shards and codebook from the run's config
@@ -214,3 +249,86 @@ def test_unlabelled_and_unreadable_samples_are_listed(corpus, trained, tmp_path)
     assert sum("no labelled segment" in p["reason"] for p in problems) == 4
     assert any("truncated" in p["reason"] for p in problems)
     assert "heldout" not in result and np.isfinite(result["seconds"])
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_interrupted_export_leaves_the_previous_one_whole(checkpoint_run, tmp_path):
+    out = tmp_path / "export"
+    assert cli.main(["export", str(checkpoint_run), "--out", str(out)]) == 0
+    before = _files(out)
+    partial = tmp_path / ".export.partial"
+    job = subprocess.Popen([sys.executable, "-m", "trainer.cli", "export", str(checkpoint_run), "--out", str(out)],
+                           cwd=ROOT, env={**os.environ, "DS_ACCELERATOR": "cpu"}, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (partial / "config.json").exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    os.killpg(job.pid, signal.SIGKILL)  # while the new export is being written
+    job.wait()
+    assert job.returncode == -signal.SIGKILL, job.stderr.read().decode()[-2000:]
+    assert partial.exists(), "the export was killed half-way"
+    assert _files(out) == before, "the previous export is untouched"
+    assert load_model(out).step == 4
+
+    assert cli.main(["export", str(checkpoint_run), "--out", str(out)]) == 0  # a re-run finishes and tidies up
+    assert not partial.exists() and _files(out) == before
+
+
+def test_eval_reads_only_complete_safetensors_exports(trained, tmp_path, capsys):
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(trained, incomplete)
+    (incomplete / EXPORT_INFO).unlink()
+    with pytest.raises(ModelLoadError, match="not a complete VideoBERT export: it lacks videobert.json"):
+        load_model(incomplete)
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(trained, pickled)
+    from safetensors.torch import load_file
+
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="safetensors only"):
+        load_model(pickled)
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own files")
+    capsys.readouterr()
+    assert cli.main(["export", str(trained), "--out", str(tmp_path / "again")]) == 2
+    assert "is already an exported directory" in capsys.readouterr().err
+    loaded = load_model(trained)
+    from trainer.evaluation.export import write_export
+
+    with pytest.raises(ModelLoadError, match="holds files that are not a VideoBERT export"):
+        write_export(loaded.model, loaded.tokenizer, loaded.cfg, mine, step=1, checkpoint=None, codebook_hash="x")
+    assert _files(mine) == {"notes.txt": b"my own files"}
+
+
+def test_shard_specs_in_a_model_config_run_no_command(corpus, trained, tmp_path, capsys):
+    """A ``pipe:`` held-out spec inside the export's own config is refused (naming the flag that allows
+    it) and runs nothing; on the command line, or with the flag, it runs."""
+    model = tmp_path / "model"
+    shutil.copytree(trained, model)
+    marker = tmp_path / "ran"
+    shard = reader.resolve_shards(corpus["heldout"])[0]
+    spec = f"pipe:touch {marker} && cat {shard}"
+    config = yaml.safe_load((model / EXPORT_CONFIG).read_text())
+    config["data"]["heldout"] = [spec]
+    (model / EXPORT_CONFIG).write_text(yaml.safe_dump(config))
+    common = [str(model), "--codebook", str(corpus["codebook"]), "--batch-size", "8"]
+
+    assert cli.main(["eval", *common, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert str(model / EXPORT_CONFIG) in err and "--trust-model-config" in err and "--heldout SHARDS" in err
+    assert not marker.exists(), "nothing ran"
+
+    assert cli.main(["eval", *common, "--out", str(tmp_path / "trusted"), "--trust-model-config"]) == 0
+    assert marker.exists()
+    marker.unlink()
+    assert cli.main(["eval", *common, "--out", str(tmp_path / "mine"), "--heldout", spec]) == 0  # the user's own
+    assert marker.exists()
+    results = json.loads((tmp_path / "mine" / "results.json").read_text())
+    assert results["heldout"]["alignment_count"] > 0

@@ -15,7 +15,8 @@ transformers directory. Each job runs when its inputs are there:
   ``--labels`` (labels JSON lines or YouCook2-form annotations) with the classes of ``--vocabulary``
   (JSON ``{"verbs": [...], "nouns": [...]}``); ``trainer.evaluation.labels`` describes both files;
 * held-out alignment and masked-token metrics (``trainer.evaluation.heldout``): ``--heldout`` shards, by default
-  the run's ``data.heldout``;
+  the run's ``data.heldout`` (read from the model's own config, which is not the user's: it may name
+  local shards only, unless ``--trust-model-config``; see the README's trust section);
 * text-to-video and video-to-text (``trainer.evaluation.generate``): ``--clips`` clip shards supply the pictures
   (and the clips whose words are read); the sentences are ``--prompt`` (repeatable), else the template
   filled with labels of the vocabulary.
@@ -86,6 +87,9 @@ class EvalConfig:
     """Longest sequence (default: the run's ``data.max_seq_len``; 128 without a run config)."""
     seed: int | None = None
     """Seed of the held-out masking and negatives (default: the run's)."""
+    trust_model_config: bool = False
+    """Let the model's own config (its checkpoint's config.yaml or the export's videobert-run.yaml) name
+    held-out shards as ``pipe:`` commands or URLs; without it such a file may only name local shards."""
 
 
 @dataclass
@@ -168,15 +172,26 @@ class EvalError(ValueError):
 # jobs
 
 
-def _resolve(spec: Sequence[str], what: str, ctx: Context) -> list[str]:
-    """Shard URLs of a spec; token shards must come from the model's codebook."""
+TRUST_FLAG = "--trust-model-config"
+"""The flag that lets shard specs in a model's own config run commands (``EvalConfig.trust_model_config``)."""
+
+
+def _resolve(spec: Sequence[str], what: str, ctx: Context, *, from_model: bool = False) -> list[str]:
+    """Shard URLs of a spec; token shards must come from the model's codebook. ``from_model``: the spec
+    was read from the model's own config, which is not the user's: it may name local shards only
+    unless the user trusts it (README: trust)."""
     from models.visual.codebook import check_hash
     from shards import reader, schema
 
-    urls = reader.resolve_shards(list(spec))
+    untrusted = from_model and not ctx.config.trust_model_config
+    urls = reader.resolve_shards(
+        list(spec), from_file=str(ctx.loaded.config_file) if untrusted else None,
+        allow=f"name the shards yourself with {what} SHARDS, or add {TRUST_FLAG} if you trust that file",
+    )
     if not urls:
         raise EvalError(f"{what}: {list(spec)} names no complete shard")
-    first = next(iter(reader.iter_samples(urls[:1], decode_arrays=False)), None)
+    # Unreadable samples are the job's to list (it reads them all); here only the kind of the first readable one counts.
+    first = next(iter(reader.iter_samples(urls, decode_arrays=False, on_error=lambda url, e: None)), None)
     known = ctx.loaded.codebook_hash
     if first is not None and first.meta.kind == schema.TOKEN_KIND and known:
         check_hash(known, first.meta.codebook_hash, f"{what}: the token shards (the model knows codebook {known}'s words)")
@@ -235,7 +250,7 @@ def heldout_job(ctx: Context, results: dict[str, Any]) -> bool:
     spec = config.heldout if config.heldout is not None else tuple(cfg.data.heldout if cfg else ())
     if not spec:
         return False
-    urls = _resolve(spec, "--heldout", ctx)
+    urls = _resolve(spec, "--heldout", ctx, from_model=config.heldout is None)
     seed = config.seed if config.seed is not None else (cfg.seed if cfg else 0)
     results["heldout"] = evaluate_model(
         ctx.loaded.model, ctx.loaded.tokenizer, urls, objectives=cfg.objectives if cfg else ObjectivesConfig(),

@@ -4,10 +4,12 @@
 * a checkpoint folder ``step-N`` (with its ``COMPLETE`` marker): the ZeRO partitions of every rank
   gathered into one fp32 model (``trainer.checkpoint.consolidated_model``); its ``config.yaml``
   names the tokenizer, the codebook, the held-out shards, the sequence length and the objectives;
-* a directory written by ``videobert export`` (or any ``BertForPreTraining`` directory whose
-  ``vocab.txt`` holds the joint vocabulary): the joint vocabulary is read back from ``vocab.txt``;
+* a directory written by ``videobert export``: the joint vocabulary is read back from ``vocab.txt``;
   the run's config and the codebook's hash come from the files ``export`` writes beside the weights
-  (``run_folder.EXPORT_INFO``, ``run_folder.EXPORT_CONFIG``), when present.
+  (``run_folder.EXPORT_CONFIG``, ``run_folder.EXPORT_INFO``). ``EXPORT_INFO`` is the export's
+  completion marker: a directory without it is refused. Weights are read from ``model.safetensors``
+  only: reading an export runs no pickle (a checkpoint's engine files, which DeepSpeed writes with
+  pickle, are another matter: see the README's trust model).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class LoadedModel:
     codebook_hash: str | None
     run_dir: Path | None
     """The run folder the checkpoint belongs to (None for an exported directory)."""
+    config_file: Path | None = None
+    """The file ``cfg`` was read from (it came with the model: not the user's, see the README's trust model)."""
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
@@ -72,19 +76,42 @@ def _from_checkpoint(ckpt: CheckpointFolder) -> LoadedModel:
     model = consolidated_model(ckpt.path)
     codebook_hash = ckpt.read_trainer_state(0).get("codebook_hash") or None
     return LoadedModel(model=model, tokenizer=build_tokenizer(cfg), vocab=model.config.vocab, cfg=cfg, source=ckpt.path,
-                       step=int(ckpt.marker()["step"]), codebook_hash=codebook_hash, run_dir=ckpt.path.parent.parent)
+                       step=int(ckpt.marker()["step"]), codebook_hash=codebook_hash, run_dir=ckpt.path.parent.parent,
+                       config_file=ckpt.config)
+
+
+WEIGHTS_FILE = "model.safetensors"
+"""The only weights file an export is read from."""
 
 
 def _from_export(folder: Path) -> LoadedModel:
     from models.hf_interop import from_pretrained_bert, load_text_tokenizer
 
+    info = export_info(folder)
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise ModelLoadError(f"{folder} has no {WEIGHTS_FILE}: exports are read from safetensors only (never pickle)")
     tokenizer = load_text_tokenizer(folder)
     vocab = joint_vocab_of_export(folder, tokenizer)
-    info = read_json(folder / EXPORT_INFO) if (folder / EXPORT_INFO).is_file() else {}
-    cfg = load_config(folder / EXPORT_CONFIG) if (folder / EXPORT_CONFIG).is_file() else None
+    config_file = folder / EXPORT_CONFIG
+    cfg = load_config(config_file) if config_file.is_file() else None
     model = from_pretrained_bert(folder, vocab)
     return LoadedModel(model=model, tokenizer=tokenizer, vocab=vocab, cfg=cfg, source=folder, step=info.get("step"),
-                       codebook_hash=info.get("codebook_hash"), run_dir=None)
+                       codebook_hash=info["codebook_hash"], run_dir=None, config_file=config_file)
+
+
+def export_info(folder: Path) -> dict[str, Any]:
+    """An exported directory's ``EXPORT_INFO``, its completion marker (written last by ``videobert export``)."""
+    path = folder / EXPORT_INFO
+    if not path.is_file():
+        raise ModelLoadError(f"{folder} is not a complete VideoBERT export: it lacks {EXPORT_INFO}, which "
+                             "`videobert export` writes last; export the checkpoint again")
+    try:
+        info = read_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path} is damaged ({e}); export the checkpoint again") from None
+    if not isinstance(info, dict) or not isinstance(info.get("codebook_hash"), str):
+        raise ModelLoadError(f"{path} does not name the codebook the model was trained with; export the checkpoint again")
+    return info
 
 
 def joint_vocab_of_export(folder: Path, tokenizer: Any) -> JointVocab:

@@ -61,10 +61,11 @@ def _tensorboard_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def _jsonl_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
+    from shards.writer import read_json_lines  # skips a line a killed run left cut short
+
     curves: dict[str, list[tuple[int, float]]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line) if line.strip() else {}
-        if row.get("split") == "train":
+    for row in read_json_lines(path):
+        if row.get("split") == "train" and isinstance(row.get("step"), int):
             for name, value in row.items():
                 if name not in ("step", "split") and isinstance(value, (int, float)):
                     curves.setdefault(name, []).append((int(row["step"]), float(value)))

@@ -1,0 +1,46 @@
+"""The run folder's own files after a crash: a metrics line cut short (SIGKILL, a full disk, a power cut)
+is dropped, never glued to the next run's first line, and the report reads what remains."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from PIL import Image
+
+from trainer.evaluation import report
+from trainer.metrics import TensorBoard
+from trainer.run_folder import RunFolder
+
+
+def test_a_cut_metrics_line_is_dropped_when_the_run_resumes(tmp_path):
+    run = RunFolder(tmp_path)
+    lines = [json.dumps({"step": s, "split": "train", "loss": 5.0 - s}) for s in (1, 2)]
+    run.metrics.write_text("\n".join(lines) + '\n{"step": 3, "split": "train", "lo')  # the kill's cut
+    board = TensorBoard(run, enabled=True)  # the resumed run
+    for step in (3, 4):
+        board.scalars("train", {"loss": 5.0 - step}, step)
+    board.close()
+    rows = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+    shutil.rmtree(run.tensorboard)  # a run whose events are gone: the report reads metrics.jsonl
+    assert report.read_curves(tmp_path) == {"loss": [(1, 4.0), (2, 3.0), (3, 2.0), (4, 1.0)]}
+    assert report.plot_curves(report.read_curves(tmp_path), tmp_path / "curves.png")
+    with Image.open(tmp_path / "curves.png") as image:
+        image.verify()
+
+
+def test_the_report_skips_lines_an_older_run_glued_together(tmp_path):
+    run = RunFolder(tmp_path)
+    run.metrics.write_text('{"step": 1, "split": "train", "loss": 3.0}\n'
+                           '{"step": 2, "split": "train", "lo{"step": 2, "split": "train", "loss": 2.5}\n'
+                           '{"step": 3, "split": "train", "loss": 2.0}\n')
+    assert report.read_curves(tmp_path) == {"loss": [(1, 3.0), (3, 2.0)]}
+
+
+def test_a_file_holding_only_a_cut_line_is_emptied(tmp_path):
+    run = RunFolder(tmp_path)
+    run.metrics.write_text('{"step": 1, "spl')
+    TensorBoard(run, enabled=True).close()
+    assert run.metrics.read_text() == ""
