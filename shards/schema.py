@@ -19,6 +19,12 @@ A shard folder holds ``shard-000000.tar`` ... and, for each finished tar, a stat
 complete and readers skip it. The folder also holds the stage's ``summary.json``,
 ``errors.jsonl`` (one line per input that could not be used, with the reason) and ``run.json``
 (the arguments of the run that wrote it).
+
+A stage split into parts (``--part I/N``, see ``shards.parts``) writes its ``run.json`` (the
+arguments every part shares, and N) at the top of the folder and each part's files, laid out as
+above, into ``part-00000/`` ... ``part-<N-1>/``; ``videobert shards status`` writes the combined
+``summary.json`` at the top. Readers take a folder's shards and its parts' shards alike
+(``complete_shards``).
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ SHARD_INDEX_DIGITS = 6
 SUMMARY_FILE = "summary.json"
 ERRORS_FILE = "errors.jsonl"
 RUN_FILE = "run.json"
+PART_PREFIX = "part-"
+PART_INDEX_DIGITS = 5
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -165,10 +173,33 @@ def stats_path(shard: Path) -> Path:
     return shard.with_name(shard.name[: -len(SHARD_SUFFIX)] + STATS_SUFFIX)
 
 
-def complete_shards(folder: str | Path) -> list[Path]:
-    """The finished shards of a folder (tar and stats file both present), in index order."""
-    folder = Path(folder)
-    tars = sorted(folder.glob(f"{SHARD_PREFIX}{'[0-9]' * SHARD_INDEX_DIGITS}{SHARD_SUFFIX}"))
+def shard_index(shard: str | Path) -> int:
+    """The index in a shard's file name (``shard-000012.tar`` -> 12)."""
+    return int(Path(shard).name[len(SHARD_PREFIX): -len(SHARD_SUFFIX)])
+
+
+def part_folder(folder: str | Path, index: int) -> Path:
+    """The folder of part ``index`` of a stage split into parts."""
+    return Path(folder) / f"{PART_PREFIX}{index:0{PART_INDEX_DIGITS}d}"
+
+
+def part_folders(folder: str | Path) -> list[tuple[int, Path]]:
+    """(index, folder) of the part folders in a folder, in index order."""
+    found = Path(folder).glob(f"{PART_PREFIX}{'[0-9]' * PART_INDEX_DIGITS}")
+    return sorted((int(p.name[len(PART_PREFIX):]), p) for p in found if p.is_dir())
+
+
+def complete_shards(folder: str | Path, *, with_parts: bool = True) -> list[Path]:
+    """The finished shards (tar and stats file both present) of a folder and of its parts' folders,
+    ordered by shard index, then part (a run split by shards, like tokenize's, thus reads in the
+    order one run would have written). ``with_parts=False``: the folder's own shards only."""
+    folders = [(-1, Path(folder))] + (part_folders(folder) if with_parts else [])
+    found = [(shard_index(t), part, t) for part, f in folders for t in _complete_in(f)]
+    return [t for _, _, t in sorted(found)]
+
+
+def _complete_in(folder: Path) -> list[Path]:
+    tars = folder.glob(f"{SHARD_PREFIX}{'[0-9]' * SHARD_INDEX_DIGITS}{SHARD_SUFFIX}")
     return [t for t in tars if stats_path(t).exists()]
 
 
