@@ -63,6 +63,7 @@ from shards.decode import DecodeOptions, parse_crop
 from shards.ffmpeg_bin import FFmpegNotFound, ffmpeg_exe
 from shards.options import Flag, add_config_arguments, config_from_args
 from shards.parts import Part, PartOption, SummaryRules, claim_part, finish_part
+from shards.ranks import available_cpus
 from shards.transcripts import (
     DEFAULT_LANGUAGE, FORMATS, SKIPPED, Problem, Transcripts, is_transcript_file, is_video_file,
     list_transcript_files, read_transcripts,
@@ -143,14 +144,6 @@ class PrepareConfig(PartOption):
             "crop": list(crop) if crop else None, "clip_len": self.clip_len,
             "min_last_clip": self.clip_config().min_last, "max_samples": self.max_samples, "max_bytes": self.max_bytes,
         }
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (the default number of workers)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux (macOS, Windows): all the machine's CPUs
-        return os.cpu_count() or 1
 
 
 def _config_problems(config: PrepareConfig) -> list[str]:

@@ -17,6 +17,7 @@ variables torch's ``env://`` rendezvous reads, for a job that ``srun`` started o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -47,6 +48,14 @@ def torch_variables_from_slurm(env: Mapping[str, str]) -> dict[str, str]:
         "RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"], "LOCAL_RANK": env["SLURM_LOCALID"],
         "LOCAL_WORLD_SIZE": env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0],
     }
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (a launcher may have bound it to its share of the node's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux (macOS, Windows): all the machine's CPUs
+        return os.cpu_count() or 1
 
 
 def local_rank(env: Mapping[str, str]) -> int | None:

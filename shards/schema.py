@@ -200,7 +200,7 @@ def complete_shards(folder: str | Path, *, with_parts: bool = True) -> list[Path
 
 def _complete_in(folder: Path) -> list[Path]:
     tars = folder.glob(f"{SHARD_PREFIX}{'[0-9]' * SHARD_INDEX_DIGITS}{SHARD_SUFFIX}")
-    return [t for t in tars if stats_path(t).exists()]
+    return [t for t in tars if stats_path(t).is_file()]
 
 
 def encode_array(array: np.ndarray) -> bytes:
