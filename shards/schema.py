@@ -206,12 +206,18 @@ def _complete_in(folder: Path) -> list[Path]:
 def encode_array(array: np.ndarray) -> bytes:
     """The bytes ``np.save(..., allow_pickle=False)`` writes, built with one copy of the data (frames
     are most of what prepare moves; ``np.save`` into a buffer copies them three times)."""
+    return b"".join(encode_array_parts(array))
+
+
+def encode_array_parts(array: np.ndarray) -> tuple[bytes, memoryview]:
+    """The ``.npy`` bytes of ``encode_array`` as (header, the array's own data): written one after the
+    other they make the same file, without copying the data at all."""
     array = np.ascontiguousarray(array)
     if array.dtype.hasobject:
         raise ValueError("object arrays are not stored (they would need pickle)")
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
-    return b"".join((header.getvalue(), array.reshape(-1).view(np.uint8)))
+    return header.getvalue(), memoryview(array.reshape(-1).view(np.uint8))
 
 
 def decode_array(data: bytes, where: str) -> np.ndarray:
@@ -221,16 +227,15 @@ def decode_array(data: bytes, where: str) -> np.ndarray:
         raise ShardFormatError(f"{where}: not a valid .npy array ({e})") from None
 
 
-def encode_sample(sample: Sample) -> dict[str, Any]:
-    """The dict ``webdataset.TarWriter.write`` takes; validates the sample first."""
+def encode_sample(sample: Sample, *, arrays_as_parts: bool = False) -> dict[str, Any]:
+    """The dict ``webdataset.TarWriter.write`` takes; validates the sample first. ``arrays_as_parts``:
+    arrays as ``encode_array_parts`` gives them (for a writer that writes the parts in turn)."""
     _check(sample, where=sample.key)
+    encode = encode_array_parts if arrays_as_parts else encode_array
     out: dict[str, Any] = {"__key__": sample.key, TEXT: sample.text.encode("utf-8"), META: sample.meta.to_json()}
-    if sample.frames is not None:
-        out[FRAMES] = encode_array(sample.frames)
-    if sample.tokens is not None:
-        out[TOKENS] = encode_array(sample.tokens)
-    if sample.features is not None:
-        out[FEATURES] = encode_array(sample.features)
+    for name, array in ((FRAMES, sample.frames), (TOKENS, sample.tokens), (FEATURES, sample.features)):
+        if array is not None:
+            out[name] = encode(array)
     return out
 
 

@@ -439,6 +439,9 @@ def _merge(parsed: ParsedFile, entries: dict[str, list[Entry]], labels: dict[str
 def add_entry(parsed: ParsedFile, path: Path, video_id: str, label: str, start: Any, end: Any, text: Any,
               bad_text: tuple[bool, int | None]) -> None:
     """Validate one entry's values; add it or report it."""
+    if is_time(start) and is_time(end) and isinstance(text, str) and not bad_text[0]:
+        parsed.add(Entry(video_id, float(start), float(end), text))
+        return
     where = f"{label} of {video_id} in {path.name}"
     if not (is_time(start) and is_time(end)):
         parsed.skip(video_id, f"{where}: start and end must be finite numbers of seconds, got {_shown(start)} and "
@@ -502,9 +505,8 @@ def _normalize(
 def _check_segment(
     video_id: str, index: int, entry: Entry, previous: Segment | None, input_name: str, source: str
 ) -> tuple[Segment | None, Problem | None]:
-    label = f"segment {index} of {video_id} ({span(entry.start, entry.end)})"
-
-    def problem(reason: str, action: str = SKIPPED) -> Problem:
+    def problem(reason: str, action: str = SKIPPED) -> Problem:  # the label only when needed: most segments are fine
+        label = f"segment {index} of {video_id} ({span(entry.start, entry.end)})"
         return Problem(input=input_name, video_id=video_id, segment=index, reason=f"{label}: {reason}", action=action)
 
     text = " ".join(entry.text.split())

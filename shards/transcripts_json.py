@@ -20,11 +20,12 @@ from typing import Any
 
 from shards.json_members import Member, StructureError, iter_members, line_column
 from shards.transcripts import (
-    HOWTO100M, YOUCOOK2, Line, ParsedFile, add_entry, at_offset, decode_line, video_id_of,
+    HOWTO100M, YOUCOOK2, Entry, Line, ParsedFile, add_entry, at_offset, decode_line, is_time, video_id_of,
 )
 
 _SURROGATE = re.compile("[\udc80-\udcff]")  # what undecodable bytes become with surrogateescape
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # and what an escape like "\ud83d" alone becomes
+_SURROGATE_ESCAPE = re.compile(r"\\[uU][dD][89a-fA-F]")
 _KEY = "<key>"
 _CAPTION_LISTS = (b'"start"', b'"end"', b'"text"')
 
@@ -51,11 +52,12 @@ class BadBytes:
     bytes appear in the file. A string holding a lone surrogate escape (``"\\ud83d"``) is invalid too,
     without an offset."""
 
-    def __init__(self, document: Any, offsets: list[int]) -> None:
+    def __init__(self, document: Any, offsets: list[int], text: str | None = None) -> None:
         self.by_path: dict[tuple, int | None] = {}
         self._offsets = iter(offsets)
         self._seen = 0
-        self._walk(document)
+        if offsets or text is None or _SURROGATE_ESCAPE.search(text):  # else no string can be bad
+            self._walk(document)
         if self._seen != len(offsets):  # lone surrogate escapes mixed in: offsets cannot be matched up
             self.by_path = dict.fromkeys(self.by_path)
 
@@ -180,7 +182,7 @@ def _load(path: Path, member: Member, video_id: str | None, parsed: ParsedFile) 
     except RecursionError:
         where, reason = member.value_offset, "nested too deeply to read"
     else:
-        return value, BadBytes(value, [member.value_offset + o for o in offsets])
+        return value, BadBytes(value, [member.value_offset + o for o in offsets], text)
     with open(path, "rb") as f:
         line, column = line_column(f, where)
     name = f"video {video_id}" if video_id is not None else "a video whose id cannot be read"
@@ -213,9 +215,15 @@ def _read_howto100m_video(path: Path, member: Member, parsed: ParsedFile) -> Non
         parsed.skip(video_id, f"{path}: captions of video {video_id} are not three lists start, end, text "
                     f"of equal length (found lengths {_lengths(columns)})", segments=count)
         return
-    for i in range(count):
-        add_entry(parsed, path, video_id, f"entry {i}", columns[0][i], columns[1][i], columns[2][i],
-                  bad.at("text", i))
+    entries = parsed.entries.setdefault(video_id, [])
+    clean = not bad.by_path
+    for i, (start, end, text) in enumerate(zip(*columns)):
+        if clean and is_time(start) and is_time(end) and isinstance(text, str):
+            entries.append(Entry(video_id, float(start), float(end), text))  # the common case, without a call
+        else:
+            add_entry(parsed, path, video_id, f"entry {i}", start, end, text, bad.at("text", i))
+    if not entries:
+        del parsed.entries[video_id]
 
 
 def _read_youcook2_video(path: Path, member: Member, parsed: ParsedFile) -> None:

@@ -368,3 +368,16 @@ def test_a_downloaders_folder_as_videos_and_transcripts(media, tmp_path):
     assert (summary.files_ignored, summary.transcript_files_read, summary.transcript_files_skipped) == (4, 3, 1)
     (line,) = [json.loads(x) for x in (tmp_path / "out" / schema.ERRORS_FILE).read_text().splitlines()]
     assert line["input"].endswith("-Xb3_kQ9mZc.fr.vtt") and "--language en" in line["reason"]
+
+
+def test_spooled_members_are_the_bytes_webdataset_writes(tmp_path):
+    """Workers write frames straight from their arrays (no copy into one bytes object): same bytes."""
+    from shards.writer import SampleSpool
+
+    samples = [make_sample(i, n_clips=1 + i % 3) for i in range(4)]
+    spool = SampleSpool(tmp_path / "spool.tar")
+    spooled = [spool.add(sample) for sample in samples]
+    spool.close()
+    data = (tmp_path / "spool.tar").read_bytes()
+    for sample, where in zip(samples, spooled):
+        assert data[where.offset: where.offset + where.length] == encode_members(sample)
