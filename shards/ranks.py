@@ -6,12 +6,13 @@ both take them from here:
     launcher                      sets
     torchrun, deepspeed           RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE
     srun (one task per GPU/CPU)   SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE
-    sbatch --array=0-N            SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT
-                                  (SLURM_ARRAY_TASK_STEP for --array=0-98:2)
+    sbatch --array=0-N            SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_MAX,
+                                  SLURM_ARRAY_TASK_COUNT (SLURM_ARRAY_TASK_STEP for --array=0-98:2)
 
 ``job_place(env)`` combines them into one position among all the job's processes: an array task
 that starts several processes (``srun`` tasks, or torchrun's) is ``array index x processes +
-process rank`` of ``array count x processes``. ``torch_variables_from_slurm(env)`` gives the
+process rank`` of ``array count x processes`` (an array that is not one range, as when some tasks
+are re-run, is refused: those tasks are given ``--part``). ``torch_variables_from_slurm(env)`` gives the
 variables torch's ``env://`` rendezvous reads, for a job that ``srun`` started one task per GPU.
 """
 
@@ -95,6 +96,13 @@ def _array_task(env: Mapping[str, str]) -> tuple[int, int, str] | None:
     task_id, count = _int(env, "SLURM_ARRAY_TASK_ID", 0), _int(env, "SLURM_ARRAY_TASK_COUNT", 1)
     first, step = _int(env, "SLURM_ARRAY_TASK_MIN", 0), max(1, _int(env, "SLURM_ARRAY_TASK_STEP", 1))
     index, off_step = divmod(task_id - first, step)
+    last = _int(env, "SLURM_ARRAY_TASK_MAX", first + (count - 1) * step)
+    if (last - first) // step + 1 != count:
+        raise LauncherEnvironmentError(
+            f"the array is not one range (SLURM_ARRAY_TASK_COUNT={count} tasks from {first} to {last}, as when "
+            "re-running some parts with --array=3,17): give each task its part, --part I/N (launch/shards.sbatch "
+            "does, from PARTS)"
+        )
     if off_step:
         raise LauncherEnvironmentError(
             f"SLURM_ARRAY_TASK_ID={task_id} is not on the array's steps of {step} from {first}; "

@@ -21,6 +21,7 @@ from shards.parts import Part, parse_part, resolve_part, split_status, video_par
 from shards.prepare import PrepareConfig, prepare
 from shards.ranks import torch_variables_from_slurm
 
+ROOT = Path(__file__).resolve().parents[2]
 PARTS = 3
 CAPTIONS = [(0.0, 1.0, "one"), (1.0, 2.0, "two"), (2.0, 3.0, "three")]
 TIMING = ("wall_seconds", "frames_per_second")
@@ -62,14 +63,15 @@ def _command(corpus: Path, out: Path, part: str, *more: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def split_run(split_corpus, tmp_path_factory):
-    """The corpus prepared in one run, and in three parts started as three processes at once."""
+    """The corpus prepared in one run, and in three parts: three processes started by torchrun (the launch
+    script), each taking its part from RANK and WORLD_SIZE."""
     root = tmp_path_factory.mktemp("split_run")
     prepare(_config(split_corpus, root / "whole"))
-    processes = [subprocess.Popen(_command(split_corpus, root / "split", f"{k}/{PARTS}", "--max-samples", "2"),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for k in range(PARTS)]
-    for process in processes:
-        output = process.communicate(timeout=180)[0].decode()
-        assert process.returncode == 0, output
+    options = _command(split_corpus, root / "split", "0/1")[4:-2]  # the stage's options, without --part
+    env = {**os.environ, "NPROC": str(PARTS), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", str(ROOT / "launch/shards_torchrun.sh"), "prepare", *options, "--max-samples", "2"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return {"whole": root / "whole", "split": root / "split"}
 
 
@@ -176,12 +178,28 @@ def test_parts_from_the_launchers_variables():
     nodes = resolve_part(None, {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_PROCID": "2",
                                 "SLURM_NTASKS": "4", "SLURM_LOCALID": "2"})  # array of nodes, 4 GPU tasks each
     assert (nodes.index, nodes.count, nodes.local_rank) == (6, 12, 2)
+    with pytest.raises(ValueError, match="not one range"):  # a re-run of some tasks: --array=3,17
+        resolve_part(None, {"SLURM_ARRAY_TASK_ID": "17", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_MAX": "17",
+                            "SLURM_ARRAY_TASK_COUNT": "2"})
     with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_ID=9"):
         resolve_part(None, {"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_COUNT": "4"})
     with pytest.raises(ValueError, match="not a part like"):
         parse_part("3 of 4")
     with pytest.raises(ValueError, match="0 <= I < N"):
         parse_part("4/4")
+
+
+def test_the_slurm_script_gives_each_task_its_part(tmp_path):
+    """launch/shards.sbatch under a stand-in for srun (which starts the task with SLURM's variables)."""
+    (tmp_path / "srun").write_text('#!/usr/bin/env bash\nSLURM_PROCID=1 SLURM_NTASKS=2 exec "$@"\n')
+    (tmp_path / "python").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')  # shows what it was given
+    for name in ("srun", "python"):
+        (tmp_path / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "PYTHON": str(tmp_path / "python"),
+           "PARTS": "4", "SLURM_ARRAY_TASK_ID": "3", "SLURM_SUBMIT_DIR": str(ROOT)}
+    result = subprocess.run(["bash", str(ROOT / "launch/shards.sbatch"), "prepare", "--out", "a folder/with space"],
+                            env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines() == ["-m", "shards.cli", "prepare", "--out", "a folder/with space", "--part", "7/8"]
 
 
 def test_the_trainer_reads_slurm_tasks_through_the_same_module():
