@@ -50,6 +50,8 @@ from shards.ranks import LauncherEnvironmentError, job_place
 
 PARTS = "parts"
 """Field of a split run's ``run.json`` (and of the combined summary): the number of parts."""
+PART = "part"
+"""Field of a part's own ``run.json``: its index."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ def claim_part(
     _claim_split(out, shared, overwrite, stage, argument_differences, error)
     folder = part.folder(out)
     folder.mkdir(exist_ok=True)
-    return folder, claim_output_folder(folder, {**record, "part": part.index, PARTS: part.count}, **options)
+    return folder, claim_output_folder(folder, {**record, PART: part.index, PARTS: part.count}, **options)
 
 
 def _refuse_split(out: Path, overwrite: bool, error: type[Exception]) -> None:
@@ -222,12 +224,14 @@ def _split_differences(previous: dict[str, Any], shared: dict[str, Any], stage: 
 
 
 def split_count(out: Path) -> int | None:
-    """N for a folder holding a run split into N parts; None otherwise."""
+    """N for a folder holding a run split into N parts; None otherwise (a run of one part, a part's own
+    folder, or no run)."""
     run_file = Path(out) / schema.RUN_FILE
     if not run_file.exists():
         return None
-    count = read_json(run_file).get(PARTS, 1)
-    return count if count > 1 else None
+    record = read_json(run_file)
+    count = record.get(PARTS, 1)
+    return count if count > 1 and PART not in record else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -404,7 +408,12 @@ def _single_status(out: Path) -> int:
         print(f"videobert shards status: error: {out} holds no run of a shard stage (no {schema.RUN_FILE})",
               file=sys.stderr)
         return 2
-    stage = read_json(run_file).get("stage", "?")
+    record = read_json(run_file)
+    stage = record.get("stage", "?")
+    if PART in record:
+        print(f"{out} is part {record[PART]} of a {stage} run in {record.get(PARTS)} parts: "
+              f"videobert shards status {out.parent}")
+        return 2
     summary = out / schema.SUMMARY_FILE
     if summary.exists():
         print(f"{out}: a {stage} run of one part, finished; its summary is {summary}")

@@ -2,13 +2,21 @@
 
     videobert shards prepare --videos VIDEOS/ --transcripts caption.json --out SHARDS/
         [--fps 20] [--size 224] [--crop center|none|HxW] [--clip-len 30] [--min-last-clip N]
-        [--max-samples N] [--max-bytes 1G] [--workers N] [--transcript-format FMT] [--overwrite]
+        [--max-samples N] [--max-bytes 1G] [--workers N] [--transcript-format FMT] [--language en]
+        [--part I/N] [--overwrite]
 
 One sample per caption segment: the segment's frames (decoded once per video at ``--fps``, short side
 ``--size``, centre crop), grouped into clips of ``--clip-len`` frames (see ``shards.clips`` for the
 boundary and trailing-clip rules), its text and metadata (``shards.schema``). Videos are matched to
 transcript ids by file name without extension; transcripts are read by ``shards.transcripts``
-(HowTo100M caption.json, YouCook2 annotations, WebVTT, SRT, JSONL manifest).
+(HowTo100M caption.json, YouCook2 annotations, WebVTT, SRT, JSONL manifest; subtitles named
+``VIDEO_ID.LANG.vtt`` as yt-dlp writes them, one language per video). A folder may be given as both
+``--videos`` and ``--transcripts``; files in it that are neither are ignored and counted.
+
+Parts. ``--part I/N`` (or the launcher's variables, ``shards.parts``) prepares the videos whose id
+hashes to part I, into ``SHARDS/part-0000I/``, resumable on its own; ``videobert shards status SHARDS``
+combines the parts. A part reads only its own videos' captions from the transcripts (caption.json is
+streamed), and its workers are started before it reads them, so they never hold the captions.
 
 Work. Worker processes (``--workers``, default: one per CPU) each decode one video in one pass and
 spool its samples to a temporary tar in the output folder (``shards.cut``); the main process copies
