@@ -40,8 +40,8 @@ A run killed at any moment leaves no file a reader would take for a complete sha
 Bad input never stops the run: a missing, empty, unreadable or audio-only video file, a malformed or
 non-UTF-8 transcript, segments that are empty, reversed, overlapping, out of order or past the end of
 the video are each fixed or listed in errors.jsonl. A truncated video contributes the frames decoded
-before the damage. Exit status: 0 when samples were written, 1 when nothing at all could be written,
-2 when the arguments are wrong.
+before the damage. Exit status: 0 when samples were written (or a part was given no video at all), 1
+when nothing at all could be written, 2 when the arguments are wrong.
 """
 
 from __future__ import annotations
@@ -641,7 +641,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"videobert shards prepare: error: {e}", file=sys.stderr)
         return 2
     print(format_summary(summary, part.folder(args.out)))
-    return 0 if summary.segments_written > 0 else 1
+    nothing_to_do = not part.whole and summary.videos_read == 0  # more parts than videos: not a failure
+    return 0 if summary.segments_written > 0 or nothing_to_do else 1
 
 
 def format_summary(summary: PrepareSummary, out: Path) -> str:

@@ -30,8 +30,8 @@ length / frame size than the codebook's encoder expects are each listed in ``err
 the shard, key and reason) and counted; ``summary.json`` adds up (samples written + skipped = read).
 A shard that fails in any other way (a worker killed, a disk error) is listed in ``errors.jsonl``
 and not committed: the run goes on, and a re-run retries it. Exit status: 0 when samples were
-written and no shard failed, 1 when none could be written or some shard failed, 2 when the
-arguments are wrong.
+written (or a part was given no shard) and no shard failed, 1 when none could be written or some
+shard failed, 2 when the arguments are wrong.
 """
 
 from __future__ import annotations
@@ -591,7 +591,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"videobert shards tokenize: error: {e}", file=sys.stderr)
         return 2
     print(format_summary(summary, part.folder(args.out)))
-    return 0 if summary.samples_written > 0 and not summary.shards_failed else 1
+    nothing_to_do = summary.shards_read == 0  # a part of a run with fewer shards than parts
+    return 0 if (summary.samples_written > 0 or nothing_to_do) and not summary.shards_failed else 1
 
 
 def format_summary(s: TokenizeSummary, out: Path) -> str:

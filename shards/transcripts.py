@@ -494,7 +494,12 @@ def _normalize(
         ))
     kept: list[Segment] = []
     for index, i in enumerate(order):
-        segment, problem = _check_segment(video_id, index, entries[i], kept[-1] if kept else None, input_name, source)
+        entry = entries[i]
+        text = " ".join(entry.text.split())
+        if text and 0 <= entry.start < entry.end and (not kept or entry.start >= kept[-1].end):
+            kept.append(Segment(video_id, index, entry.start, entry.end, text, source))  # nothing to fix
+            continue
+        segment, problem = _check_segment(video_id, index, entry, kept[-1] if kept else None, input_name, source)
         if problem is not None:
             problems.append(problem)
         if segment is not None:

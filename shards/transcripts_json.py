@@ -20,7 +20,7 @@ from typing import Any
 
 from shards.json_members import Member, StructureError, iter_members, line_column
 from shards.transcripts import (
-    HOWTO100M, YOUCOOK2, Entry, Line, ParsedFile, add_entry, at_offset, decode_line, is_time, video_id_of,
+    HOWTO100M, YOUCOOK2, Entry, Line, ParsedFile, add_entry, at_offset, decode_line, video_id_of,
 )
 
 _SURROGATE = re.compile("[\udc80-\udcff]")  # what undecodable bytes become with surrogateescape
@@ -218,8 +218,10 @@ def _read_howto100m_video(path: Path, member: Member, parsed: ParsedFile) -> Non
     entries = parsed.entries.setdefault(video_id, [])
     clean = not bad.by_path
     for i, (start, end, text) in enumerate(zip(*columns)):
-        if clean and is_time(start) and is_time(end) and isinstance(text, str):
-            entries.append(Entry(video_id, float(start), float(end), text))  # the common case, without a call
+        # The common case inline (numbers are parsed as floats; x - x is 0 only for finite x).
+        if clean and type(start) is float and type(end) is float and type(text) is str \
+                and start - start == 0.0 and end - end == 0.0:
+            entries.append(Entry(video_id, start, end, text))
         else:
             add_entry(parsed, path, video_id, f"entry {i}", start, end, text, bad.at("text", i))
     if not entries:

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_prepare import captions, render  # noqa: E402
 
-PREPARE = ["--fps", "10", "--size", "64", "--clip-len", "15", "--max-samples", "200", "--no-progress"]
+PREPARE = ["--fps", "10", "--size", "64", "--clip-len", "15", "--max-samples", "8", "--no-progress"]
 
 
 def children_cpu() -> float:
