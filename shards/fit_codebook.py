@@ -227,15 +227,7 @@ def fit_codebook(config: FitCodebookConfig) -> FitSummary:
         raise NoClipsError(f"no clip could be read from {len(run.urls)} shards (see {out / schema.ERRORS_FILE})")
     codebook, fit, leaves_used = _fit(config, run.encoder, merged, used, run.device)
     codebook.save(codebook_path)  # first: nothing after this may lose the fit
-    summary = FitSummary(
-        codebook=str(codebook_path), codebook_hash=codebook.hash, encoder=run.encoder.spec.to_dict(),
-        shards=len(run.urls), clips_available=sum(p.clips for p in run.plans),
-        clips_planned=sum(record["planned"] for _, record in files), clips_used=used,
-        feature_dim=run.encoder.spec.feature_dim, depth=codebook.depth, branching=codebook.branching,
-        num_leaves=codebook.num_leaves, leaves_used=leaves_used, seed=config.seed, inertia=fit.inertia,
-        iterations=fit.iterations, errors_lines=len(errors),
-        encode_seconds=sum(record["seconds"] for _, record in files), fit_seconds=fit.seconds, seconds=0.0,
-    )
+    summary = _summary(codebook_path, codebook, fit, leaves_used, run, files, len(errors))
     summary.picture = _draw(out / PICTURE_FILE, codebook, merged, used, run)
     summary.seconds = time.perf_counter() - started
     write_json_atomic(out / schema.SUMMARY_FILE, summary.to_json())
@@ -243,6 +235,19 @@ def fit_codebook(config: FitCodebookConfig) -> FitSummary:
         merged.unlink()
         shutil.rmtree(features_out)
     return summary
+
+
+def _summary(path: Path, codebook: Codebook, fit, leaves_used: int, run: FeatureRun,
+             files: list[tuple[Path, dict[str, Any]]], errors_lines: int) -> FitSummary:
+    return FitSummary(
+        codebook=str(path), codebook_hash=codebook.hash, encoder=run.encoder.spec.to_dict(),
+        shards=len(run.urls), clips_available=sum(p.clips for p in run.plans),
+        clips_planned=sum(record["planned"] for _, record in files),
+        clips_used=sum(record["rows"] for _, record in files), feature_dim=run.encoder.spec.feature_dim,
+        depth=codebook.depth, branching=codebook.branching, num_leaves=codebook.num_leaves, leaves_used=leaves_used,
+        seed=run.seed, inertia=fit.inertia, iterations=fit.iterations, errors_lines=errors_lines,
+        encode_seconds=sum(record["seconds"] for _, record in files), fit_seconds=fit.seconds, seconds=0.0,
+    )
 
 
 def _draw(path: Path, codebook: Codebook, merged: Path, used: int, run: FeatureRun) -> str:

@@ -68,6 +68,8 @@ class TokenizeError(ValueError):
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+BF16_SHARE_NOTED = 0.05
+"""Above this share of clips whose visual word differs from fp32's, the summary suggests fp32."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -606,6 +608,9 @@ def format_summary(s: TokenizeSummary, out: Path) -> str:
     if s.fp32_check_clips:
         lines.append(f"  bf16     {s.fp32_check_differ} of {s.fp32_check_clips} clips checked against fp32 got "
                      f"another visual word ({100 * s.fp32_check_share:.2f} %)")
+        if s.fp32_check_share > BF16_SHARE_NOTED:
+            lines.append("           more than the codebook should tolerate: consider --precision fp32 (the codebook "
+                         "was fitted on fp32 features)")
     if s.shards_failed:
         lines.append(f"  {s.shards_failed} shards FAILED (see {out / schema.ERRORS_FILE}); re-run to retry them")
     if s.errors_lines:

@@ -167,3 +167,14 @@ def test_training_runs_on_token_shards_written_by_parts(clips, codebook, tmp_pat
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = [json.loads(x) for x in RunFolder(run).metrics.read_text().splitlines() if x.strip()]
     assert {m["step"] for m in lines if m["split"] == "train"} == {1, 2}
+
+
+@pytest.mark.gpu
+def test_tokenize_on_a_gpu_runs_bf16_and_states_its_share_of_other_words(clips, codebook, tmp_path):
+    fp32 = _tokenize(clips, codebook, tmp_path / "fp32", device="cuda", precision="fp32")
+    bf16 = _tokenize(clips, codebook, tmp_path / "bf16", device="cuda", part="0/1")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16") and bf16.fp32_check_clips > 0
+    a = {s.key: s.tokens for s in reader.iter_samples(reader.resolve_shards(tmp_path / "fp32"))}
+    b = {s.key: s.tokens for s in reader.iter_samples(reader.resolve_shards(tmp_path / "bf16"))}
+    differ = sum(int((a[k] != b[k]).sum()) for k in a) / sum(len(a[k]) for k in a)
+    assert differ <= 0.5 and bf16.fp32_check_share <= 0.5  # the share the summary states, and the whole run's
