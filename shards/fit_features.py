@@ -326,7 +326,7 @@ def ready_features(run: FeatureRun, out: Path) -> None:
     differences = _differences(shared, run.record())
     if differences:
         raise FitError(f"the features in {out} were extracted with other arguments ({'; '.join(differences)}); fit "
-                       "with the arguments the parts ran with, or add --overwrite and run the parts again")
+                       "with the arguments the parts ran with, or run the parts again with these and --overwrite")
     if not status.complete:
         todo = sorted(p.index for p in status.parts if p.summary is None or p.other_arguments)
         raise FitError(f"the feature pass in {out} is split into {count} parts and parts {todo} are not finished "

@@ -120,11 +120,16 @@ def report(args: argparse.Namespace, folder: Path) -> None:
                  "synthetic", "--depth", "2", "--branching", "8", "--num-clips", "2000", "--no-progress")])
     rows["tokenize"] = measure("tokenize", lambda out, split: tokenize_commands(
         folder / "prepare-one", codebook, out, args.workers, split), args.repeats, args.workers, folder)
+    start = startup_cpu()
+    print(f"one more process starts in {start:.1f} CPU s (imports): the fixed cost of a part")
     for name, best in rows.items():
         (one_cpu, one_wall), (parts_cpu, parts_wall) = best.values()
         print(f"{name:<9} " + "   ".join(f"{key}: {cpu:7.1f} CPU s ({wall:5.1f} s wall)" for key, (cpu, wall)
                                          in best.items()) + f"   split cost {100 * (parts_cpu / one_cpu - 1):+.1f} %")
-    print(f"one more process starts in {startup_cpu():.1f} CPU s (imports): the fixed cost of a part")
+    extra = args.workers - 1  # processes the parts start beyond one process's (prepare forks its workers)
+    (one_cpu, _), (parts_cpu, _) = rows["prepare"].values()
+    print(f"prepare's split cost less the {extra} more process start(s): "
+          f"{100 * ((parts_cpu - extra * start) / one_cpu - 1):+.1f} % (what a part of hours of work pays)")
     print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
