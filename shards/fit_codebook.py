@@ -53,9 +53,10 @@ from models.visual.encoder import ClipEncoder, build_encoder
 from models.visual.kmeans import KMeansConfig, fit_hierarchical_kmeans
 from models.vocab import VISUAL_TOKEN_FORMAT
 from shards import reader, schema
-from shards.fit_features import (  # noqa: F401 - plan_sample and the device/encoder helpers are used by tokenize and the tests
+from shards.fit_features import (  # noqa: F401 - plan_sample, resolve_device, spec_mismatch: kept importable from here
     FEATURES_FOLDER, STAGE, SUMMARY_RULES, FeatureRun, FeaturesSummary, FitError, ShardPlan, collected,
-    encoder_options, extract, iter_chosen_clips, merge, plan_sample, ready_features, resolve_device, spec_mismatch,
+    encoder_options, extract, iter_chosen_clips, merge, plan_sample, process_device, ready_features, resolve_device,
+    spec_mismatch,
 )
 from shards.folders import ErrorLog, write_json_atomic
 from shards.options import Flag, add_config_arguments, config_from_args
@@ -183,10 +184,10 @@ class NoClipsError(RuntimeError):
     """Nothing could be encoded: every sampled shard was unreadable."""
 
 
-def feature_run(config: FitCodebookConfig) -> FeatureRun:
+def feature_run(config: FitCodebookConfig, part: Part | None = None) -> FeatureRun:
     """The encoder and the plan of clips every part computes alike."""
     urls = _resolve(config.clips)
-    device = resolve_device(config.device)
+    device = process_device(config.device, part or Part())
     encoder = _build_encoder(config).to(device)
     errors: list[dict[str, Any]] = []
     plans = plan_sample(urls, config.num_clips, config.seed, encoder.spec, errors)
@@ -197,7 +198,7 @@ def feature_run(config: FitCodebookConfig) -> FeatureRun:
 
 def extract_features(config: FitCodebookConfig, part: Part) -> FeaturesSummary:
     """The feature pass of one part (no fit): ``fit-codebook --part I/N``."""
-    return extract(feature_run(config), Path(config.out) / FEATURES_FOLDER, part)
+    return extract(feature_run(config, part), Path(config.out) / FEATURES_FOLDER, part)
 
 
 def fit_codebook(config: FitCodebookConfig) -> FitSummary:

@@ -45,6 +45,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def process_device(name: str, part: Part) -> torch.device:
+    """The device asked for; under a launcher (one process per GPU) ``auto``/``cuda`` is the process's own GPU."""
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None and part.local_rank is not None:
+        return torch.device("cuda", part.local_rank % max(1, torch.cuda.device_count()))
+    return device
+
+
 def encoder_options(weights: str | None) -> dict[str, Any]:
     """Options for ``build_encoder`` from the command line (only S3D takes weights)."""
     return {"weights": weights} if weights else {}

@@ -55,7 +55,7 @@ from models.visual.codebook import Codebook, CodebookError
 from models.visual.tokenizer import VisualTokenizer
 from shards import reader, schema
 from shards.options import Flag, add_config_arguments, config_from_args
-from shards.fit_codebook import encoder_options, resolve_device
+from shards.fit_features import encoder_options, process_device
 from shards.parts import Part, PartOption, SummaryRules, claim_part, finish_part
 from shards.ranks import available_cpus
 from shards.writer import ErrorLog, ShardStats, ShardWriter, tar_size, write_json_atomic
@@ -382,7 +382,7 @@ def tokenize(config: TokenizeConfig) -> TokenizeSummary:
     started = time.perf_counter()
     part = config_part(config)
     urls, codebook = _inputs(config)
-    device = _device(config, part)
+    device = process_device(config.device, part)
     precision = resolve_precision(config.precision, device)
     options = tuple(sorted(encoder_options(config.encoder_weights).items()))
     out = Path(config.out)
@@ -411,14 +411,6 @@ def config_part(config: TokenizeConfig) -> Part:
         return config.resolve_part()
     except ValueError as e:
         raise TokenizeError(str(e)) from None
-
-
-def _device(config: TokenizeConfig, part: Part) -> torch.device:
-    """The device asked for; under a launcher (one process per GPU), the process's own GPU."""
-    device = resolve_device(config.device)
-    if device.type == "cuda" and device.index is None and part.local_rank is not None:
-        return torch.device("cuda", part.local_rank % max(1, torch.cuda.device_count()))
-    return device
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
