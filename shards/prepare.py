@@ -73,7 +73,7 @@ from shards.options import Flag, add_config_arguments, config_from_args
 from shards.parts import Part, PartOption, SummaryRules, claim_part, finish_part
 from shards.ranks import available_cpus
 from shards.transcripts import (
-    DEFAULT_LANGUAGE, FORMATS, SKIPPED, Problem, Transcripts, is_transcript_file, is_video_file,
+    DEFAULT_LANGUAGE, FORMATS, SKIPPED, Problem, Transcripts, files_under, is_transcript_file, is_video_file,
     list_transcript_files, read_transcripts,
 )
 from shards.writer import (
@@ -211,7 +211,7 @@ def list_videos(paths: Iterable[str | os.PathLike]) -> VideoFiles:
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.is_file())
+            inside = files_under(path)
             found += [p for p in inside if is_video_file(p)]
             ignored.update(p.absolute() for p in inside if not is_video_file(p) and not is_transcript_file(p))
         else:

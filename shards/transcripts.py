@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -208,7 +209,7 @@ def list_transcript_files(paths: Iterable[str | Path]) -> TranscriptFiles:
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.is_file())
+            inside = files_under(path)
             found.files += [p for p in inside if is_transcript_file(p)]
             found.ignored.update(p.absolute() for p in inside if not is_transcript_file(p) and not is_video_file(p))
         elif path.is_file():
@@ -216,6 +217,16 @@ def list_transcript_files(paths: Iterable[str | Path]) -> TranscriptFiles:
         else:
             found.missing.append(path)
     return found
+
+
+def files_under(folder: Path) -> list[Path]:
+    """The files in a folder and its subfolders, sorted. Read from the directory entries (no ``stat``
+    per file): every part of a split run lists a corpus folder of a million videos, often on a shared
+    file system."""
+    found = []
+    for top, _, names in os.walk(folder):
+        found += [Path(top, name) for name in names]
+    return sorted(found)
 
 
 def is_transcript_file(path: Path) -> bool:
