@@ -12,9 +12,11 @@ CPU seconds (user + system, their workers and ffmpeg included) are counted:
              codebook fitted on them) by one process with ``--workers W``, against W parts with one
              worker each.
 
-Prints the CPU seconds of each, the split's cost (parts / one process - 1; goal: at most 5 %), and the
-CPU seconds of starting one more process (``import shards.prepare``: the fixed cost of a part, which
-a part of hours of work does not notice). Wall times are printed but are noise on a shared machine.
+Prints the CPU seconds of each, the split's cost (parts / one process - 1; goal: at most 5 %), the CPU
+seconds of starting one more process (``import shards.prepare``: the fixed cost of a part, which a
+part of hours of work does not notice) and the split's cost less those starts. Every process runs
+with one thread per worker (``OMP_NUM_THREADS=1``), so both forms compute alike. Wall times are
+printed but are noise on a shared machine.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def children_cpu() -> float:
 def timed(commands: list[list[str]]) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of running the commands at once, to the end."""
     cpu, wall = children_cpu(), time.perf_counter()
-    processes = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in commands]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per worker or part, as tokenize's pool gives its workers
+    processes = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) for c in commands]
     for process, command in zip(processes, commands):
         _, err = process.communicate()
         if process.returncode != 0:
@@ -126,10 +129,12 @@ def report(args: argparse.Namespace, folder: Path) -> None:
         (one_cpu, one_wall), (parts_cpu, parts_wall) = best.values()
         print(f"{name:<9} " + "   ".join(f"{key}: {cpu:7.1f} CPU s ({wall:5.1f} s wall)" for key, (cpu, wall)
                                          in best.items()) + f"   split cost {100 * (parts_cpu / one_cpu - 1):+.1f} %")
-    extra = args.workers - 1  # processes the parts start beyond one process's (prepare forks its workers)
-    (one_cpu, _), (parts_cpu, _) = rows["prepare"].values()
-    print(f"prepare's split cost less the {extra} more process start(s): "
-          f"{100 * ((parts_cpu - extra * start) / one_cpu - 1):+.1f} % (what a part of hours of work pays)")
+    # Processes the parts start beyond one process's: prepare forks its workers (no start of their own),
+    # tokenize spawns them (each starts, as a part does).
+    for name, extra in (("prepare", args.workers - 1), ("tokenize", -1)):
+        (one_cpu, _), (parts_cpu, _) = rows[name].values()
+        print(f"{name}'s split cost less the {extra:+d} process start(s): "
+              f"{100 * ((parts_cpu - extra * start) / one_cpu - 1):+.1f} % (what a part of hours of work pays)")
     print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
