@@ -18,6 +18,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "inspect": ("shards.inspect", "show shards' schema, counts and one sample; --frames saves a PNG of its clips"),
     "fit-codebook": ("shards.fit_codebook", "clip shards -> encoder features -> hierarchical k-means codebook file"),
     "tokenize": ("shards.tokenize", "clip shards -> token shards (visual-word ids per clip), parallel and resumable"),
+    "status": ("shards.parts", "a stage run in parts (--part I/N): parts missing or unfinished, combined summary"),
 }
 """Stage name -> (module, one-line help)."""
 

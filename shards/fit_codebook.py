@@ -2,221 +2,89 @@
 
     videobert shards fit-codebook --clips CLIPS/ --out CODEBOOK/ [--encoder s3d --encoder-weights s3d.pth]
         [--num-clips 100000] [--depth 4] [--branching 12] [--seed 0] [--batch-size 32] [--device auto]
+        [--part I/N]
 
 1. Sample ``--num-clips`` clips spread over the clip shards: each shard contributes in proportion to
    its clips (read from its stats file; shards without one are counted by a quick read), the clips
    within a shard are drawn at random. Deterministic from ``--seed``.
-2. Encode them in batches with the frozen encoder (``--encoder``: ``s3d`` as in the paper, which
-   needs ``--encoder-weights``, or the built-in ``synthetic``) on ``--device``, with a progress bar,
-   into ``features.npy`` in the output folder (float32, written as it goes; removed at the end
-   unless ``--keep-features``).
-3. Fit the ``--depth`` x ``--branching`` tree (``models.visual.kmeans``; features streamed from
-   that file), save ``codebook.safetensors`` (``models.visual.codebook``), write ``summary.json``
-   and print it: clips used, feature dimension, inertia per level, leaves used, time.
+2. Encode them with the frozen encoder (``--encoder``: ``s3d`` as in the paper, which needs
+   ``--encoder-weights``, or the built-in ``synthetic``) on ``--device``, with a progress bar, shard
+   by shard into feature files in ``CODEBOOK/features/`` (``shards.fit_features``). This pass can be
+   split over machines: ``--part I/N`` (or a launcher's variables) encodes part I of the shards and
+   stops; ``videobert shards status CODEBOOK/features`` shows the parts.
+3. Fit the ``--depth`` x ``--branching`` tree (``models.visual.kmeans``) on one machine over all the
+   features, merged in shard order into ``features.npy`` (streamed from that file): run without
+   ``--part`` once every part is done (any feature file still missing in a run of one part is encoded
+   first). A codebook fitted from parts has the hash of one fitted in one run. Save
+   ``codebook.safetensors`` (``models.visual.codebook``), write ``summary.json`` and print it: clips
+   used, feature dimension, inertia per level, leaves used, time.
 4. Draw ``leaves.png``: for the most used visual words, the middle frames of sampled clips that
-   fall in them (a look at what the codebook tells apart).
+   fall in them (a look at what the codebook tells apart). Drawn after the codebook is saved: a
+   picture that cannot be drawn is reported, and the codebook stays.
 
-Clip shards whose fps, clip length or frame size differ from what the encoder expects are refused,
-naming both. Unreadable samples and truncated shards are listed in ``errors.jsonl`` and the fit goes
-on with the clips that could be read. An existing codebook is not replaced without ``--overwrite``
-(token shards made with it would no longer match). Exit status: 0 when a codebook was written, 1
-when no clip could be encoded, 2 when the arguments are wrong.
+The feature files are removed once the codebook is saved, unless ``--keep-features`` (then
+``features.npy`` is kept too); a run that fails keeps them, and a re-run reuses every feature file
+already committed. Clip shards whose fps, clip length or frame size differ from what the encoder
+expects are refused, naming both. Unreadable samples and truncated shards are listed in
+``errors.jsonl`` and the fit goes on with the clips that could be read. An existing codebook is not
+replaced without ``--overwrite`` (token shards made with it would no longer match); features
+extracted with other arguments are not replaced without it either. Exit status: 0 when a codebook
+(or a part's features) was written, 1 when no clip could be encoded, 2 when the arguments are wrong.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import shutil
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from models.visual.codebook import CODEBOOK_FILE, Codebook
 from models.visual.encoder import ClipEncoder, build_encoder
 from models.visual.kmeans import KMeansConfig, fit_hierarchical_kmeans
 from models.vocab import VISUAL_TOKEN_FORMAT
 from shards import reader, schema
+from shards.fit_features import (  # noqa: F401 - plan_sample, resolve_device, spec_mismatch: kept importable from here
+    FEATURES_FOLDER, STAGE, SUMMARY_RULES, FeatureRun, FeaturesSummary, FitError, ShardPlan, collected,
+    encoder_options, extract, iter_chosen_clips, merge, plan_sample, process_device, ready_features, resolve_device,
+    spec_mismatch,
+)
+from shards.folders import ErrorLog, write_json_atomic
 from shards.options import Flag, add_config_arguments, config_from_args
-from shards.writer import ErrorLog, write_json_atomic
+from shards.parts import Part, PartOption
 
-STAGE = "fit-codebook"
 FEATURES_FILE = "features.npy"
+"""The merged sample of features the tree is fitted on (kept with ``--keep-features``)."""
 PICTURE_FILE = "leaves.png"
 THUMB = 48
 """Pixels of the longer side of each frame in the picture."""
-
-
-class FitError(ValueError):
-    """The stage cannot run as asked (bad arguments, clips prepared for another encoder)."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Shared with the tokenize stage
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else as torch spells it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def encoder_options(weights: str | None) -> dict[str, Any]:
-    """Options for ``build_encoder`` from the command line (only S3D takes weights)."""
-    return {"weights": weights} if weights else {}
-
-
-def spec_mismatch(encoder_spec, meta: schema.SampleMeta | dict[str, Any], where: str) -> str | None:
-    """Why clips (a sample's metadata or a shard's stats) do not suit the encoder, or None."""
-    get = meta.get if isinstance(meta, dict) else lambda name: getattr(meta, name)
-    if get("fps") is None or get("clip_len") is None or get("frame_size") is None:
-        return None
-    wrong = encoder_spec.mismatches(
-        fps=float(get("fps")), clip_len=int(get("clip_len")), frame_size=tuple(get("frame_size"))
-    )
-    if not wrong:
-        return None
-    return (
-        f"{where}: clips have " + ", ".join(wrong) + f"; encoder {encoder_spec.name!r} expects "
-        f"{encoder_spec.fps:g} fps, {encoder_spec.clip_len}-frame clips of {tuple(encoder_spec.frame_size)} "
-        "pixels (prepare the clips with those settings, or choose the encoder that matches them)"
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
-# Which clips: a plan spread over the shards
-
-
-@dataclass
-class ShardPlan:
-    url: str
-    clips: int
-    """Clips the shard holds."""
-    chosen: np.ndarray
-    """Sorted indices (within the shard, counting clips in sample order) of the clips to encode."""
-
-
-def count_clips(url: str, errors: list[dict[str, Any]]) -> tuple[int, dict[str, Any] | None]:
-    """(clips, stats) of a shard: from its stats file, else by reading it without decoding arrays."""
-    stats = reader.read_stats(url)
-    if stats is not None:
-        return int(stats["clips"]), stats
-    total = 0
-    for sample in reader.iter_samples([url], decode_arrays=False, on_error=_collect(errors)):
-        total += sample.meta.n_clips
-    return total, None
-
-
-def plan_sample(
-    urls: list[str], num_clips: int, seed: int, encoder_spec, errors: list[dict[str, Any]]
-) -> list[ShardPlan]:
-    """``num_clips`` clips spread over the shards in proportion to their size (all when fewer)."""
-    counts = []
-    for url in urls:
-        clips, stats = count_clips(url, errors)
-        problem = spec_mismatch(encoder_spec, stats, url) if stats else None
-        if problem:
-            raise FitError(problem)
-        counts.append(clips)
-    quotas = _proportional(np.array(counts, dtype=np.int64), num_clips)
-    plans = []
-    for index, (url, clips, quota) in enumerate(zip(urls, counts, quotas)):
-        rng = np.random.default_rng([seed, index])
-        chosen = np.sort(rng.choice(clips, size=int(quota), replace=False)) if quota < clips else np.arange(clips)
-        plans.append(ShardPlan(url, clips, chosen))
-    return plans
-
-
-def _proportional(counts: np.ndarray, total: int) -> np.ndarray:
-    """Integer quotas proportional to ``counts`` summing to ``min(total, counts.sum())`` (largest remainder)."""
-    available = int(counts.sum())
-    if total >= available:
-        return counts.copy()
-    exact = counts * (total / available)
-    quotas = np.floor(exact).astype(np.int64)
-    order = np.argsort(-(exact - quotas), kind="stable")
-    quotas[order[: total - int(quotas.sum())]] += 1
-    return np.minimum(quotas, counts)
-
-
-def _collect(errors: list[dict[str, Any]]):
-    def on_error(url: str, exc: Exception) -> None:
-        errors.append({"stage": STAGE, "input": url, "reason": str(exc)})
-
-    return on_error
-
-
-# ---------------------------------------------------------------------------------------------------
-# Encoding the chosen clips into a feature file
-
-
-def iter_chosen_clips(plans: list[ShardPlan], encoder_spec, errors: list[dict[str, Any]]) -> Iterator[np.ndarray]:
-    """The chosen clips (clip_len, H, W, 3), in plan order, one at a time."""
-    for plan in plans:
-        if len(plan.chosen) == 0:
-            continue
-        offset = 0
-        for sample in reader.iter_samples([plan.url], on_error=_collect(errors)):
-            if sample.meta.kind != schema.CLIP_KIND:
-                raise FitError(f"{plan.url}: holds {sample.meta.kind} samples; fit-codebook needs clip shards")
-            problem = spec_mismatch(encoder_spec, sample.meta, f"{plan.url}:{sample.key}")
-            if problem:
-                raise FitError(problem)
-            lo, hi = np.searchsorted(plan.chosen, [offset, offset + sample.meta.n_clips])
-            for index in plan.chosen[lo:hi]:
-                yield sample.frames[index - offset]
-            offset += sample.meta.n_clips
-
-
-def encode_to_file(
-    clips: Iterator[np.ndarray], planned: int, encoder: ClipEncoder, path: Path, batch_size: int,
-    device: torch.device, progress: bool,
-) -> int:
-    """Encode clips into an (planned, D) float32 .npy; returns how many rows were filled."""
-    features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(planned, encoder.spec.feature_dim))
-    filled = 0
-    bar = tqdm(total=planned, unit="clip", desc="encoding", disable=not progress)
-    batch: list[np.ndarray] = []
-
-    def flush() -> None:
-        nonlocal filled
-        out = encoder(torch.from_numpy(np.stack(batch)).to(device)).cpu().numpy()
-        features[filled: filled + len(out)] = out
-        filled += len(out)
-        bar.update(len(out))
-        batch.clear()
-
-    for clip in clips:
-        batch.append(clip)
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
-    bar.close()
-    features.flush()
-    del features
-    return filled
+PICTURE_CLIPS = 512
+"""Clips (the first of the sample) whose middle frames the picture may show."""
 
 
 # ---------------------------------------------------------------------------------------------------
 # A picture of the codebook: what the most used visual words look like
 
 
-def with_thumbnails(clips: Iterator[np.ndarray], thumbs: list[np.ndarray], limit: int = 512) -> Iterator[np.ndarray]:
-    """Pass clips through, keeping a small copy of the middle frame of the first ``limit``."""
-    for clip in clips:
-        if len(thumbs) < limit:
-            frame = Image.fromarray(clip[len(clip) // 2])
-            frame.thumbnail((THUMB, THUMB))
-            thumbs.append(np.asarray(frame))
-        yield clip
+def thumbnails(plans: list[ShardPlan], encoder_spec, limit: int = PICTURE_CLIPS) -> list[np.ndarray]:
+    """Small copies of the middle frames of the sample's first ``limit`` clips (the features' first rows)."""
+    thumbs: list[np.ndarray] = []
+    for clip in iter_chosen_clips(plans, encoder_spec, []):
+        if len(thumbs) == limit:
+            break
+        frame = Image.fromarray(clip[len(clip) // 2])
+        frame.thumbnail((THUMB, THUMB))
+        thumbs.append(np.asarray(frame))
+    return thumbs
 
 
 def save_leaf_picture(path: Path, codebook: Codebook, features: np.ndarray, thumbs: list[np.ndarray],
@@ -239,13 +107,13 @@ def save_leaf_picture(path: Path, codebook: Codebook, features: np.ndarray, thum
 
 
 @dataclass(frozen=True, kw_only=True)
-class FitCodebookConfig:
+class FitCodebookConfig(PartOption):
     """Everything the stage needs; validated on construction."""
 
     clips: tuple[str, ...]
     """Clip shards: folders, tar files, globs or brace patterns."""
     out: str
-    """Output folder for codebook.safetensors, summary.json, errors.jsonl."""
+    """Output folder for codebook.safetensors, summary.json, errors.jsonl (and features/ while it works)."""
     encoder: str = "s3d"
     """Clip encoder: s3d (the paper's) or synthetic (the built-in one, for the synthetic corpus)."""
     encoder_weights: str | None = None
@@ -263,9 +131,9 @@ class FitCodebookConfig:
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     keep_features: bool = False
-    """Keep the encoded sample of features in the output folder (a re-fit can start from it)."""
+    """Keep the encoded features in the output folder after the fit (a re-fit starts from them)."""
     overwrite: bool = False
-    """Replace an existing codebook in the output folder."""
+    """Replace an existing codebook in the output folder (and features extracted with other arguments)."""
     progress: bool = True
     """Show progress bars."""
 
@@ -276,7 +144,7 @@ class FitCodebookConfig:
             (self.depth >= 1, "--depth must be at least 1"),
             (self.branching >= 2, "--branching must be at least 2"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
-        ] if not ok]
+        ] if not ok] + self.part_problems()
         if problems:
             raise FitError("; ".join(problems))
 
@@ -302,18 +170,43 @@ class FitSummary:
     iterations: list[int]
     errors_lines: int
     encode_seconds: float
+    """Seconds spent encoding, summed over the shards (and the parts that encoded them)."""
     fit_seconds: float
     seconds: float
+    picture: str = ""
+    """The picture's file, or why it could not be drawn."""
 
     def to_json(self) -> dict[str, Any]:
         return {"stage": STAGE, **asdict(self)}
 
 
-def fit_codebook(config: FitCodebookConfig) -> FitSummary:
-    """Run the stage (library entry point; ``run`` is the command line's).
+class NoClipsError(RuntimeError):
+    """Nothing could be encoded: every sampled shard was unreadable."""
 
-    Raises ``FitError`` for wrong arguments or mismatched clips, ``NoClipsError`` when nothing could
-    be encoded.
+
+def feature_run(config: FitCodebookConfig, part: Part | None = None) -> FeatureRun:
+    """The encoder and the plan of clips every part computes alike."""
+    urls = _resolve(config.clips)
+    device = process_device(config.device, part or Part())
+    encoder = _build_encoder(config).to(device)
+    errors: list[dict[str, Any]] = []
+    plans = plan_sample(urls, config.num_clips, config.seed, encoder.spec, errors)
+    return FeatureRun(urls=urls, encoder=encoder, num_clips=config.num_clips, seed=config.seed,
+                      batch_size=config.batch_size, device=device, weights=config.encoder_weights,
+                      progress=config.progress, overwrite=config.overwrite, plans=plans, plan_errors=errors)
+
+
+def extract_features(config: FitCodebookConfig, part: Part) -> FeaturesSummary:
+    """The feature pass of one part (no fit): ``fit-codebook --part I/N``."""
+    return extract(feature_run(config, part), Path(config.out) / FEATURES_FOLDER, part)
+
+
+def fit_codebook(config: FitCodebookConfig) -> FitSummary:
+    """Run the stage on one machine: the features not extracted yet, then the fit (library entry point;
+    ``run`` is the command line's).
+
+    Raises ``FitError`` for wrong arguments, mismatched clips or unfinished feature parts,
+    ``NoClipsError`` when nothing could be encoded.
     """
     started = time.perf_counter()
     out = Path(config.out)
@@ -322,44 +215,51 @@ def fit_codebook(config: FitCodebookConfig) -> FitSummary:
         raise FitError(
             f"{codebook_path} exists; token shards made with it would no longer match. Add --overwrite to replace it"
         )
-    urls = _resolve(config.clips)
-    device = resolve_device(config.device)
-    encoder = _build_encoder(config).to(device)
-    out.mkdir(parents=True, exist_ok=True)
-    errors: list[dict[str, Any]] = []
-    plans = plan_sample(urls, config.num_clips, config.seed, encoder.spec, errors)
-    planned = sum(len(p.chosen) for p in plans)
-    features_path = out / FEATURES_FILE
-    thumbs: list[np.ndarray] = []
-    try:
-        clips = with_thumbnails(iter_chosen_clips(plans, encoder.spec, errors), thumbs)
-        used = 0
-        if planned:
-            used = encode_to_file(clips, planned, encoder, features_path, config.batch_size, device, config.progress)
-        encode_seconds = time.perf_counter() - started
-        ErrorLog(out / schema.ERRORS_FILE, errors).close()
-        if used == 0:
-            raise NoClipsError(f"no clip could be read from {len(urls)} shards (see {out / schema.ERRORS_FILE})")
-        codebook, fit, leaves_used = _fit(config, encoder, features_path, used, device)
-        save_leaf_picture(out / PICTURE_FILE, codebook, np.load(features_path, mmap_mode="r"), thumbs)
-    finally:
-        if not config.keep_features:
-            features_path.unlink(missing_ok=True)
-    codebook.save(codebook_path)
-    summary = FitSummary(
-        codebook=str(codebook_path), codebook_hash=codebook.hash, encoder=encoder.spec.to_dict(),
-        shards=len(urls), clips_available=sum(p.clips for p in plans), clips_planned=planned, clips_used=used,
-        feature_dim=encoder.spec.feature_dim, depth=codebook.depth, branching=codebook.branching,
-        num_leaves=codebook.num_leaves, leaves_used=leaves_used, seed=config.seed, inertia=fit.inertia,
-        iterations=fit.iterations, errors_lines=len(errors), encode_seconds=encode_seconds,
-        fit_seconds=fit.seconds, seconds=time.perf_counter() - started,
-    )
+    run = feature_run(config)
+    features_out = out / FEATURES_FOLDER
+    ready_features(run, features_out)
+    files = collected(features_out, len(run.urls))
+    errors = list(run.plan_errors) + [e for _, record in files for e in record["errors"]]
+    ErrorLog(out / schema.ERRORS_FILE, errors).close()
+    merged = out / FEATURES_FILE
+    used = merge(files, merged, run.encoder.spec.feature_dim)
+    if used == 0:
+        merged.unlink()
+        raise NoClipsError(f"no clip could be read from {len(run.urls)} shards (see {out / schema.ERRORS_FILE})")
+    codebook, fit, leaves_used = _fit(config, run.encoder, merged, used, run.device)
+    codebook.save(codebook_path)  # first: nothing after this may lose the fit
+    summary = _summary(codebook_path, codebook, fit, leaves_used, run, files, len(errors))
+    summary.picture = _draw(out / PICTURE_FILE, codebook, merged, used, run)
+    summary.seconds = time.perf_counter() - started
     write_json_atomic(out / schema.SUMMARY_FILE, summary.to_json())
+    if not config.keep_features:
+        merged.unlink()
+        shutil.rmtree(features_out)
     return summary
 
 
-class NoClipsError(RuntimeError):
-    """Nothing could be encoded: every sampled shard was unreadable."""
+def _summary(path: Path, codebook: Codebook, fit, leaves_used: int, run: FeatureRun,
+             files: list[tuple[Path, dict[str, Any]]], errors_lines: int) -> FitSummary:
+    return FitSummary(
+        codebook=str(path), codebook_hash=codebook.hash, encoder=run.encoder.spec.to_dict(),
+        shards=len(run.urls), clips_available=sum(p.clips for p in run.plans),
+        clips_planned=sum(record["planned"] for _, record in files),
+        clips_used=sum(record["rows"] for _, record in files), feature_dim=run.encoder.spec.feature_dim,
+        depth=codebook.depth, branching=codebook.branching, num_leaves=codebook.num_leaves, leaves_used=leaves_used,
+        seed=run.seed, inertia=fit.inertia, iterations=fit.iterations, errors_lines=errors_lines,
+        encode_seconds=sum(record["seconds"] for _, record in files), fit_seconds=fit.seconds, seconds=0.0,
+    )
+
+
+def _draw(path: Path, codebook: Codebook, merged: Path, used: int, run: FeatureRun) -> str:
+    """Draw the picture; what went wrong, if it could not be (the codebook is saved already)."""
+    try:
+        thumbs = thumbnails(run.plans, run.encoder.spec, min(used, PICTURE_CLIPS))
+        save_leaf_picture(path, codebook, np.load(merged, mmap_mode="r"), thumbs)
+    except Exception as e:  # noqa: BLE001 - a picture is a look at the codebook, never a reason to lose it
+        traceback.print_exc()
+        return f"not drawn: {type(e).__name__}: {e}"
+    return str(path)
 
 
 def _resolve(specs: tuple[str, ...]) -> list[str]:
@@ -403,9 +303,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     })
 
 
+def config_part(config: FitCodebookConfig) -> Part:
+    try:
+        return config.resolve_part()
+    except ValueError as e:
+        raise FitError(str(e)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(FitCodebookConfig, args)
+        part = config_part(config)
+        if not part.whole:
+            print(f"videobert shards fit-codebook: the feature pass, part {part} (from {part.source})", file=sys.stderr)
+            features = extract_features(config, part)
+            print(format_features(features, part, Path(config.out) / FEATURES_FOLDER))
+            return 0 if features.clips_used or not features.clips_planned else 1
         summary = fit_codebook(config)
     except FitError as e:
         print(f"videobert shards fit-codebook: error: {e}", file=sys.stderr)
@@ -415,6 +328,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(format_summary(summary))
     return 0
+
+
+def format_features(s: FeaturesSummary, part: Part, out: Path) -> str:
+    return "\n".join([
+        f"features of part {part}: {s.clips_used} clips encoded of {s.clips_planned} planned in {s.shards} shards "
+        f"({s.shards_kept} kept from an earlier run), {s.clips_per_second:.1f} clips/s",
+        f"  when every part is done (videobert shards status {out}), fit without --part",
+    ])
 
 
 def format_summary(s: FitSummary) -> str:
@@ -429,7 +350,7 @@ def format_summary(s: FitSummary) -> str:
         f"in {s.shards} shards",
         f"  inertia   per level {inertia}; iterations {s.iterations}",
         f"  time      encode {s.encode_seconds:.1f} s, fit {s.fit_seconds:.1f} s, total {s.seconds:.1f} s",
-        f"  picture   {Path(s.codebook).parent / PICTURE_FILE}: example frames of the most used visual words",
+        f"  picture   {s.picture}: example frames of the most used visual words",
     ]
     if s.errors_lines:
         lines.append(f"  {s.errors_lines} problems listed in {Path(s.codebook).parent / schema.ERRORS_FILE}")

@@ -2,14 +2,22 @@
 
     videobert shards prepare --videos VIDEOS/ --transcripts caption.json --out SHARDS/
         [--fps 20] [--size 224] [--crop center|none|HxW] [--clip-len 30] [--min-last-clip N]
-        [--max-samples N] [--max-bytes 1G] [--workers N] [--transcript-format FMT] [--overwrite]
-        [--max-segment-seconds 300] [--max-frame-pixels 8294400] [--decode-timeout 60]
+        [--max-samples N] [--max-bytes 1G] [--workers N] [--transcript-format FMT] [--language en]
+        [--part I/N] [--max-segment-seconds 300] [--max-frame-pixels 8294400] [--decode-timeout 60]
+        [--overwrite]
 
 One sample per caption segment: the segment's frames (decoded once per video at ``--fps``, short side
 ``--size``, centre crop), grouped into clips of ``--clip-len`` frames (see ``shards.clips`` for the
 boundary and trailing-clip rules), its text and metadata (``shards.schema``). Videos are matched to
 transcript ids by file name without extension; transcripts are read by ``shards.transcripts``
-(HowTo100M caption.json, YouCook2 annotations, WebVTT, SRT, JSONL manifest).
+(HowTo100M caption.json, YouCook2 annotations, WebVTT, SRT, JSONL manifest; subtitles named
+``VIDEO_ID.LANG.vtt`` as yt-dlp writes them, one language per video). A folder may be given as both
+``--videos`` and ``--transcripts``; files in it that are neither are ignored and counted.
+
+Parts. ``--part I/N`` (or the launcher's variables, ``shards.parts``) prepares the videos whose id
+hashes to part I, into ``SHARDS/part-0000I/``, resumable on its own; ``videobert shards status SHARDS``
+combines the parts. A part reads only its own videos' captions from the transcripts (caption.json is
+streamed), and its workers are started before it reads them, so they never hold the captions.
 
 Work. Worker processes (``--workers``, default: one per CPU) each decode one video in one pass and
 spool its samples to a temporary tar in the output folder (``shards.cut``); the main process copies
@@ -35,8 +43,8 @@ non-UTF-8 transcript, segments that are empty, reversed, overlapping, out of ord
 ``--max-segment-seconds`` or past the end of the video are each fixed or listed in errors.jsonl, and so
 is a video that is a playlist in disguise, stalls ffmpeg for ``--decode-timeout`` seconds, or has frames
 beyond ``--max-frame-pixels`` (``shards.decode``). A truncated video contributes the frames decoded
-before the damage. Exit status: 0 when samples were written, 1 when nothing at all could be written,
-2 when the arguments are wrong.
+before the damage. Exit status: 0 when samples were written (or a part was given no video at all), 1
+when nothing at all could be written, 2 when the arguments are wrong.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
+import contextlib
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -63,12 +73,14 @@ from shards.cut import SegmentPlan, VideoJob, VideoResult, count_noun, plan_vide
 from shards.decode import DecodeOptions, parse_crop
 from shards.ffmpeg_bin import FFmpegNotFound, ffmpeg_exe
 from shards.options import Flag, add_config_arguments, config_from_args
+from shards.parts import Part, PartOption, SummaryRules, claim_part, finish_part
+from shards.ranks import available_cpus
 from shards.transcripts import (
-    FORMATS, MAX_SEGMENT_SECONDS, SKIPPED, VIDEO_EXTENSIONS, Problem, Transcripts, list_transcript_files, read_transcripts,
+    DEFAULT_LANGUAGE, FORMATS, MAX_SEGMENT_SECONDS, SKIPPED, Problem, Transcripts, files_under, is_transcript_file,
+    is_video_file, list_transcript_files, read_transcripts,
 )
 from shards.writer import (
-    ErrorLog, ResumeError, ShardWriter, SpooledSample, claim_output_folder, read_json_lines, resume_point,
-    write_json_atomic,
+    ErrorLog, ResumeError, ShardWriter, SpooledSample, read_json_lines, resume_point, write_json_atomic,
 )
 
 STAGE = "prepare"
@@ -86,7 +98,7 @@ class ArgumentsError(ValueError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PrepareConfig:
+class PrepareConfig(PartOption):
     """Everything ``prepare`` needs; validated on construction (all problems reported at once)."""
 
     videos: tuple[str, ...]
@@ -97,6 +109,9 @@ class PrepareConfig:
     """Output folder for shards, stats, errors.jsonl, summary.json."""
     transcript_format: str | None = None
     """Force one of ``shards.transcripts.FORMATS`` instead of detecting each file's."""
+    language: str = DEFAULT_LANGUAGE
+    """Subtitle language used when a video has subtitle files in several (yt-dlp's ``VIDEO.LANG.vtt``:
+    en, en-US, de...); the others are listed in errors.jsonl."""
     fps: float = 20.0
     """Frames per second decoded (the paper: 20)."""
     size: int = 224
@@ -142,23 +157,16 @@ class PrepareConfig:
         return {
             "videos": [str(Path(v).absolute()) for v in self.videos],
             "transcripts": [str(Path(t).absolute()) for t in self.transcripts],
-            "transcript_format": self.transcript_format, "fps": float(self.fps), "size": self.size,
+            "transcript_format": self.transcript_format, "language": self.language, "fps": float(self.fps),
+            "size": self.size,
             "crop": list(crop) if crop else None, "clip_len": self.clip_len,
             "min_last_clip": self.clip_config().min_last, "max_samples": self.max_samples, "max_bytes": self.max_bytes,
             "max_segment_seconds": float(self.max_segment_seconds), "max_frame_pixels": self.max_frame_pixels,
         }
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (the default number of workers)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpucount_noun() or 1
-
-
 def _config_problems(config: PrepareConfig) -> list[str]:
-    problems = []
+    problems = config.part_problems()
     if not config.videos:
         problems.append("no --videos given")
     if not config.transcripts:
@@ -201,14 +209,28 @@ class VideoFile:
     path: str
 
 
-def list_videos(paths: Iterable[str | os.PathLike]) -> tuple[list[VideoFile], list[Problem]]:
+@dataclass
+class VideoFiles:
+    """What ``list_videos`` found."""
+
+    videos: list[VideoFile]
+    duplicates: list[Problem]
+    """Later files with an id already taken (reported, not used)."""
+    ignored: set[Path] = field(default_factory=set)
+    """Files inside the folders that are neither videos nor transcripts."""
+
+
+def list_videos(paths: Iterable[str | os.PathLike]) -> VideoFiles:
     """Video files in argument order (folders: video files inside, sorted); later files with an id
     already taken are reported, not used."""
     found: list[Path] = []
+    ignored: set[Path] = set()
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+            inside = files_under(path)
+            found += [p for p in inside if is_video_file(p)]
+            ignored.update(p.absolute() for p in inside if not is_video_file(p) and not is_transcript_file(p))
         else:
             found.append(path)
     videos: list[VideoFile] = []
@@ -228,7 +250,14 @@ def list_videos(paths: Iterable[str | os.PathLike]) -> tuple[list[VideoFile], li
             continue
         by_id[path.stem] = VideoFile(len(videos), path.stem, str(path))
         videos.append(by_id[path.stem])
-    return videos, problems
+    return VideoFiles(videos, problems, ignored)
+
+
+def part_videos(found: VideoFiles, part: Part) -> VideoFiles:
+    """The videos (and duplicates) a part owns, numbered in order from 0 (its positions)."""
+    videos = [dataclasses.replace(v, order=i) for i, v in enumerate(v for v in found.videos if part.owns_video(v.video_id))]
+    duplicates = [p for p in found.duplicates if part.owns_video(p.video_id)]
+    return VideoFiles(videos, duplicates, found.ignored if part.first else set())
 
 
 def inputs_fingerprint(videos: Sequence[VideoFile], transcript_files: Sequence[Path]) -> str:
@@ -317,11 +346,12 @@ def _line(problem: Problem, order: int | None) -> dict[str, Any]:
 
 def _argument_differences(previous: dict[str, Any], record: dict[str, Any]) -> list[str]:
     old, new = previous.get("arguments", {}), record["arguments"]
-    found = [
+    defaults = PrepareConfig.__dataclass_fields__
+    found = [  # an option newer than the folder's run file counts as given with its default
         f"--{name.replace('_', '-')} was {old.get(name)!r}, now {new.get(name)!r}"
-        for name in new if old.get(name) != new.get(name)
+        for name in new if old.get(name, getattr(defaults.get(name), "default", None)) != new.get(name)
     ]
-    if previous.get("inputs") != record["inputs"] and not found:
+    if previous.get("inputs") != record.get("inputs") and not found:
         found.append("the video or transcript files found changed (added, removed or resized)")
     return found
 
@@ -413,27 +443,32 @@ def _jobs(config: PrepareConfig, work: list[_Work], run: _Run) -> Iterator[tuple
         yield item, job
 
 
-def _execute(config: PrepareConfig, work: list[_Work], run: _Run) -> None:
+@contextlib.contextmanager
+def _worker_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=_mp_context()) as pool:
+        pool.submit(os.getpid).result()  # start the workers now, before the progress bar starts a thread
+        yield pool
+
+
+def _execute(config: PrepareConfig, work: list[_Work], run: _Run, pool: concurrent.futures.Executor) -> None:
     """Decode in worker processes, a bounded window ahead; copy results into shards in order."""
     jobs = _jobs(config, work, run)
     window: collections.deque[tuple[_Work, concurrent.futures.Future | None]] = collections.deque()
-    with concurrent.futures.ProcessPoolExecutor(config.workers, mp_context=_mp_context()) as pool:
-        pool.submit(os.getpid).result()  # start the workers now, before the progress bar starts a thread
-        bar = tqdm(total=len(work), initial=run.resume_order, unit="video", disable=not config.progress)
-        try:
+    bar = tqdm(total=len(work), initial=run.resume_order, unit="video", disable=not config.progress)
+    try:
+        _fill(window, jobs, pool, 2 * config.workers)
+        while window:
+            item, future = window.popleft()
+            result = future.result() if future is not None else None
             _fill(window, jobs, pool, 2 * config.workers)
-            while window:
-                item, future = window.popleft()
-                result = future.result() if future is not None else None
-                _fill(window, jobs, pool, 2 * config.workers)
-                run.take(item, result)
-                bar.update(1)
-                bar.set_postfix_str(f"{run.counters.frames_decoded / max(run.elapsed(), 1e-9):.0f} frames/s")
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        finally:
-            bar.close()
+            run.take(item, result)
+            bar.update(1)
+            bar.set_postfix_str(f"{run.counters.frames_decoded / max(run.elapsed(), 1e-9):.0f} frames/s")
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        bar.close()
 
 
 def _fill(window: collections.deque, jobs: Iterator[tuple[_Work, VideoJob | None]], pool, size: int) -> None:
@@ -465,6 +500,9 @@ class PrepareSummary:
     wall_seconds: float
     frames_per_second: float
     errors_lines: int
+    files_ignored: int = 0
+    """Files beside the inputs that are neither videos nor transcripts (a downloader's .info.json,
+    thumbnails)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"stage": STAGE, **asdict(self)}
@@ -472,32 +510,61 @@ class PrepareSummary:
     @classmethod
     def read(cls, path: Path) -> "PrepareSummary":
         data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(**{k: v for k, v in data.items() if k != "stage"})
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+SUMMARY_RULES = SummaryRules(
+    accounting=("segments_read", "segments_written", "segments_skipped"),
+    throughput=("frames_per_second", "frames/s"), rates={"frames_per_second": ("frames_decoded", "wall_seconds")},
+)
+"""How the parts' summaries combine (``shards.parts``): every count adds up over the parts."""
 
 
 def prepare(config: PrepareConfig) -> PrepareSummary:
-    """Run the stage (library entry point; ``run`` is the command line's).
+    """Run the stage, or this process's part of it (library entry point; ``run`` is the command line's).
 
     Raises ``ArgumentsError`` when the output folder holds a run with other arguments.
     """
     ffmpeg_exe()  # no ffmpeg at all is not a problem of one video: fail before starting
+    part = config_part(config)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    videos, duplicates = list_videos(config.videos)
-    transcript_files, _missing = list_transcript_files(config.transcripts)
+    videos = part_videos(list_videos(config.videos), part)
+    listing = list_transcript_files(config.transcripts)
     record = {
         "stage": STAGE, "format_version": schema.FORMAT_VERSION, "arguments": config.arguments(),
-        "inputs": {"videos": len(videos), "transcript_files": len(transcript_files),
-                   "fingerprint": inputs_fingerprint(videos, transcript_files)},
+        "inputs": {"videos": len(videos.videos), "transcript_files": len(listing.files),
+                   "fingerprint": inputs_fingerprint(videos.videos, listing.files)},
     }
-    if claim_output_folder(out, record, overwrite=config.overwrite, stage=STAGE, argument_differences=_argument_differences,
-                           error=ArgumentsError, extra_patterns=(f"{SPOOL_PREFIX}*",)):
-        return PrepareSummary.read(out / schema.SUMMARY_FILE)
-    transcripts = read_transcripts(config.transcripts, config.transcript_format, config.max_segment_seconds)
+    folder, finished = claim_part(out, record, part, overwrite=config.overwrite, stage=STAGE,
+                                  argument_differences=_argument_differences, error=ArgumentsError,
+                                  extra_patterns=(f"{SPOOL_PREFIX}*",))
+    if finished:
+        return PrepareSummary.read(folder / schema.SUMMARY_FILE)
+    ignored = len(videos.ignored | listing.ignored) if part.first else 0
+    with _worker_pool(config.workers) as pool:
+        # The workers are forked before the transcripts are read: they never hold the captions.
+        transcripts = read_transcripts(config.transcripts, config.transcript_format, language=config.language,
+                                       part=part, max_segment_seconds=config.max_segment_seconds)
+        summary = _prepare_part(config, folder, videos, transcripts, ignored, pool)
+    finish_part(out, part, SUMMARY_RULES)
+    return summary
+
+
+def config_part(config: PrepareConfig) -> Part:
+    try:
+        return config.resolve_part()
+    except ValueError as e:
+        raise ArgumentsError(str(e)) from None
+
+
+def _prepare_part(config: PrepareConfig, out: Path, videos: VideoFiles, transcripts: Transcripts, ignored: int,
+                  pool: concurrent.futures.Executor) -> PrepareSummary:
+    """Decode this part's videos into ``out``, resuming where an earlier run of it stopped."""
     resume = resume_point(out)
     order, segment = resume.last_position if resume.last_position is not None else (0, -1)
-    work = _plan_run(config, videos, transcripts)
-    input_problems = _input_problems(videos, duplicates, transcripts)
+    work = _plan_run(config, videos.videos, transcripts)
+    input_problems = _input_problems(videos.videos, videos.duplicates, transcripts)
     errors = _start_errors(out, input_problems, order, resumed=resume.last_position is not None)
     counters = _Counters.from_state(resume.last_state)
     writer = ShardWriter(
@@ -507,12 +574,12 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     run = _Run(writer, errors, counters, out, order, segment, wall_before=counters.wall_seconds)
     try:
         with writer:
-            _execute(config, work, run)
+            _execute(config, work, run, pool)
     finally:
         errors.close()
-    unmatched = len(transcripts.segments.keys() - {v.video_id for v in videos})
-    summary = _summarize(out, config, run.counters, len(videos) + len(duplicates) + unmatched, transcripts,
-                         resume.shards + writer.finished)
+    unmatched = len(transcripts.segments.keys() - {v.video_id for v in videos.videos})
+    videos_read = len(videos.videos) + len(videos.duplicates) + unmatched
+    summary = _summarize(out, config, run.counters, videos_read, transcripts, ignored, resume.shards + writer.finished)
     write_json_atomic(out / schema.SUMMARY_FILE, summary.to_json())
     return summary
 
@@ -524,7 +591,7 @@ def _stats_extra(config: PrepareConfig) -> dict[str, Any]:
 
 
 def _summarize(out: Path, config: PrepareConfig, counters: _Counters, videos_read: int, transcripts: Transcripts,
-               shards: Sequence) -> PrepareSummary:
+               ignored: int, shards: Sequence) -> PrepareSummary:
     """The whole run's figures; segments are counted from the shards' stats and errors.jsonl, and must
     add up to the segments the transcripts hold."""
     lines = read_json_lines(out / schema.ERRORS_FILE)
@@ -534,7 +601,7 @@ def _summarize(out: Path, config: PrepareConfig, counters: _Counters, videos_rea
         segments_read=transcripts.segments_read, segments_written=sum(s.samples for s in shards),
         segments_skipped=sum(int(line["segments"]) for line in lines if line["action"] == SKIPPED),
         transcript_files_read=transcripts.files_read, transcript_files_skipped=transcripts.files_skipped,
-        shards=len(shards), clips=sum(s.clips for s in shards), bytes=sum(s.bytes for s in shards),
+        files_ignored=ignored, shards=len(shards), clips=sum(s.clips for s in shards), bytes=sum(s.bytes for s in shards),
         frames_decoded=counters.frames_decoded, hours_decoded=counters.frames_decoded / config.fps / 3600,
         wall_seconds=counters.wall_seconds,
         frames_per_second=counters.frames_decoded / counters.wall_seconds if counters.wall_seconds else 0.0,
@@ -583,12 +650,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(PrepareConfig, args)
+        part = config_part(config)
+        if not part.whole:
+            print(f"videobert shards prepare: part {part} (from {part.source})", file=sys.stderr)
         summary = prepare(config)
     except (ArgumentsError, ResumeError, FFmpegNotFound) as e:
         print(f"videobert shards prepare: error: {e}", file=sys.stderr)
         return 2
-    print(format_summary(summary, Path(args.out)))
-    return 0 if summary.segments_written > 0 else 1
+    print(format_summary(summary, part.folder(args.out)))
+    nothing_to_do = not part.whole and summary.videos_read == 0  # more parts than videos: not a failure
+    return 0 if summary.segments_written > 0 or nothing_to_do else 1
 
 
 def format_summary(summary: PrepareSummary, out: Path) -> str:
@@ -598,7 +669,8 @@ def format_summary(summary: PrepareSummary, out: Path) -> str:
         f"prepared {out}: shards {s.shards}, samples {s.segments_written}, clips {s.clips}, {s.bytes / 1e9:.3f} GB",
         f"  videos    read {s.videos_read}, with samples {s.videos_with_samples}, skipped {s.videos_skipped}",
         f"  segments  read {s.segments_read} = written {s.segments_written} + skipped {s.segments_skipped}",
-        f"  transcript files read {s.transcript_files_read}, skipped {s.transcript_files_skipped}",
+        f"  transcript files read {s.transcript_files_read}, skipped {s.transcript_files_skipped}; "
+        f"other files ignored {s.files_ignored}",
         f"  decoded   {s.frames_decoded} frames, {s.hours_decoded:.3f} h of video in {s.wall_seconds:.1f} s "
         f"({s.frames_per_second:.0f} frames/s)",
     ]

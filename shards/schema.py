@@ -25,6 +25,12 @@ A shard folder holds ``shard-000000.tar`` ... and, for each finished tar, a stat
 complete and readers skip it. The folder also holds the stage's ``summary.json``,
 ``errors.jsonl`` (one line per input that could not be used, with the reason) and ``run.json``
 (the arguments of the run that wrote it).
+
+A stage split into parts (``--part I/N``, see ``shards.parts``) writes its ``run.json`` (the
+arguments every part shares, and N) at the top of the folder and each part's files, laid out as
+above, into ``part-00000/`` ... ``part-<N-1>/``; ``videobert shards status`` writes the combined
+``summary.json`` at the top. Readers take a folder's shards and its parts' shards alike
+(``complete_shards``).
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ SHARD_INDEX_DIGITS = 6
 SUMMARY_FILE = "summary.json"
 ERRORS_FILE = "errors.jsonl"
 RUN_FILE = "run.json"
+PART_PREFIX = "part-"
+PART_INDEX_DIGITS = 5
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 MAX_KEY_LENGTH = 240
@@ -246,22 +254,51 @@ def stats_path(shard: Path) -> Path:
     return shard.with_name(shard.name[: -len(SHARD_SUFFIX)] + STATS_SUFFIX)
 
 
-def complete_shards(folder: str | Path) -> list[Path]:
-    """The finished shards of a folder (tar and stats file both present), in index order."""
-    folder = Path(folder)
-    tars = sorted(folder.glob(f"{SHARD_PREFIX}{'[0-9]' * SHARD_INDEX_DIGITS}{SHARD_SUFFIX}"))
-    return [t for t in tars if stats_path(t).exists()]
+def shard_index(shard: str | Path) -> int:
+    """The index in a shard's file name (``shard-000012.tar`` -> 12)."""
+    return int(Path(shard).name[len(SHARD_PREFIX): -len(SHARD_SUFFIX)])
+
+
+def part_folder(folder: str | Path, index: int) -> Path:
+    """The folder of part ``index`` of a stage split into parts."""
+    return Path(folder) / f"{PART_PREFIX}{index:0{PART_INDEX_DIGITS}d}"
+
+
+def part_folders(folder: str | Path) -> list[tuple[int, Path]]:
+    """(index, folder) of the part folders in a folder, in index order."""
+    found = Path(folder).glob(f"{PART_PREFIX}{'[0-9]' * PART_INDEX_DIGITS}")
+    return sorted((int(p.name[len(PART_PREFIX):]), p) for p in found if p.is_dir())
+
+
+def complete_shards(folder: str | Path, *, with_parts: bool = True) -> list[Path]:
+    """The finished shards (tar and stats file both present) of a folder and of its parts' folders,
+    ordered by shard index, then part (a run split by shards, like tokenize's, thus reads in the
+    order one run would have written). ``with_parts=False``: the folder's own shards only."""
+    folders = [(-1, Path(folder))] + (part_folders(folder) if with_parts else [])
+    found = [(shard_index(t), part, t) for part, f in folders for t in _complete_in(f)]
+    return [t for _, _, t in sorted(found)]
+
+
+def _complete_in(folder: Path) -> list[Path]:
+    tars = folder.glob(f"{SHARD_PREFIX}{'[0-9]' * SHARD_INDEX_DIGITS}{SHARD_SUFFIX}")
+    return [t for t in tars if stats_path(t).is_file()]
 
 
 def encode_array(array: np.ndarray) -> bytes:
     """The bytes ``np.save(..., allow_pickle=False)`` writes, built with one copy of the data (frames
     are most of what prepare moves; ``np.save`` into a buffer copies them three times)."""
+    return b"".join(encode_array_parts(array))
+
+
+def encode_array_parts(array: np.ndarray) -> tuple[bytes, memoryview]:
+    """The ``.npy`` bytes of ``encode_array`` as (header, the array's own data): written one after the
+    other they make the same file, without copying the data at all."""
     array = np.ascontiguousarray(array)
     if array.dtype.hasobject:
         raise ValueError("object arrays are not stored (they would need pickle)")
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
-    return b"".join((header.getvalue(), array.reshape(-1).view(np.uint8)))
+    return header.getvalue(), memoryview(array.reshape(-1).view(np.uint8))
 
 
 def decode_array(data: bytes, where: str, dtype: np.dtype | None = None,
@@ -321,16 +358,15 @@ def key_problem(key: str) -> str | None:
     return None
 
 
-def encode_sample(sample: Sample) -> dict[str, Any]:
-    """The dict ``webdataset.TarWriter.write`` takes; validates the sample first."""
+def encode_sample(sample: Sample, *, arrays_as_parts: bool = False) -> dict[str, Any]:
+    """The dict ``webdataset.TarWriter.write`` takes; validates the sample first. ``arrays_as_parts``:
+    arrays as ``encode_array_parts`` gives them (for a writer that writes the parts in turn)."""
     _check(sample, where=sample.key)
+    encode = encode_array_parts if arrays_as_parts else encode_array
     out: dict[str, Any] = {"__key__": sample.key, TEXT: sample.text.encode("utf-8"), META: sample.meta.to_json()}
-    if sample.frames is not None:
-        out[FRAMES] = encode_array(sample.frames)
-    if sample.tokens is not None:
-        out[TOKENS] = encode_array(sample.tokens)
-    if sample.features is not None:
-        out[FEATURES] = encode_array(sample.features)
+    for name, array in ((FRAMES, sample.frames), (TOKENS, sample.tokens), (FEATURES, sample.features)):
+        if array is not None:
+            out[name] = encode(array)
     return out
 
 

@@ -2,6 +2,7 @@
 
     videobert shards tokenize --clips CLIPS/ --codebook CODEBOOK/ --out TOKENS/
         [--encoder-weights s3d.pth] [--keep-features] [--workers N] [--device auto] [--batch-size 64]
+        [--precision auto] [--part I/N]
 
 Each input clip shard becomes one token shard of the same index (``shard-000003.tar`` of the inputs,
 in the order the spec resolves to, gives ``shard-000003.tar`` of the output) with the same keys,
@@ -11,7 +12,12 @@ the frames are replaced by the clips' visual-word ids (``tokens.npy``, int32), a
 the codebook names (S3D needs ``--encoder-weights``).
 
 Work. Input shards are spread over ``--workers`` processes (default: one per CPU core, each with one
-thread; with CUDA, one per GPU). Output bytes do not depend on the number of workers.
+thread; with CUDA, one per GPU). Output bytes do not depend on the number of workers. On a cluster,
+start one process per GPU (torchrun, srun; ``launch/shards.sbatch``): each takes its part of the
+shards (``--part I/N`` or the launcher's variables; input shard ``i`` goes to part ``i mod N``, into
+``OUT/part-NNNNN/shard-00000i.tar``) and its own GPU. On GPUs the encoder runs in bf16
+(``--precision auto``); the first batch of every shard is then encoded in fp32 as well, and the share
+of clips whose visual word differs is reported. Throughput is reported per worker (per GPU).
 
 Resuming. An output shard is written as ``.partial``, renamed when complete, and then committed by
 its stats file (which also holds its counts and its problems). A re-run with the same arguments
@@ -22,8 +28,10 @@ Bad input never stops the run: a sample of another shard format version, a trunc
 empty or undecodable sample, a token shard given as input, or clips prepared at another fps / clip
 length / frame size than the codebook's encoder expects are each listed in ``errors.jsonl`` (with
 the shard, key and reason) and counted; ``summary.json`` adds up (samples written + skipped = read).
-Exit status: 0 when samples were written, 1 when none could be (nothing matched), 2 when the
-arguments are wrong.
+A shard that fails in any other way (a worker killed, a disk error) is listed in ``errors.jsonl``
+and not committed: the run goes on, and a re-run retries it. Exit status: 0 when samples were
+written (or a part was given no shard) and no shard failed, 1 when none could be written or some
+shard failed, 2 when the arguments are wrong.
 """
 
 from __future__ import annotations
@@ -47,8 +55,10 @@ from models.visual.codebook import Codebook, CodebookError
 from models.visual.tokenizer import VisualTokenizer
 from shards import reader, schema
 from shards.options import Flag, add_config_arguments, config_from_args
-from shards.fit_codebook import encoder_options, resolve_device
-from shards.writer import ErrorLog, ShardStats, ShardWriter, claim_output_folder, tar_size, write_json_atomic
+from shards.fit_features import encoder_options, process_device
+from shards.parts import Part, PartOption, SummaryRules, claim_part, finish_part
+from shards.ranks import available_cpus
+from shards.writer import ErrorLog, ShardStats, ShardWriter, tar_size, write_json_atomic
 
 STAGE = "tokenize"
 
@@ -57,8 +67,13 @@ class TokenizeError(ValueError):
     """The run cannot start as asked (bad arguments, a folder holding another run)."""
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+BF16_SHARE_NOTED = 0.05
+"""Above this share of clips whose visual word differs from fp32's, the summary suggests fp32."""
+
+
 @dataclass(frozen=True, kw_only=True)
-class TokenizeConfig:
+class TokenizeConfig(PartOption):
     """Everything the stage needs; validated on construction."""
 
     clips: tuple[str, ...]
@@ -72,9 +87,14 @@ class TokenizeConfig:
     keep_features: bool = False
     """Also store each clip's encoder features (float16)."""
     workers: int | None = None
-    """Processes; default: one per GPU with CUDA, else one per CPU core."""
+    """Processes; default: one per GPU with CUDA (one in all under a launcher, which starts a process per
+    GPU), else one per CPU core."""
     device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
+    """auto, cpu, cuda or cuda:N (under a launcher, auto and cuda mean the process's own GPU)."""
+    precision: str = "auto"
+    """The encoder's arithmetic: fp32, bf16, or auto (bf16 on GPUs that have it, else fp32). With bf16
+    the first batch of every shard is also encoded in fp32, and the share of clips whose token differs
+    is reported."""
     batch_size: int = 64
     """Clips per encoder batch."""
     overwrite: bool = False
@@ -87,8 +107,9 @@ class TokenizeConfig:
             (bool(self.clips), "no --clips given"),
             (self.workers is None or self.workers >= 1, "--workers must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (not Path(self.out).is_file(), f"--out {self.out} is a file; give a folder"),
-        ] if not ok]
+        ] if not ok] + self.part_problems()
         if problems:
             raise TokenizeError("; ".join(problems))
 
@@ -110,6 +131,8 @@ class ShardJob:
     batch_size: int
     device: str
     """``cpu``, ``cuda`` (the worker's GPU) or an explicit device."""
+    precision: str = "fp32"
+    """``fp32`` or ``bf16`` (resolved)."""
 
 
 @dataclass
@@ -122,6 +145,10 @@ class ShardCounts:
     samples_skipped: int = 0
     clips: int = 0
     seconds: float = 0.0
+    fp32_check_clips: int = 0
+    """bf16 runs: clips of the shard's first batch encoded in fp32 too."""
+    fp32_check_differ: int = 0
+    """Of those, clips whose visual word differs from fp32's."""
     errors: list[dict[str, Any]] = field(default_factory=list)
 
     def problem(self, reason: str, key: str | None, samples: int) -> None:
@@ -204,10 +231,10 @@ class _Batcher:
             return
         frames = np.concatenate([s.frames for s in self.pending])  # (clips, T, H, W, 3)
         size = self.job.batch_size
-        features = torch.cat([
-            self.tokenizer.encode(torch.from_numpy(frames[i: i + size])) for i in range(0, len(frames), size)
-        ])  # (clips, D)
+        features = torch.cat([self._encode(frames[i: i + size]) for i in range(0, len(frames), size)])  # (clips, D)
         ids = self.tokenizer.assign(features).cpu().numpy().astype(schema.TOKENS_DTYPE)
+        if self.job.precision == "bf16" and self.counts.fp32_check_clips == 0:
+            self._check_against_fp32(frames[:size], ids[:size])
         features = features.cpu().numpy().astype(schema.FEATURES_DTYPE) if self.job.keep_features else None
         start = 0
         for sample in self.pending:
@@ -215,6 +242,20 @@ class _Batcher:
             self._write(sample, ids[start:stop], None if features is None else features[start:stop])
             start = stop
         self.pending, self.pending_clips = [], 0
+
+    def _encode(self, frames: np.ndarray) -> torch.Tensor:
+        """Features (B, D) float32 of clips (B, T, H, W, 3), computed in the job's precision."""
+        clips = torch.from_numpy(frames)
+        if self.job.precision != "bf16":
+            return self.tokenizer.encode(clips)
+        with torch.autocast(self.tokenizer.device.type, dtype=torch.bfloat16):
+            return self.tokenizer.encode(clips).float()
+
+    def _check_against_fp32(self, frames: np.ndarray, ids: np.ndarray) -> None:
+        """Encode one batch in fp32 too: how many clips bf16 gives another visual word."""
+        reference = self.tokenizer.assign(self.tokenizer.encode(torch.from_numpy(frames))).cpu().numpy()
+        self.counts.fp32_check_clips += len(ids)
+        self.counts.fp32_check_differ += int((reference != ids).sum())
 
     def _write(self, sample: schema.Sample, ids: np.ndarray, features: np.ndarray | None) -> None:
         meta = dataclasses.replace(sample.meta, kind=schema.TOKEN_KIND, codebook_hash=self.job.codebook_hash)
@@ -228,7 +269,8 @@ def _stats_extra(job: ShardJob, counts: ShardCounts) -> dict[str, Any]:
     return {
         "kind": schema.TOKEN_KIND, "codebook_hash": job.codebook_hash, "features": job.keep_features,
         "source": counts.source, "samples_read": counts.samples_read, "samples_skipped": counts.samples_skipped,
-        "seconds": counts.seconds, "errors": counts.errors,
+        "seconds": counts.seconds, "precision": job.precision, "fp32_check_clips": counts.fp32_check_clips,
+        "fp32_check_differ": counts.fp32_check_differ, "errors": counts.errors,
     }
 
 
@@ -257,17 +299,19 @@ def _argument_differences(previous: dict[str, Any], record: dict[str, Any]) -> l
         found.append(f"it read {len(old.get('clips') or [])} other clip shards")
     if old.get("keep_features") != new["keep_features"]:
         found.append(f"--keep-features was {old.get('keep_features')}, now {new['keep_features']}")
+    if old.get("precision", "fp32") != new["precision"]:  # folders written before bf16 were fp32
+        found.append(f"its tokens were computed in {old.get('precision', 'fp32')}, this run's in {new['precision']}")
     return found
 
 
-def finished_shards(out: Path, count: int) -> dict[int, ShardStats]:
+def finished_shards(out: Path, indices: list[int]) -> dict[int, ShardStats]:
     """Committed output shards by index, after removing what an interrupted run left half-done."""
     for leftover in out.glob(f"*{schema.PARTIAL_SUFFIX}"):
         leftover.unlink()
     done = {}
-    for index in range(count):
+    for index in indices:
         tar = out / schema.shard_name(index)
-        if tar.exists() and schema.stats_path(tar).exists():
+        if tar.is_file() and schema.stats_path(tar).is_file():
             done[index] = ShardStats.read(schema.stats_path(tar))
         elif tar.exists():
             tar.unlink()  # renamed but not committed: redo it
@@ -280,7 +324,7 @@ def finished_shards(out: Path, count: int) -> dict[int, ShardStats]:
 
 @dataclass
 class TokenizeSummary:
-    """``summary.json``: the whole output folder (resumed parts included)."""
+    """``summary.json``: the whole output folder, or a part's (resumed runs included)."""
 
     codebook_hash: str
     shards_read: int
@@ -296,32 +340,84 @@ class TokenizeSummary:
     errors_lines: int
     seconds: float
     clips_per_second: float
+    """Per worker (per GPU on GPUs): clips / worker_seconds."""
+    worker_seconds: float = 0.0
+    """Seconds the workers spent on the shards written."""
+    shards_failed: int = 0
+    """Shards whose tokenizing failed in a way no sample check foresaw (listed in errors.jsonl; a re-run
+    retries them)."""
+    precision: str = "fp32"
+    fp32_check_clips: int = 0
+    fp32_check_differ: int = 0
+    fp32_check_share: float = 0.0
+    """bf16 runs: the share of the clips checked whose visual word differs from fp32's."""
 
     def to_json(self) -> dict[str, Any]:
         return {"stage": STAGE, **asdict(self)}
 
 
+SUMMARY_RULES = SummaryRules(
+    accounting=("samples_read", "samples_written", "samples_skipped"),
+    throughput=("clips_per_second", "clips/s per worker"),
+    rates={"clips_per_second": ("clips", "worker_seconds"), "fp32_check_share": ("fp32_check_differ", "fp32_check_clips")},
+)
+"""How the parts' summaries combine (``shards.parts``)."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A shard whose tokenizing raised: listed in errors.jsonl, not committed (a re-run retries it)."""
+
+    url: str
+    reason: str
+
+    def line(self) -> dict[str, Any]:
+        return {"stage": STAGE, "input": self.url, "key": None, "samples": 0,
+                "reason": f"tokenizing the shard failed ({self.reason}); its samples are not written: re-run to retry it"}
+
+
 def tokenize(config: TokenizeConfig) -> TokenizeSummary:
-    """Run the stage (library entry point; ``run`` is the command line's). Raises ``TokenizeError``."""
+    """Run the stage, or this process's part of it (library entry point; ``run`` is the command line's).
+    Raises ``TokenizeError``."""
     started = time.perf_counter()
+    part = config_part(config)
     urls, codebook = _inputs(config)
-    device = resolve_device(config.device)
+    device = process_device(config.device, part)
+    precision = resolve_precision(config.precision, device)
     options = tuple(sorted(encoder_options(config.encoder_weights).items()))
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     record = {"stage": STAGE, "format_version": schema.FORMAT_VERSION, "arguments": {
-        "clips": urls, "codebook_hash": codebook.hash, "keep_features": config.keep_features}}
-    claim_output_folder(out, record, overwrite=config.overwrite, stage=STAGE, argument_differences=_argument_differences,
-                        error=TokenizeError)
-    kept = finished_shards(out, len(urls))
+        "clips": urls, "codebook_hash": codebook.hash, "keep_features": config.keep_features, "precision": precision}}
+    folder, _ = claim_part(out, record, part, overwrite=config.overwrite, stage=STAGE,
+                           argument_differences=_argument_differences, error=TokenizeError)
+    mine = [i for i in range(len(urls)) if part.owns_shard(i)]
+    kept = finished_shards(folder, mine)
     jobs = [
-        ShardJob(i, url, str(out), str(config.codebook), codebook.hash, options, config.keep_features,
-                 config.batch_size, device.type if device.type == "cuda" and device.index is None else str(device))
-        for i, url in enumerate(urls) if i not in kept
+        ShardJob(i, urls[i], str(folder), str(config.codebook), codebook.hash, options, config.keep_features,
+                 config.batch_size, device.type if device.type == "cuda" and device.index is None else str(device),
+                 precision)
+        for i in mine if i not in kept
     ]
     _build_first(jobs, config)
-    _execute(jobs, config, device, len(urls), len(kept))
-    return _summarize(out, urls, codebook, len(kept), config.keep_features, time.perf_counter() - started)
+    failures = _execute(jobs, config, device, len(mine), len(kept))
+    summary = _summarize(folder, urls, mine, codebook, len(kept), config.keep_features, precision, failures,
+                         time.perf_counter() - started)
+    finish_part(out, part, SUMMARY_RULES)
+    return summary
+
+
+def config_part(config: TokenizeConfig) -> Part:
+    try:
+        return config.resolve_part()
+    except ValueError as e:
+        raise TokenizeError(str(e)) from None
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on a CUDA GPU that has it, else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def _inputs(config: TokenizeConfig) -> tuple[list[str], Codebook]:
@@ -349,18 +445,23 @@ def _workers(config: TokenizeConfig, device: torch.device) -> tuple[int, list[st
         workers = config.workers or gpus
         return workers, [f"cuda:{i % gpus}" for i in range(workers)]
     if device.type != "cpu":
-        return config.workers or 1, None  # one named accelerator
-    return config.workers or (os.cpu_count() or 1), None
+        return config.workers or 1, None  # one named accelerator (a launcher's GPU for this process)
+    return config.workers or available_cpus(), None
 
 
-def _execute(jobs: list[ShardJob], config: TokenizeConfig, device: torch.device, total: int, kept: int) -> None:
+def _execute(jobs: list[ShardJob], config: TokenizeConfig, device: torch.device, total: int, kept: int) -> list[Failure]:
+    """Tokenize the jobs' shards; the shards that failed, each with why."""
     workers, devices = _workers(config, device)
     bar = tqdm(total=total, initial=kept, unit="shard", desc="tokenize", disable=not config.progress)
     clips, started = 0, time.perf_counter()
+    failures: list[Failure] = []
 
-    def done(counts: ShardCounts) -> None:
+    def done(job: ShardJob, counts: ShardCounts | None, failure: str | None = None) -> None:
         nonlocal clips
-        clips += counts.clips
+        if failure is not None:
+            failures.append(Failure(job.url, failure))
+            print(f"videobert shards tokenize: {job.url}: {failure}", file=sys.stderr)
+        clips += counts.clips if counts else 0
         bar.update(1)
         bar.set_postfix_str(f"{clips / max(time.perf_counter() - started, 1e-9):.0f} clips/s")
 
@@ -368,11 +469,25 @@ def _execute(jobs: list[ShardJob], config: TokenizeConfig, device: torch.device,
         if workers == 1 or len(jobs) <= 1:
             _set_worker_device(devices[0] if devices else None)
             for job in jobs:
-                done(tokenize_shard(job))
+                _inline(job, done)
         else:
             _in_pool(jobs, workers, devices, done)
     finally:
         bar.close()
+    return failures
+
+
+def _inline(job: ShardJob, done) -> None:
+    try:
+        counts = tokenize_shard(job)
+    except Exception as e:  # noqa: BLE001 - one shard's failure must not end a run over many
+        done(job, None, _described(e))
+        return
+    done(job, counts)
+
+
+def _described(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def _in_pool(jobs: list[ShardJob], workers: int, devices: list[str] | None, done) -> None:
@@ -381,17 +496,29 @@ def _in_pool(jobs: list[ShardJob], workers: int, devices: list[str] | None, done
     queue = context.Queue()
     for name in devices or []:
         queue.put(name)
-    threads = 1 if devices else max(1, (os.cpu_count() or 1) // workers)
+    threads = 1 if devices else max(1, available_cpus() // workers)
     with concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=(threads, queue if devices else None)
     ) as pool:
-        futures = [pool.submit(tokenize_shard, job) for job in jobs]
+        futures = {pool.submit(tokenize_shard, job): job for job in jobs}
         try:
             for future in concurrent.futures.as_completed(futures):
-                done(future.result())
+                _collect(future, futures[future], done)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def _collect(future: concurrent.futures.Future, job: ShardJob, done) -> None:
+    try:
+        counts = future.result()
+    except concurrent.futures.process.BrokenProcessPool:
+        done(job, None, "a worker process died (killed, or out of memory) while this shard was in the pool")
+        return
+    except Exception as e:  # noqa: BLE001 - raised by tokenize_shard in the worker: that shard's failure
+        done(job, None, _described(e))
+        return
+    done(job, counts)
 
 
 def _init_worker(threads: int, devices) -> None:
@@ -406,19 +533,26 @@ def _set_worker_device(name: str | None) -> None:
 
 
 def _summarize(
-    out: Path, urls: list[str], codebook: Codebook, kept: int, features: bool, seconds: float
+    out: Path, urls: list[str], mine: list[int], codebook: Codebook, kept: int, features: bool, precision: str,
+    failures: list[Failure], seconds: float,
 ) -> TokenizeSummary:
-    """Figures of the whole folder from the shards' stats files; errors.jsonl rewritten from them."""
-    stats = [ShardStats.read(schema.stats_path(out / schema.shard_name(i))) for i in range(len(urls))]
-    lines = [line for s in stats for line in s.extra.get("errors", [])]
+    """Figures of the folder (or part) from the shards' stats files; errors.jsonl rewritten from them
+    and from the shards that failed."""
+    committed = finished_shards(out, mine)
+    stats = [committed[i] for i in mine if i in committed]
+    lines = [line for s in stats for line in s.extra.get("errors", [])] + [f.line() for f in failures]
     ErrorLog(out / schema.ERRORS_FILE, lines).close()
     written = sum(s.samples for s in stats)
+    worker_seconds = sum(s.extra["seconds"] for s in stats)
+    checked, differ = (sum(s.extra.get(name, 0) for s in stats) for name in ("fp32_check_clips", "fp32_check_differ"))
     summary = TokenizeSummary(
-        codebook_hash=codebook.hash, shards_read=len(urls), shards_written=len(stats), shards_kept=kept,
+        codebook_hash=codebook.hash, shards_read=len(mine), shards_written=len(stats), shards_kept=kept,
         samples_read=sum(s.extra["samples_read"] for s in stats), samples_written=written,
         samples_skipped=sum(s.extra["samples_skipped"] for s in stats), clips=sum(s.clips for s in stats),
         bytes=sum(s.bytes for s in stats), features=features, errors_lines=len(lines), seconds=seconds,
-        clips_per_second=sum(s.clips for s in stats) / max(sum(s.extra["seconds"] for s in stats), 1e-9),
+        clips_per_second=sum(s.clips for s in stats) / max(worker_seconds, 1e-9), worker_seconds=worker_seconds,
+        shards_failed=len(failures), precision=precision, fp32_check_clips=checked, fp32_check_differ=differ,
+        fp32_check_share=differ / checked if checked else 0.0,
     )
     if summary.samples_written + summary.samples_skipped != summary.samples_read:
         raise RuntimeError(
@@ -436,19 +570,23 @@ def _summarize(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, TokenizeConfig, {
         "clips": Flag(metavar="SPEC"), "codebook": Flag(metavar="PATH"), "out": Flag(metavar="FOLDER"),
-        "encoder_weights": Flag(metavar="PATH"),
+        "encoder_weights": Flag(metavar="PATH"), "precision": Flag(choices=PRECISIONS),
     })
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(TokenizeConfig, args)
+        part = config_part(config)
+        if not part.whole:
+            print(f"videobert shards tokenize: part {part} (from {part.source})", file=sys.stderr)
         summary = tokenize(config)
     except TokenizeError as e:
         print(f"videobert shards tokenize: error: {e}", file=sys.stderr)
         return 2
-    print(format_summary(summary, Path(args.out)))
-    return 0 if summary.samples_written > 0 else 1
+    print(format_summary(summary, part.folder(args.out)))
+    nothing_to_do = summary.shards_read == 0  # a part of a run with fewer shards than parts
+    return 0 if (summary.samples_written > 0 or nothing_to_do) and not summary.shards_failed else 1
 
 
 def format_summary(s: TokenizeSummary, out: Path) -> str:
@@ -457,8 +595,16 @@ def format_summary(s: TokenizeSummary, out: Path) -> str:
         f"tokenized {out}: {s.shards_written} shards ({s.shards_kept} kept from an earlier run), "
         f"{s.samples_written} samples, {s.clips} clips, codebook {s.codebook_hash}",
         f"  samples  read {s.samples_read} = written {s.samples_written} + skipped {s.samples_skipped}",
-        f"  time     {s.seconds:.1f} s ({s.clips_per_second:.1f} clips/s per worker)",
+        f"  time     {s.seconds:.1f} s ({s.clips_per_second:.1f} clips/s per worker), encoder in {s.precision}",
     ]
+    if s.fp32_check_clips:
+        lines.append(f"  bf16     {s.fp32_check_differ} of {s.fp32_check_clips} clips checked against fp32 got "
+                     f"another visual word ({100 * s.fp32_check_share:.2f} %)")
+        if s.fp32_check_share > BF16_SHARE_NOTED:
+            lines.append("           more than the codebook should tolerate: consider --precision fp32 (the codebook "
+                         "was fitted on fp32 features)")
+    if s.shards_failed:
+        lines.append(f"  {s.shards_failed} shards FAILED (see {out / schema.ERRORS_FILE}); re-run to retry them")
     if s.errors_lines:
         lines.append(f"  {s.errors_lines} problems listed in {out / schema.ERRORS_FILE}")
     if s.samples_written == 0:

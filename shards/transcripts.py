@@ -10,9 +10,21 @@ Formats (``FORMATS``), told apart by extension and content, or named with ``fmt=
 * ``jsonl``      a manifest, one ``{"video": path-or-id, "start": s, "end": e, "text": t}`` per line;
   the video id is the file name without extension when ``video`` is a path, else ``video`` itself
 
-A folder stands for the transcript files inside it (recursively, by extension). When two files give
-captions for the same video id, the first (in argument order, folders sorted) is used and the other's
-segments are reported.
+A folder stands for the transcript files inside it (recursively, by extension); what a downloader
+leaves beside the videos (yt-dlp's ``.info.json``, thumbnails, descriptions) is ignored and counted
+(``TranscriptFiles.ignored``), so one folder can be given as both videos and transcripts. When two
+files give captions for the same video id, the first (in argument order, folders sorted) is used and
+the other's segments are reported.
+
+Subtitles downloaded with yt-dlp are named ``VIDEO_ID.LANG.vtt`` (``.en.vtt``, ``.en-US.srt``): the
+language suffix is not part of the video id. When a video has subtitles in several languages, one
+is chosen (``language``, default ``en``: that tag, then the same language in a region, ``en-US``,
+then a file without a suffix, then the first by name) and the others are reported, not read.
+
+Parts (``shards.parts``): given ``part``, only the videos the part owns are kept, and memory holds
+only theirs. The JSON formats are read as a stream (``shards.json_members``): a multi-GB caption.json
+is never in memory whole, and the captions of videos other parts own are skipped unparsed. Whole-file
+facts (a file that cannot be read, a line that names no video) are part 0's to report and count.
 
 Every segment located in a file is accounted for: it is returned (``Transcripts.segments``) or
 reported (``Transcripts.problems``, one ``Problem`` per line of a stage's ``errors.jsonl``), so that
@@ -21,7 +33,8 @@ reading:
 
 * segments are sorted by start time (noted once per video when the file had them out of order) and
   numbered in that order (``Segment.index``); entries unusable as read (invalid UTF-8, times that are
-  not numbers) are reported before that and get no number;
+  not finite numbers, including numbers too large for a float) are reported before that and get no
+  number;
 * empty or whitespace-only text: skipped; ``end <= start``: skipped; a segment ending at or before 0 s:
   skipped; one starting before 0 s: clipped to start at 0; one lasting longer than ``max_segment_seconds``
   (default ``MAX_SEGMENT_SECONDS``): skipped before it can own any frame, so that an absurd end time
@@ -30,23 +43,26 @@ reading:
 * a segment overlapping the previous kept one is trimmed to start where that one ends, or skipped when
   nothing is left, so that every frame belongs to at most one segment.
 
-Bad input: a file whose structure is broken (invalid JSON, a VTT without its ``WEBVTT`` line, a cue
-timing line that does not parse) is reported with line and column and none of its captions are used.
-Invalid UTF-8 costs only the entries or cues that contain it, reported with the byte offset of the first
-bad byte; the whole file only when its structure cannot be read at all. JSONL lines are independent:
-a line that is not valid JSON costs that line only.
+Bad input: a file whose structure is broken (JSON whose brackets or strings do not close, a VTT
+without its ``WEBVTT`` line, a cue timing line that does not parse) is reported with line and column
+and none of its captions are used. One video's captions in a JSON file that are not valid JSON
+inside, or nested deeper than the parser goes, cost that video only. Invalid UTF-8 costs only the
+entries or cues that contain it, reported with the byte offset of the first bad byte. JSONL lines
+are independent: a line that is not valid JSON costs that line only.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import math
+import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from shards.parts import Part
 
 HOWTO100M = "howto100m"
 YOUCOOK2 = "youcook2"
@@ -56,9 +72,16 @@ JSONL = "jsonl"
 FORMATS = (HOWTO100M, YOUCOOK2, VTT, SRT, JSONL)
 
 TRANSCRIPT_EXTENSIONS = (".json", ".jsonl", ".ndjson", ".vtt", ".srt")
+SIDECAR_EXTENSIONS = (".vtt", ".srt")
+"""Per-video transcripts (the video id is the file name, less a language suffix)."""
 VIDEO_EXTENSIONS = (
     ".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".wmv", ".3gp", ".ogv",
 )
+DOWNLOADER_JSON = (".info.json", ".live_chat.json", ".comments.json")
+"""JSON files yt-dlp writes beside a video that are not transcripts (ignored in folders)."""
+DEFAULT_LANGUAGE = "en"
+
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
 
 MAX_SEGMENT_SECONDS = 300.0
 """Default longest caption segment, in seconds (5 minutes: speech captions last seconds, YouCook2 steps
@@ -72,7 +95,7 @@ SORTED = "sorted"  # kept, put in time order
 ACTIONS = (SKIPPED, TRIMMED, CLIPPED, SORTED)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Segment:
     """One caption segment of one video, after the per-video fixes (see the module docstring)."""
 
@@ -113,7 +136,7 @@ class Problem:
 
 @dataclass
 class Transcripts:
-    """Everything read from a set of transcript inputs."""
+    """Everything read from a set of transcript inputs (by one part: the videos it owns)."""
 
     segments: dict[str, list[Segment]] = field(default_factory=dict)
     """Video id -> its usable segments, time-sorted, non-overlapping (ids in first-seen order)."""
@@ -123,7 +146,11 @@ class Transcripts:
     """Video id -> the transcript file its segments came from."""
     files_read: int = 0
     files_skipped: int = 0
-    """Files none of whose captions could be used (missing, unreadable, malformed, unknown format)."""
+    """Files none of whose captions could be used (missing, unreadable, malformed, unknown format, or
+    subtitles in a language not chosen)."""
+    files_ignored: int = 0
+    """Files in the folders given that are neither transcripts nor videos (a downloader's metadata,
+    thumbnails); counted by part 0."""
     segments_read: int = 0
     """Segments located in the files (kept, fixed or skipped)."""
 
@@ -136,24 +163,32 @@ class Transcripts:
 # Entry points
 
 
-def read_transcripts(paths: Iterable[str | Path], fmt: str | None = None,
-                     max_segment_seconds: float = MAX_SEGMENT_SECONDS) -> Transcripts:
-    """Read transcript files and folders; ``fmt`` (one of ``FORMATS``) overrides detection; segments
-    longer than ``max_segment_seconds`` are skipped (module docstring)."""
+def read_transcripts(paths: Iterable[str | Path], fmt: str | None = None, *, language: str = DEFAULT_LANGUAGE,
+                     part: Part | None = None, max_segment_seconds: float = MAX_SEGMENT_SECONDS) -> Transcripts:
+    """Read transcript files and folders; ``fmt`` (one of ``FORMATS``) overrides detection; ``part``
+    keeps the videos that part owns (default: all); segments longer than ``max_segment_seconds`` are
+    skipped (module docstring)."""
     if fmt is not None and fmt not in FORMATS:
         raise ValueError(f"unknown transcript format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    files, missing = list_transcript_files(paths)
-    result = Transcripts(files_read=len(missing), files_skipped=len(missing))
-    result.problems += [
-        Problem(input=str(path), video_id=None, segment=None, reason=f"transcript file {path} not found", segments=0)
-        for path in missing
-    ]
-    entries: dict[str, list[_Entry]] = {}
+    part = part or Part()
+    listing = list_transcript_files(paths)
+    result = Transcripts()
+    if part.first:
+        result.files_read = result.files_skipped = len(listing.missing)
+        result.files_ignored = len(listing.ignored)
+        result.problems += [
+            Problem(input=str(path), video_id=None, segment=None, reason=f"transcript file {path} not found", segments=0)
+            for path in listing.missing
+        ]
+    entries: dict[str, list[Entry]] = {}
     labels: dict[str, str] = {}
-    for path in files:
-        parsed = parse_file(path, fmt)
-        result.files_read += 1
-        result.files_skipped += int(parsed.unusable)
+    for choice in choose_sidecars(listing.files, fmt, language):
+        if choice.video_id is not None and not part.owns_video(choice.video_id):
+            continue  # another part's video: its file is not even opened
+        parsed = choice.not_chosen or parse_file(choice.path, fmt, video_id=choice.video_id, part=part)
+        counted = choice.video_id is not None or part.first
+        result.files_read += counted
+        result.files_skipped += counted and parsed.unusable
         result.segments_read += parsed.located
         result.problems += parsed.problems
         _merge(parsed, entries, labels, result)
@@ -165,19 +200,61 @@ def read_transcripts(paths: Iterable[str | Path], fmt: str | None = None,
     return result
 
 
-def list_transcript_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
-    """(files named or inside the folders named, in order, folders sorted; paths that do not exist)."""
-    files: list[Path] = []
-    missing: list[Path] = []
+@dataclass
+class TranscriptFiles:
+    """What ``list_transcript_files`` found."""
+
+    files: list[Path]
+    """Transcript files named, or inside the folders named, in order (folders sorted)."""
+    missing: list[Path]
+    """Paths that do not exist."""
+    ignored: set[Path] = field(default_factory=set)
+    """Files inside the folders that are neither transcripts nor videos."""
+
+
+def list_transcript_files(paths: Iterable[str | Path]) -> TranscriptFiles:
+    """The transcript files of the given paths (a file named is taken whatever its extension)."""
+    found = TranscriptFiles([], [])
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TRANSCRIPT_EXTENSIONS)
+            inside = files_under(path)
+            found.files += [p for p in inside if is_transcript_file(p)]
+            found.ignored.update(p.absolute() for p in inside if not is_transcript_file(p) and not is_video_file(p))
         elif path.is_file():
-            files.append(path)
+            found.files.append(path)
         else:
-            missing.append(path)
-    return files, missing
+            found.missing.append(path)
+    return found
+
+
+def files_under(folder: Path) -> list[Path]:
+    """The files in a folder and its subfolders, sorted. Read from the directory entries (no ``stat``
+    per file): every part of a split run lists a corpus folder of a million videos, often on a shared
+    file system."""
+    found = []
+    for top, _, names in os.walk(folder):
+        found += [Path(top, name) for name in names]
+    return sorted(found)
+
+
+def is_transcript_file(path: Path) -> bool:
+    """A transcript by its name (in a folder): a transcript extension, and not a downloader's JSON."""
+    name = path.name.lower()
+    return path.suffix.lower() in TRANSCRIPT_EXTENSIONS and not name.endswith(DOWNLOADER_JSON)
+
+
+def is_video_file(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def sidecar_id(path: Path) -> tuple[str, str | None]:
+    """(video id, language) of a per-video subtitle file: ``abc.en-US.vtt`` -> (``abc``, ``en-US``)."""
+    stem = path.stem
+    head, dot, tail = stem.rpartition(".")
+    if dot and head and _LANGUAGE_TAG.fullmatch(tail):
+        return head, tail
+    return stem, None
 
 
 def video_id_of(reference: str) -> str:
@@ -189,14 +266,14 @@ def video_id_of(reference: str) -> str:
 
 def detect_format(path: Path, data: bytes) -> str | None:
     """The format of a transcript file from its extension and first bytes; JSON objects give ``"json"``
-    (told apart into ``howto100m`` / ``youcook2`` once parsed); None when nothing fits."""
+    (told apart into ``howto100m`` / ``youcook2`` while read); None when nothing fits."""
     head = data[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")
     suffix = path.suffix.lower()
     if head.startswith(b"WEBVTT") or suffix == ".vtt":
         return VTT
     if suffix == ".srt" or re.match(rb"\d+\s*\r?\n[^\n]*-->", head):
         return SRT
-    if suffix in (".jsonl", ".ndjson") or _looks_like_jsonl(head):
+    if suffix in (".jsonl", ".ndjson") or _json.looks_like_jsonl(head):
         return JSONL
     if head.startswith(b"{") or suffix == ".json":
         return "json"
@@ -204,11 +281,74 @@ def detect_format(path: Path, data: bytes) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# One file
+# Subtitles in several languages
 
 
 @dataclass
-class _Entry:
+class SidecarChoice:
+    """A transcript file to read: its video id when it is one video's file, and when it is a subtitle
+    file not chosen (another language of a video that has one chosen), what that means."""
+
+    path: Path
+    video_id: str | None = None
+    not_chosen: "ParsedFile | None" = None
+
+
+def choose_sidecars(files: Sequence[Path], fmt: str | None, language: str) -> list[SidecarChoice]:
+    """Files in order, per-video subtitle files grouped by video: one language kept per video."""
+    per_video = fmt in (VTT, SRT) or fmt is None
+    groups: dict[str, list[tuple[Path, str | None]]] = {}
+    choices: list[SidecarChoice] = []
+    for path in files:
+        if per_video and (fmt in (VTT, SRT) or path.suffix.lower() in SIDECAR_EXTENSIONS):
+            video_id, tag = sidecar_id(path)
+            if video_id not in groups:
+                choices.append(SidecarChoice(path, video_id))
+                groups[video_id] = []
+            groups[video_id].append((path, tag))
+        else:
+            choices.append(SidecarChoice(path))
+    return [c for choice in choices for c in _resolve_group(choice, groups, language)]
+
+
+def _resolve_group(choice: SidecarChoice, groups: dict, language: str) -> list[SidecarChoice]:
+    if choice.video_id is None or len(groups[choice.video_id]) == 1:
+        return [choice]
+    group = groups[choice.video_id]
+    chosen_path, chosen_tag = min(group, key=lambda item: (_language_rank(item[1], language), item[0].name))
+    result = [SidecarChoice(chosen_path, choice.video_id)]
+    for path, tag in group:
+        if path == chosen_path:
+            continue
+        not_chosen = ParsedFile(input=str(path), fmt=None, unusable=True)
+        not_chosen.problems.append(Problem(
+            input=str(path), video_id=choice.video_id, segment=None, segments=0,
+            reason=f"video {choice.video_id} has subtitles in {_language_name(tag)} ({path.name}) and in "
+            f"{_language_name(chosen_tag)} ({chosen_path.name}); {chosen_path.name} is used (--language {language})",
+        ))
+        result.append(SidecarChoice(path, choice.video_id, not_chosen))
+    return result
+
+
+def _language_rank(tag: str | None, language: str) -> int:
+    """0: the language asked for; 1: the same language in a region or script; 2: no tag; 3: another."""
+    if tag is not None and tag.lower() == language.lower():
+        return 0
+    if tag is not None and tag.lower().split("-")[0] == language.lower().split("-")[0]:
+        return 1
+    return 2 if tag is None else 3
+
+
+def _language_name(tag: str | None) -> str:
+    return tag if tag is not None else "no language suffix"
+
+
+# ---------------------------------------------------------------------------------------------------
+# One file
+
+
+@dataclass(slots=True)
+class Entry:
     """A located, well-formed caption entry before normalisation."""
 
     video_id: str
@@ -219,22 +359,35 @@ class _Entry:
 
 @dataclass
 class ParsedFile:
-    """What one file gave: entries per video, problems, and how many entries were located."""
+    """What one file gave (for one part): entries per video, problems, and how many entries were located."""
 
     input: str
     """The file, as named by the caller."""
     fmt: str | None
-    entries: dict[str, list[_Entry]] = field(default_factory=dict)
+    part: Part = field(default_factory=Part)
+    entries: dict[str, list[Entry]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     located: int = 0
     unusable: bool = False
     """True when none of the file's captions can be used (the problem says why)."""
+    video_id: str | None = None
+    """The video of a per-video file (VTT, SRT); None for files of many videos."""
 
-    def add(self, entry: _Entry) -> None:
+    def owns(self, video_id: str | None) -> bool:
+        """Whether this part reads ``video_id``'s captions (None: facts of no one video, part 0's)."""
+        return self.part.first if video_id is None else self.part.owns_video(video_id)
+
+    def locate(self, video_id: str | None, count: int = 1) -> None:
+        if self.owns(video_id):
+            self.located += count
+
+    def add(self, entry: Entry) -> None:
         self.entries.setdefault(entry.video_id, []).append(entry)
 
     def skip(self, video_id: str | None, reason: str, segments: int = 1) -> None:
-        self.problems.append(Problem(input=self.input, video_id=video_id, segment=None, reason=reason, segments=segments))
+        if self.owns(video_id):
+            self.problems.append(Problem(input=self.input, video_id=video_id, segment=None, reason=reason,
+                                         segments=segments))
 
     def reject(self, reason: str, video_id: str | None = None) -> None:
         """The whole file is unusable: forget what was read from it and say why."""
@@ -242,31 +395,53 @@ class ParsedFile:
         self.problems.clear()
         self.located = 0
         self.unusable = True
-        self.skip(video_id, f"{reason}; none of the file's captions are used", segments=0)
+        self.skip(video_id if video_id is not None else self.video_id,
+                  f"{reason}; none of the file's captions are used", segments=0)
+
+    def reset(self, fmt: str) -> None:
+        """Start over as another format (a JSON file found to be YouCook2's)."""
+        self.entries.clear()
+        self.problems.clear()
+        self.located = 0
+        self.fmt = fmt
 
 
-def parse_file(path: Path, fmt: str | None = None) -> ParsedFile:
-    """Parse one transcript file (format detected unless given)."""
-    parsed = ParsedFile(input=str(path), fmt=fmt)
+def parse_file(path: Path, fmt: str | None = None, *, video_id: str | None = None,
+               part: Part | None = None) -> ParsedFile:
+    """Parse one transcript file (format detected unless given); ``video_id`` names the video of a
+    per-video file (default: from its name); ``part`` keeps the videos that part owns."""
+    parsed = ParsedFile(input=str(path), fmt=fmt, part=part or Part(), video_id=video_id)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(4096)
     except OSError as e:
         parsed.reject(f"cannot read transcript file {path}: {e.strerror or e}")
         return parsed
-    parsed.fmt = fmt or detect_format(path, data)
-    parser = _PARSERS.get(parsed.fmt or "")
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+    parsed.fmt = fmt or detect_format(path, head)
+    if parsed.fmt in (VTT, SRT) and parsed.video_id is None:
+        parsed.video_id = sidecar_id(path)[0]
+    parser = _parser(parsed.fmt)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         parsed.reject(f"{path} is UTF-16 encoded; transcripts must be UTF-8")
     elif parser is None:
         parsed.reject(
             f"cannot tell the transcript format of {path} (one of {', '.join(FORMATS)}; name it with --transcript-format)"
         )
     else:
-        parser(path, data, parsed)
+        try:
+            parser(path, parsed)
+        except OSError as e:
+            parsed.reject(f"cannot read transcript file {path}: {e.strerror or e}")
     return parsed
 
 
-def _merge(parsed: ParsedFile, entries: dict[str, list[_Entry]], labels: dict[str, str], result: Transcripts) -> None:
+def _parser(fmt: str | None) -> Callable[[Path, ParsedFile], None] | None:
+    parsers = {"json": _json.parse_json, HOWTO100M: _json.parse_json, YOUCOOK2: _json.parse_json,
+               JSONL: _json.parse_jsonl, VTT: _parse_vtt, SRT: _parse_srt}
+    return parsers.get(fmt or "")
+
+
+def _merge(parsed: ParsedFile, entries: dict[str, list[Entry]], labels: dict[str, str], result: Transcripts) -> None:
     """Add a file's entries; a video id already given by an earlier file keeps that file's captions."""
     for video_id, video_entries in parsed.entries.items():
         if video_id in result.sources:
@@ -281,12 +456,49 @@ def _merge(parsed: ParsedFile, entries: dict[str, list[_Entry]], labels: dict[st
         entries[video_id] = video_entries
 
 
+def add_entry(parsed: ParsedFile, path: Path, video_id: str, label: str, start: Any, end: Any, text: Any,
+              bad_text: tuple[bool, int | None]) -> None:
+    """Validate one entry's values; add it or report it."""
+    if is_time(start) and is_time(end) and isinstance(text, str) and not bad_text[0]:
+        parsed.add(Entry(video_id, float(start), float(end), text))
+        return
+    where = f"{label} of {video_id} in {path.name}"
+    if not (is_time(start) and is_time(end)):
+        parsed.skip(video_id, f"{where}: start and end must be finite numbers of seconds, got {_shown(start)} and "
+                    f"{_shown(end)}")
+        return
+    where += f" ({span(start, end)})"
+    if not isinstance(text, str):
+        parsed.skip(video_id, f"{where}: text must be a string, got {type(text).__name__}")
+    elif bad_text[0] and bad_text[1] is None:
+        parsed.skip(video_id, f"{where}: text is not valid Unicode (invalid UTF-8 or an unpaired surrogate escape)")
+    elif bad_text[0]:
+        parsed.skip(video_id, f"{where}: text has invalid UTF-8{at_offset(bad_text[1])}")
+    else:
+        parsed.add(Entry(video_id, float(start), float(end), text))
+
+
+def is_time(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float) and math.isinf(value):
+        return "a number too large for seconds"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def at_offset(offset: int | None) -> str:
+    return f" at byte offset {offset}" if offset is not None else ""
+
+
 # ---------------------------------------------------------------------------------------------------
 # Normalisation: order, validity, overlaps
 
 
 def _normalize(
-    video_id: str, entries: Sequence[_Entry], input_name: str, source: str, max_seconds: float = MAX_SEGMENT_SECONDS,
+    video_id: str, entries: Sequence[Entry], input_name: str, source: str, max_seconds: float = MAX_SEGMENT_SECONDS,
 ) -> tuple[list[Segment], list[Problem]]:
     """Sort a video's entries by time, number them, and apply the fixes of the module docstring.
 
@@ -302,7 +514,12 @@ def _normalize(
         ))
     kept: list[Segment] = []
     for index, i in enumerate(order):
-        segment, problem = _check_segment(video_id, index, entries[i], kept[-1] if kept else None, input_name, source,
+        entry = entries[i]
+        text = " ".join(entry.text.split())
+        if text and 0 <= entry.start < entry.end <= entry.start + max_seconds and (not kept or entry.start >= kept[-1].end):
+            kept.append(Segment(video_id, index, entry.start, entry.end, text, source))  # nothing to fix
+            continue
+        segment, problem = _check_segment(video_id, index, entry, kept[-1] if kept else None, input_name, source,
                                           max_seconds)
         if problem is not None:
             problems.append(problem)
@@ -312,12 +529,11 @@ def _normalize(
 
 
 def _check_segment(
-    video_id: str, index: int, entry: _Entry, previous: Segment | None, input_name: str, source: str,
+    video_id: str, index: int, entry: Entry, previous: Segment | None, input_name: str, source: str,
     max_seconds: float = MAX_SEGMENT_SECONDS,
 ) -> tuple[Segment | None, Problem | None]:
-    label = f"segment {index} of {video_id} ({span(entry.start, entry.end)})"
-
-    def problem(reason: str, action: str = SKIPPED) -> Problem:
+    def problem(reason: str, action: str = SKIPPED) -> Problem:  # the label only when needed: most segments are fine
+        label = f"segment {index} of {video_id} ({span(entry.start, entry.end)})"
         return Problem(input=input_name, video_id=video_id, segment=index, reason=f"{label}: {reason}", action=action)
 
     text = " ".join(entry.text.split())
@@ -357,190 +573,11 @@ def span(start: float, end: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# JSON formats (caption.json, YouCook2)
-
-_SURROGATE = re.compile("[\udc80-\udcff]")  # what undecodable bytes become with surrogateescape
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # and what an escape like "\ud83d" alone becomes
-
-
-def _lenient_decode(data: bytes) -> tuple[str, list[int]]:
-    """``data`` as text, undecodable bytes kept as lone surrogates; and the byte offsets of those bytes."""
-    try:
-        return data.decode("utf-8"), []
-    except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="surrogateescape")
-    offsets: list[int] = []
-    byte_pos = char_pos = 0
-    for match in _SURROGATE.finditer(text):
-        byte_pos += len(text[char_pos : match.start()].encode("utf-8"))
-        offsets.append(byte_pos)
-        byte_pos += 1
-        char_pos = match.end()
-    return text, offsets
-
-
-class _BadBytes:
-    """The JSON strings that are not valid Unicode, with the byte offset of their first invalid UTF-8
-    byte: strings are visited in document order, which is the order their undecodable bytes appear in
-    the file. A string holding a lone surrogate escape (``"\\ud83d"``) is invalid too, without an offset."""
-
-    def __init__(self, document: Any, offsets: list[int]) -> None:
-        self.by_path: dict[tuple, int | None] = {}
-        self._offsets = iter(offsets)
-        self._seen = 0
-        self._walk(document, ())
-        if self._seen != len(offsets):  # lone surrogate escapes mixed in: offsets cannot be matched up
-            self.by_path = dict.fromkeys(self.by_path)
-
-    def at(self, *path: Any) -> tuple[bool, int | None]:
-        """(whether the string at ``path`` had invalid UTF-8, the offset of its first bad byte)."""
-        return (path in self.by_path, self.by_path.get(path))
-
-    def _walk(self, node: Any, path: tuple) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                self._visit_string(key, path + (key, _KEY))
-                self._walk(value, path + (key,))
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                self._walk(value, path + (i,))
-        elif isinstance(node, str):
-            self._visit_string(node, path)
-
-    def _visit_string(self, text: str, path: tuple) -> None:
-        if _LONE_SURROGATE.search(text):
-            bad = _SURROGATE.findall(text)
-            offsets = [next(self._offsets, None) for _ in bad]
-            self.by_path[path] = offsets[0] if offsets else None
-            self._seen += len(bad)
-
-
-_KEY = "<key>"
-
-
-def _parse_json(path: Path, data: bytes, parsed: ParsedFile) -> None:
-    text, offsets = _lenient_decode(data)
-    try:
-        document = json.loads(text.lstrip("\ufeff"))
-    except json.JSONDecodeError as e:
-        parsed.reject(_json_error(path, text, e, offsets))
-        return
-    bad = _BadBytes(document, offsets)
-    if parsed.fmt == YOUCOOK2 or (parsed.fmt == "json" and isinstance(document, dict) and "database" in document):
-        parsed.fmt = YOUCOOK2
-        _read_youcook2(path, document, bad, parsed)
-    else:
-        parsed.fmt = HOWTO100M
-        _read_howto100m(path, document, bad, parsed)
-
-
-def _json_error(path: Path, text: str, error: json.JSONDecodeError, offsets: list[int]) -> str:
-    where = f"{path} line {error.lineno}, column {error.colno}"
-    if error.pos < len(text) and _SURROGATE.match(text, error.pos) and offsets:
-        prefix_bad = len(_SURROGATE.findall(text, 0, error.pos))
-        return f"{where}: invalid UTF-8 at byte offset {offsets[prefix_bad]} breaks the JSON structure"
-    return f"{where}: not valid JSON ({error.msg})"
-
-
-def _read_howto100m(path: Path, document: Any, bad: _BadBytes, parsed: ParsedFile) -> None:
-    if not isinstance(document, dict):
-        parsed.reject(f"{path}: a HowTo100M caption file is an object of video ids, found {type(document).__name__}")
-        return
-    for video_id, captions in document.items():
-        lists = captions if isinstance(captions, dict) else {}
-        columns = [lists.get(name) for name in ("start", "end", "text")]
-        lengths = [len(c) for c in columns if isinstance(c, list)]
-        count = max(lengths, default=0)
-        parsed.located += count
-        if not _usable_video_id(path, video_id, bad, parsed, count):
-            continue
-        if len(lengths) != 3 or len(set(lengths)) != 1:
-            parsed.skip(video_id, f"{path}: captions of video {video_id} are not three lists start, end, text "
-                        f"of equal length (found lengths {_lengths(columns)})", segments=count)
-            continue
-        for i in range(count):
-            _add_entry(parsed, path, video_id, f"entry {i}", columns[0][i], columns[1][i], columns[2][i],
-                       bad.at(video_id, "text", i))
-
-
-def _read_youcook2(path: Path, document: Any, bad: _BadBytes, parsed: ParsedFile) -> None:
-    database = document.get("database") if isinstance(document, dict) else None
-    if not isinstance(database, dict):
-        parsed.reject(f"{path}: a YouCook2 annotation file has an object \"database\" of video ids")
-        return
-    for video_id, video in database.items():
-        annotations = video.get("annotations") if isinstance(video, dict) else None
-        count = len(annotations) if isinstance(annotations, list) else 0
-        parsed.located += count
-        if not _usable_video_id(path, video_id, bad, parsed, count, ("database",)):
-            continue
-        if not isinstance(annotations, list):
-            parsed.skip(video_id, f"{path}: video {video_id} has no \"annotations\" list", segments=0)
-            continue
-        for i, annotation in enumerate(annotations):
-            item = annotation if isinstance(annotation, dict) else {}
-            segment = item.get("segment")
-            start, end = segment if isinstance(segment, list) and len(segment) == 2 else (None, None)
-            _add_entry(parsed, path, video_id, f"annotation {i}", start, end, item.get("sentence"),
-                       bad.at("database", video_id, "annotations", i, "sentence"))
-
-
-def _usable_video_id(path: Path, video_id: str, bad: _BadBytes, parsed: ParsedFile, count: int, prefix: tuple = ()) -> bool:
-    is_bad, offset = bad.at(*prefix, video_id, _KEY)
-    if is_bad:
-        parsed.skip(None, f"{path}: a video id has invalid UTF-8{_at(offset)}; its {count} segments are skipped",
-                    segments=count)
-    return not is_bad
-
-
-def _add_entry(parsed: ParsedFile, path: Path, video_id: str, label: str, start: Any, end: Any, text: Any,
-               bad_text: tuple[bool, int | None]) -> None:
-    """Validate one entry's values; add it or report it."""
-    where = f"{label} of {video_id} in {path.name}"
-    if not (_is_time(start) and _is_time(end)):
-        parsed.skip(video_id, f"{where}: start and end must be finite numbers of seconds, got {start!r} and {end!r}")
-        return
-    where += f" ({span(start, end)})"
-    if not isinstance(text, str):
-        parsed.skip(video_id, f"{where}: text must be a string, got {type(text).__name__}")
-    elif bad_text[0] and bad_text[1] is None:
-        parsed.skip(video_id, f"{where}: text is not valid Unicode (invalid UTF-8 or an unpaired surrogate escape)")
-    elif bad_text[0]:
-        parsed.skip(video_id, f"{where}: text has invalid UTF-8{_at(bad_text[1])}")
-    else:
-        parsed.add(_Entry(video_id, float(start), float(end), text))
-
-
-def _is_time(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _lengths(columns: list[Any]) -> str:
-    return ", ".join(str(len(c)) if isinstance(c, list) else "missing" for c in columns)
-
-
-def _at(offset: int | None) -> str:
-    return f" at byte offset {offset}" if offset is not None else ""
-
-
-def _looks_like_jsonl(head: bytes) -> bool:
-    """The first line is a whole JSON object with a "video" field."""
-    first = head.split(b"\n", 1)[0].strip()
-    if not (first.startswith(b"{") and first.endswith(b"}")):
-        return False
-    try:
-        item = json.loads(first)
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(item, dict) and "video" in item
-
-
-# ---------------------------------------------------------------------------------------------------
-# Line formats (WebVTT, SRT, JSONL)
+# Line formats (WebVTT, SRT; JSONL lines are read by ``shards.transcripts_json``)
 
 
 @dataclass(frozen=True)
-class _Line:
+class Line:
     number: int
     """1-based line number."""
     offset: int
@@ -551,25 +588,30 @@ class _Line:
     """Byte offset (in the file) of the line's first undecodable byte; None when the line is valid UTF-8."""
 
 
-def _lines(data: bytes) -> list[_Line]:
-    lines: list[_Line] = []
+def decode_line(raw: bytes, number: int, offset: int) -> Line:
+    """One line of a file (``raw`` without its ``\\n``; a ``\\r`` before it and a first line's BOM go)."""
+    body = raw[:-1] if raw.endswith(b"\r") else raw
+    start = offset
+    if number == 1 and body.startswith(b"\xef\xbb\xbf"):
+        body, start = body[3:], offset + 3
+    try:
+        return Line(number, start, body.decode("utf-8"), None)
+    except UnicodeDecodeError as e:
+        return Line(number, start, body.decode("utf-8", errors="surrogateescape"), start + e.start)
+
+
+def _lines(data: bytes) -> list[Line]:
+    lines: list[Line] = []
     offset = 0
     for number, raw in enumerate(data.split(b"\n"), start=1):
-        body = raw[:-1] if raw.endswith(b"\r") else raw
-        start = offset
-        if number == 1 and body.startswith(b"\xef\xbb\xbf"):
-            body, start = body[3:], offset + 3
-        try:
-            lines.append(_Line(number, start, body.decode("utf-8"), None))
-        except UnicodeDecodeError as e:
-            lines.append(_Line(number, start, body.decode("utf-8", errors="surrogateescape"), start + e.start))
+        lines.append(decode_line(raw, number, offset))
         offset += len(raw) + 1
     return lines
 
 
-def _blocks(lines: list[_Line]) -> Iterator[list[_Line]]:
+def _blocks(lines: list[Line]) -> Iterator[list[Line]]:
     """Runs of non-blank lines (cues, headers, notes)."""
-    block: list[_Line] = []
+    block: list[Line] = []
     for line in lines:
         if line.text.strip() or line.bad_offset is not None:
             block.append(line)
@@ -581,16 +623,16 @@ def _blocks(lines: list[_Line]) -> Iterator[list[_Line]]:
 
 
 _TIMING = re.compile(r"\s*(?P<start>\S+)\s+-->\s+(?P<end>\S+)")
-_TIMESTAMP = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})[.,](\d{1,3})")
+_TIMESTAMP = re.compile(r"(?:(\d{1,6}):)?(\d{1,2}):(\d{2})[.,](\d{1,3})")  # bounded: no 5000-digit hours
 _MARKUP = re.compile(r"<[^>]*>|\{\\[^}]*\}")
 
 
 class _Malformed(ValueError):
-    def __init__(self, line: _Line, column: int, message: str) -> None:
+    def __init__(self, line: Line, column: int, message: str) -> None:
         super().__init__(f"line {line.number}, column {column}: {message}")
 
 
-def _timing(line: _Line) -> tuple[float, float]:
+def _timing(line: Line) -> tuple[float, float]:
     match = _TIMING.match(line.text)
     if match is None:
         raise _Malformed(line, 1, "expected a cue timing line 'start --> end'")
@@ -604,35 +646,34 @@ def _timing(line: _Line) -> tuple[float, float]:
     return times[0], times[1]
 
 
-def _cue_text(lines: list[_Line]) -> str:
+def _cue_text(lines: list[Line]) -> str:
     return html.unescape(_MARKUP.sub("", " ".join(line.text for line in lines)))
 
 
-def _parse_vtt(path: Path, data: bytes, parsed: ParsedFile) -> None:
-    blocks = list(_blocks(_lines(data)))
+def _parse_vtt(path: Path, parsed: ParsedFile) -> None:
+    blocks = list(_blocks(_lines(path.read_bytes())))
     if not blocks or not blocks[0][0].text.startswith("WEBVTT") or blocks[0][0].bad_offset is not None:
-        parsed.reject(f"{path} line 1, column 1: a WebVTT file starts with 'WEBVTT'", path.stem)
+        parsed.reject(f"{path} line 1, column 1: a WebVTT file starts with 'WEBVTT'")
         return
     cues = [b for b in blocks[1:] if not (b[0].text.startswith(("NOTE", "STYLE", "REGION")) and "-->" not in b[0].text)]
     _read_cues(path, cues, parsed)
 
 
-def _parse_srt(path: Path, data: bytes, parsed: ParsedFile) -> None:
-    _read_cues(path, list(_blocks(_lines(data))), parsed)
+def _parse_srt(path: Path, parsed: ParsedFile) -> None:
+    _read_cues(path, list(_blocks(_lines(path.read_bytes()))), parsed)
 
 
-def _read_cues(path: Path, blocks: list[list[_Line]], parsed: ParsedFile) -> None:
+def _read_cues(path: Path, blocks: list[list[Line]], parsed: ParsedFile) -> None:
     """Cue blocks (optional identifier line, timing line, text lines) of a VTT or SRT file."""
-    video_id = path.stem
     try:
         for block in blocks:
-            parsed.located += 1
-            _read_cue(path, video_id, block, parsed)
+            parsed.locate(parsed.video_id)
+            _read_cue(path, parsed.video_id, block, parsed)
     except _Malformed as e:
-        parsed.reject(f"{path} {e}", video_id)
+        parsed.reject(f"{path} {e}")
 
 
-def _read_cue(path: Path, video_id: str, block: list[_Line], parsed: ParsedFile) -> None:
+def _read_cue(path: Path, video_id: str, block: list[Line], parsed: ParsedFile) -> None:
     timing_at = next((i for i, line in enumerate(block[:2]) if "-->" in line.text), None)
     bad = next((line.bad_offset for line in block if line.bad_offset is not None), None)
     where = f"cue at line {block[0].number} of {path.name}"
@@ -645,49 +686,15 @@ def _read_cue(path: Path, video_id: str, block: list[_Line], parsed: ParsedFile)
         numbered = block[0].text.strip().isdigit() and len(block) > 1  # a cue number, then its timing
         raise _Malformed(block[1] if numbered else block[0], 1, "expected a cue timing line 'start --> end'")
     start, end = _timing(block[timing_at])
-    parsed.add(_Entry(video_id, start, end, _cue_text(block[timing_at + 1 :])))
+    parsed.add(Entry(video_id, start, end, _cue_text(block[timing_at + 1 :])))
 
 
-def _try_timing(line: _Line) -> tuple[float, float] | None:
+def _try_timing(line: Line) -> tuple[float, float] | None:
     try:
         return _timing(line)
     except _Malformed:
         return None
 
 
-def _parse_jsonl(path: Path, data: bytes, parsed: ParsedFile) -> None:
-    for line in _lines(data):
-        if line.text.strip():
-            parsed.located += 1
-            _read_manifest_line(path, line, parsed)
-
-
-def _read_manifest_line(path: Path, line: _Line, parsed: ParsedFile) -> None:
-    where = f"{path} line {line.number}"
-    try:
-        item = json.loads(line.text)
-    except json.JSONDecodeError as e:
-        parsed.skip(None, f"{where}, column {e.colno}: not valid JSON ({e.msg})")
-        return
-    bad = _BadBytes(item, _lenient_decode(line.text.encode("utf-8", errors="surrogateescape"))[1])
-    video = item.get("video") if isinstance(item, dict) else None
-    if not isinstance(video, str) or not video:
-        parsed.skip(None, f"{where}: expected an object with a string \"video\"")
-        return
-    is_bad, offset = bad.at("video")
-    if is_bad:
-        parsed.skip(None, f"{where}: \"video\" has invalid UTF-8{_at(_shift(offset, line.offset))}")
-        return
-    is_bad, offset = bad.at("text")
-    _add_entry(parsed, path, video_id_of(video), f"line {line.number}", item.get("start"), item.get("end"),
-               item.get("text"), (is_bad, _shift(offset, line.offset)))
-
-
-def _shift(offset: int | None, by: int) -> int | None:
-    return None if offset is None else offset + by
-
-
-_PARSERS = {
-    "json": _parse_json, HOWTO100M: _parse_json, YOUCOOK2: _parse_json,
-    VTT: _parse_vtt, SRT: _parse_srt, JSONL: _parse_jsonl,
-}
+# The JSON formats use this module's types; imported last, used by attribute at call time.
+from shards import transcripts_json as _json  # noqa: E402

@@ -25,7 +25,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,6 +33,9 @@ from typing import Any, BinaryIO
 import webdataset as wds
 
 from shards import schema
+from shards.folders import (  # noqa: F401 - the output folder's small files, re-exported for the stages
+    ErrorLog, claim_output_folder, fsync_folder, read_json_lines, write_json_atomic, write_text_atomic,
+)
 
 TAR_MTIME = 0
 TAR_OWNER = "videobert"
@@ -61,6 +64,25 @@ def tar_writer(stream: BinaryIO) -> wds.TarWriter:
 
 
 _ONE_CALL = 1 << 40
+
+
+def write_sample_members(writer: wds.TarWriter, sample: schema.Sample) -> None:
+    """Append a sample's members exactly as ``writer.write(schema.encode_sample(sample))`` would (the same
+    bytes), with each array's data written straight from the array: ``TarWriter`` takes one bytes
+    object per member, which costs a copy of every frame."""
+    fields = schema.encode_sample(sample, arrays_as_parts=True)
+    key = fields.pop("__key__")
+    tar = writer.tarstream
+    for name in sorted(fields):  # the order TarWriter writes them in
+        parts = fields[name] if isinstance(fields[name], tuple) else (fields[name],)
+        info = tarfile.TarInfo(f"{key}.{name}")
+        info.size, info.mtime, info.mode = sum(len(p) for p in parts), writer.mtime, writer.mode
+        info.uname, info.gname = writer.user, writer.group
+        header = info.tobuf(tar.format, tar.encoding, tar.errors)
+        padding = -info.size % tarfile.BLOCKSIZE
+        for chunk in (header, *parts, bytes(padding)):
+            _write_all(tar.fileobj, chunk)
+        tar.offset += len(header) + info.size + padding
 
 
 def encode_members(sample: schema.Sample) -> bytes:
@@ -102,10 +124,10 @@ class SampleSpool:
     def add(self, sample: schema.Sample) -> SpooledSample:
         """Append one sample; where its members landed in the spool."""
         if self._tar is None:
-            self._file = open(self.path, "wb")
+            self._file = open(self.path, "wb", buffering=0)
             self._tar = tar_writer(self._file)
         start = self._tar.tarstream.offset
-        self._tar.write(schema.encode_sample(sample))
+        write_sample_members(self._tar, sample)
         return SpooledSample(start, self._tar.tarstream.offset - start, sample.meta.n_clips)
 
     def close(self) -> None:
@@ -266,7 +288,7 @@ class ShardWriter:
         self._file = None
         final = self.folder / schema.shard_name(self.index)
         os.replace(self._partial_path(), final)
-        _fsync_folder(self.folder)
+        fsync_folder(self.folder)
         stats = self._open.stats(final, self.extra)
         write_json_atomic(schema.stats_path(final), stats.to_json())
         self.finished.append(stats)
@@ -321,7 +343,7 @@ def resume_point(folder: str | Path) -> ResumePoint:
     folder = Path(folder)
     for leftover in folder.glob(f"*{schema.PARTIAL_SUFFIX}"):
         leftover.unlink()
-    complete = schema.complete_shards(folder)
+    complete = schema.complete_shards(folder, with_parts=False)
     for tar in folder.glob(f"{schema.SHARD_PREFIX}*{schema.SHARD_SUFFIX}"):
         if tar not in complete and not schema.stats_path(tar).exists():
             tar.unlink()
@@ -338,113 +360,6 @@ def resume_point(folder: str | Path) -> ResumePoint:
         next_index=len(shards), last_position=tuple(last.last_position) if last else None,
         last_state=last.state if last else None, shards=shards,
     )
-
-
-# ---------------------------------------------------------------------------------------------------
-# Small files: JSON written atomically, errors.jsonl
-
-
-def claim_output_folder(
-    out: Path, record: dict[str, Any], *, overwrite: bool, stage: str,
-    argument_differences: Callable[[dict[str, Any], dict[str, Any]], list[str]],
-    error: type[Exception], extra_patterns: Sequence[str] = (),
-) -> bool:
-    """Make ``out`` the folder of this stage's run, described by ``record`` (``stage``,
-    ``format_version``, ``arguments``...), written as ``schema.RUN_FILE``.
-
-    A folder holding the same run is resumed (True when that run already finished: its summary
-    exists); one holding another run, or shards without a run file, raises ``error`` naming what
-    differs (``argument_differences(previous, record)`` lists the stage's own arguments). With
-    ``overwrite`` the stage's earlier outputs (shards, ``extra_patterns``, partial files, run,
-    summary and errors files) are removed first.
-    """
-    run_file = out / schema.RUN_FILE
-    if overwrite:
-        patterns = [f"{schema.SHARD_PREFIX}*", *extra_patterns, f"*{schema.PARTIAL_SUFFIX}", schema.RUN_FILE,
-                    schema.SUMMARY_FILE, schema.ERRORS_FILE]
-        for pattern in patterns:
-            for path in out.glob(pattern):
-                if path.is_file():
-                    path.unlink()
-    elif run_file.exists():
-        previous = json.loads(run_file.read_text(encoding="utf-8"))
-        differences = argument_differences(previous, record)
-        if previous.get("stage") != stage or previous.get("format_version") != schema.FORMAT_VERSION:
-            differences.append(f"written by stage {previous.get('stage')!r}, format {previous.get('format_version')!r}")
-        if differences:
-            raise error(
-                f"{out} holds a run with other arguments ({'; '.join(differences)}); re-run with the same "
-                "arguments to finish it, write elsewhere, or add --overwrite to start over"
-            )
-        return (out / schema.SUMMARY_FILE).exists()
-    elif any(out.glob(f"{schema.SHARD_PREFIX}*")):
-        raise error(f"{out} holds shards but no {schema.RUN_FILE}; add --overwrite to replace them")
-    write_json_atomic(run_file, record)
-    return False
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temporary name, so that a reader sees the old file or the new one."""
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary name, synced to disk with the rename: a reader (or a
-    restart after a crash) sees the old file or the new one, never a part."""
-    path = Path(path)
-    temporary = path.with_name(path.name + schema.PARTIAL_SUFFIX)
-    with open(temporary, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-    _fsync_folder(path.parent)
-
-
-def read_json_lines(path: str | Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file; a line cut short by a killed writer is dropped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    lines = []
-    for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            item = json.loads(raw)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(item, dict):
-            lines.append(item)
-    return lines
-
-
-class ErrorLog:
-    """``errors.jsonl``: started from the given lines (written atomically), then appended to."""
-
-    def __init__(self, path: str | Path, lines: Iterable[Mapping[str, Any]] = ()) -> None:
-        self.path = Path(path)
-        temporary = self.path.with_name(self.path.name + schema.PARTIAL_SUFFIX)
-        with open(temporary, "w", encoding="utf-8") as f:
-            f.writelines(_json_line(line) for line in lines)
-        os.replace(temporary, self.path)
-        self._file = open(self.path, "a", encoding="utf-8")
-
-    def write(self, line: Mapping[str, Any]) -> None:
-        self._file.write(_json_line(line))
-
-    def flush(self) -> None:
-        self._file.flush()
-
-    def sync(self) -> None:
-        """Flush to the disk (called before a shard is committed, so its errors are never lost)."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def _json_line(line: Mapping[str, Any]) -> str:
-    return json.dumps(line, ensure_ascii=False) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -486,17 +401,3 @@ def _start_writeback(file: BinaryIO, offset: int, length: int) -> None:
         os.posix_fadvise(file.fileno(), offset, length, os.POSIX_FADV_DONTNEED)
     except (AttributeError, OSError):
         pass  # only a speed hint
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename durable (POSIX: the folder's entry is data of the folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -1,9 +1,9 @@
 """The job's processes: the process group, each rank's device, collectives, and DeepSpeed's import.
 
 One way in, whatever started the process: the ``deepspeed`` launcher and ``torchrun`` set ``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; ``srun`` sets SLURM's variables, which are
-translated here (the one place that reads them); a plain ``python`` or ``videobert`` process gets a
-one-process group on a free local port. Training and evaluation join the same way; each leaves only
+``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; ``srun`` sets SLURM's variables, which
+``shards.ranks`` (the one place that reads launcher variables) translates; a plain ``python`` or
+``videobert`` process gets a one-process group on a free local port. Training and evaluation join the same way; each leaves only
 the group it created (the demo evaluates inside the process that trained).
 
 Collectives work on whatever device the backend reduces (NCCL: CUDA tensors, gloo: CPU tensors)
@@ -28,6 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from shards.ranks import torch_variables_from_slurm
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +90,7 @@ def leave_distributed(info: DistInfo | None, together: bool) -> None:
 def _ranks_from_slurm() -> None:
     """``srun`` starting one task per GPU sets SLURM's variables, not torch's: translate them (the
     batch script exports MASTER_ADDR and MASTER_PORT). Launchers that set RANK win."""
-    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) < 2 or "MASTER_ADDR" not in os.environ:
-        return
-    os.environ.update(
-        RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=os.environ["SLURM_NTASKS"], LOCAL_RANK=os.environ["SLURM_LOCALID"],
-        LOCAL_WORLD_SIZE=os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0],
-    )
+    os.environ.update(torch_variables_from_slurm(os.environ))
 
 
 def _free_port() -> int:

@@ -345,3 +345,39 @@ def test_tar_writer_writes_what_webdataset_writes():
     plain.write(sample)
     plain.close()
     assert ours.getvalue() == theirs.getvalue()
+
+
+def test_a_downloaders_folder_as_videos_and_transcripts(media, tmp_path):
+    """yt-dlp's layout: VIDEO_ID.mp4 beside VIDEO_ID.LANG.vtt, .info.json and a thumbnail, ids that start with
+    '-' (which ffmpeg must not take for an option); one folder given as both --videos and --transcripts."""
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    cue = "WEBVTT\n\n00:00.000 --> 00:01.000\n{}\n\n00:01.000 --> 00:02.000\nmore {}\n"
+    for tag, video_id in enumerate(["-Xb3_kQ9mZc", "aBc-123_xyZ"]):
+        media.encode(folder / f"{video_id}.mp4", media.coded_frames(60, tag=100 * tag))
+        (folder / f"{video_id}.en.vtt").write_text(cue.format("english", tag))
+        (folder / f"{video_id}.info.json").write_text(json.dumps({"id": video_id, "duration": 3}))
+        (folder / f"{video_id}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a picture")
+    (folder / "-Xb3_kQ9mZc.fr.vtt").write_text(cue.format("francais", 0))
+    summary = prepare(PrepareConfig(videos=(str(folder),), transcripts=(str(folder),), out=str(tmp_path / "out"),
+                                    fps=10.0, size=32, clip_len=5, workers=1, progress=False))
+    samples = samples_of(tmp_path / "out")
+    assert sorted((s.meta.video_id, s.text) for s in samples) == [
+        ("-Xb3_kQ9mZc", "english"), ("-Xb3_kQ9mZc", "more 0"), ("aBc-123_xyZ", "english"), ("aBc-123_xyZ", "more 1")]
+    assert all(s.frames.shape == (2, 5, 32, 32, 3) for s in samples)
+    assert (summary.files_ignored, summary.transcript_files_read, summary.transcript_files_skipped) == (4, 3, 1)
+    (line,) = [json.loads(x) for x in (tmp_path / "out" / schema.ERRORS_FILE).read_text().splitlines()]
+    assert line["input"].endswith("-Xb3_kQ9mZc.fr.vtt") and "--language en" in line["reason"]
+
+
+def test_spooled_members_are_the_bytes_webdataset_writes(tmp_path):
+    """Workers write frames straight from their arrays (no copy into one bytes object): same bytes."""
+    from shards.writer import SampleSpool
+
+    samples = [make_sample(i, n_clips=1 + i % 3) for i in range(4)]
+    spool = SampleSpool(tmp_path / "spool.tar")
+    spooled = [spool.add(sample) for sample in samples]
+    spool.close()
+    data = (tmp_path / "spool.tar").read_bytes()
+    for sample, where in zip(samples, spooled):
+        assert data[where.offset: where.offset + where.length] == encode_members(sample)

@@ -287,3 +287,121 @@ def test_the_command_line_offers_exactly_these_formats():
     add_arguments(parser)
     choices = next(a.choices for a in parser._actions if "--transcript-format" in a.option_strings)
     assert tuple(choices) == FORMATS and set(FORMAT_SAMPLES) == set(FORMATS)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hostile JSON: nesting and numbers no parser should be asked to build, in every JSON reader
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+HUGE = "1" * 5000
+
+
+def test_deep_nesting_and_huge_numbers_cost_one_video_in_caption_json(tmp_path):
+    path = tmp_path / "caption.json"
+    path.write_text('{"deep": {"start": [0], "end": [1], "text": ' + DEEP + '},'
+                    f' "huge": {{"start": [0, {HUGE}], "end": [1, 2], "text": ["fine", "too large"]}},'
+                    ' "good": {"start": [0], "end": [1], "text": ["kept"]}}')
+    result = read_transcripts([path])
+    assert spans(result, "good") == [(0, 0.0, 1.0, "kept")] and spans(result, "huge") == [(0, 0.0, 1.0, "fine")]
+    reasons = {p.video_id: p.reason for p in result.problems}
+    assert "line 1, column 10: nested too deeply to read in the captions of video deep" in reasons["deep"]
+    assert "entry 1 of huge" in reasons["huge"] and "a number too large for seconds" in reasons["huge"]
+    assert result.files_skipped == 0
+    assert_accounted(result)
+
+
+def test_deep_nesting_and_huge_numbers_in_youcook2_jsonl_and_vtt(tmp_path):
+    youcook2 = tmp_path / "youcook2.json"
+    youcook2.write_text('{"database": {"deep": {"annotations": ' + DEEP + '}, "big": {"annotations": '
+                        f'[{{"segment": [0, {HUGE}], "sentence": "x"}}, {{"segment": [1, 2], "sentence": "y"}}]}}}}}}')
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"video": "w", "start": 0, "end": 1, "text": ' + DEEP + '}\n'
+                        f'{{"video": "w", "start": {HUGE}, "end": 1, "text": "t"}}\n'
+                        '{"video": "w", "start": 1, "end": 2, "text": "kept"}\n')
+    vtt = tmp_path / "talk.vtt"
+    vtt.write_text(f"WEBVTT\n\n{HUGE}:00:00.000 --> 00:01.000\nabsurd hours\n")
+    result = read_transcripts([youcook2, manifest, vtt])
+    assert spans(result, "big") == [(0, 1.0, 2.0, "y")] and spans(result, "w") == [(0, 1.0, 2.0, "kept")]
+    reasons = [p.reason for p in result.problems]
+    assert any("nested too deeply" in r and "video deep" in r for r in reasons)
+    assert any("m.jsonl line 1: nested too deeply to read" in r for r in reasons)
+    assert any("line 2 of w" in r and "too large" in r for r in reasons)
+    assert any("talk.vtt line 3, column 1" in r and "is not a timestamp" in r for r in reasons)
+    assert_accounted(result)
+
+
+def test_structure_breaks_name_line_and_column_and_cost_the_file(tmp_path):
+    cases = {
+        "unclosed.json": ('{"a": {"start": [0], "end": [1], "text": ["x"]},\n "b": {"start": [0', "line 2, column"),
+        "comma.json": ('{"a": {"start": [0], "end": [1], "text": ["x"]}\n "b": {}}', "line 2, column 2: not valid JSON (Expecting ',' delimiter)"),
+        "list.json": ('[{"start": [0]}]', "a HowTo100M caption file is an object of video ids, found list"),
+        "extra.json": ('{"a": {"start": [0], "end": [1], "text": ["x"]}} {}', "line 1, column 50: not valid JSON (Extra data)"),
+    }
+    for name, (content, where) in cases.items():
+        (tmp_path / name).write_text(content)
+        result = read_transcripts([tmp_path / name])
+        (problem,) = result.problems
+        assert where in problem.reason and "none of the file's captions are used" in problem.reason, name
+        assert result.segments == {} and result.files_skipped == 1
+
+
+def test_caption_json_is_read_as_a_stream(tmp_path):
+    from shards import json_members
+
+    captions = {f"v{i}": {"start": [0.0, 1.5], "end": [1.5, 3.0], "text": [f"a {{{i}", "b ]\"]"]} for i in range(3000)}
+    captions["nested"] = {"start": [0], "end": [1], "text": ["x"], "extra": {"deeper": [{"deepest": 1}]}}
+    path = tmp_path / "caption.json"
+    path.write_text(json.dumps(captions, indent=1))
+    with open(path, "rb") as f:  # a window far smaller than the file: values across chunk ends
+        members = list(json_members.iter_members(f, chunk_bytes=4096))
+    assert [json.loads(m.key) for m in members] == list(captions)
+    assert all(json.loads(m.value) == captions[json.loads(m.key)] for m in members)
+    data = path.read_bytes()
+    assert all(data[m.value_offset: m.value_offset + len(m.value)] == m.value for m in members)
+    assert len(read_transcripts([path]).segments) == 3001
+
+
+def test_a_part_reads_only_its_videos_and_the_parts_add_up(tmp_path):
+    from shards.parts import Part, video_part
+
+    data = {f"video-{i}": {"start": [0, 2], "end": [1, 3], "text": ["one", "" if i % 5 else "two"]} for i in range(40)}
+    (tmp_path / "caption.json").write_text(json.dumps(data))
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "solo.vtt").write_text("WEBVTT\n\n00:00.000 --> 00:01.000\nsolo\n")
+    whole = read_transcripts([tmp_path])
+    parts = [read_transcripts([tmp_path], part=Part(k, 3)) for k in range(3)]
+    for k, part in enumerate(parts):
+        assert all(video_part(v, 3) == k for v in part.segments)
+        assert all(p.video_id is None and k == 0 or video_part(p.video_id, 3) == k for p in part.problems)
+        assert_accounted(part)
+    assert sorted(v for p in parts for v in p.segments) == sorted(whole.segments)
+    assert sorted(p.reason for part in parts for p in part.problems) == sorted(p.reason for p in whole.problems)
+    for name in ("segments_read", "files_read", "files_skipped"):
+        assert sum(getattr(p, name) for p in parts) == getattr(whole, name), name
+
+
+# ---------------------------------------------------------------------------------------------------
+# What downloaders leave beside the videos
+
+
+def test_language_suffixed_sidecars_match_their_video(tmp_path):
+    cue = "WEBVTT\n\n00:00.000 --> 00:01.000\n{}\n"
+    (tmp_path / "-dQw4w9WgXc.en.vtt").write_text(cue.format("english"))
+    (tmp_path / "-dQw4w9WgXc.de.vtt").write_text(cue.format("deutsch"))
+    (tmp_path / "bikes.en-US.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nbikes\n")
+    (tmp_path / "plain.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nno suffix\n")
+    (tmp_path / "my.video.vtt").write_text(cue.format("a dot in the id"))
+    (tmp_path / "-dQw4w9WgXc.info.json").write_text(json.dumps({"id": "-dQw4w9WgXc", "title": "a video"}))
+    (tmp_path / "-dQw4w9WgXc.webp").write_bytes(b"RIFF....WEBP")
+    result = read_transcripts([tmp_path])
+    assert {v: [s.text for s in ss] for v, ss in result.segments.items()} == {
+        "-dQw4w9WgXc": ["english"], "bikes": ["bikes"], "plain": ["no suffix"], "my.video": ["a dot in the id"]}
+    (problem,) = result.problems
+    assert problem.video_id == "-dQw4w9WgXc" and problem.input.endswith(".de.vtt") and problem.segments == 0
+    assert "in de (-dQw4w9WgXc.de.vtt) and in en (-dQw4w9WgXc.en.vtt)" in problem.reason
+    assert (result.files_read, result.files_skipped, result.files_ignored) == (5, 1, 2)
+    german = read_transcripts([tmp_path], language="de")
+    assert [s.text for s in german.segments["-dQw4w9WgXc"]] == ["deutsch"]
+    regional = read_transcripts([tmp_path / "bikes.en-US.srt", tmp_path / "plain.srt"], language="en-GB")
+    assert sorted(regional.segments) == ["bikes", "plain"]
