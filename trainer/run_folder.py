@@ -69,6 +69,9 @@ class CheckpointFolder:
 
     path: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
     @staticmethod
     def name_of(step: int) -> str:
         return f"step-{step}"

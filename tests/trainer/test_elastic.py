@@ -158,3 +158,53 @@ def _audit_lines(run: Path, rank: int) -> list[dict]:
 
     path = RunFolder(run).audit(rank)
     return read_audit(path) if path.exists() else []
+
+
+def test_a_conversion_killed_half_way_is_redone_and_a_damaged_copy_refused(saved, tmp_path):
+    ckpt = CheckpointFolder(shutil.copytree(saved[0] / "checkpoints" / "step-4", tmp_path / "step-4"))
+    code = "import sys; from trainer.checkpoint import CheckpointFolder as F, convert_to_universal as c; c(F(sys.argv[1]))"
+    job = start([sys.executable, "-c", code, str(ckpt.path)], tmp_path / "job.log")
+    wait_for(lambda: (ckpt.universal / "zero").is_dir(), job, tmp_path)
+    kill_tree(job.pid)
+    job.wait()
+    assert ckpt.universal.is_dir() and not ckpt.universal_marker.exists(), "killed before it completed"
+
+    prepare_universal(ckpt, rank=0)  # what the next resume does: the half-written copy is redone
+    assert ckpt.universal_marker.is_file() and universal_problem(ckpt) is None
+    assert not (ckpt.universal / "tmp").exists()
+
+    victim = ckpt.universal / "zero" / "embeddings.word.weight" / "exp_avg.pt"
+    victim.write_bytes(victim.read_bytes()[:-64])
+    before = sorted(p for p in ckpt.path.rglob("*") if p.is_file())
+    with pytest.raises(CheckpointError, match=r"damaged: zero/embeddings.word.weight/exp_avg.pt has \d+ bytes"):
+        prepare_universal(ckpt, rank=0)
+    assert sorted(p for p in ckpt.path.rglob("*") if p.is_file()) == before, "nothing is deleted"
+
+
+def test_a_failed_conversion_stops_every_rank_with_its_reason(saved, tmp_path):
+    from trainer.checkpoint import _wait_for_conversion
+
+    ckpt = CheckpointFolder(shutil.copytree(saved[0] / "checkpoints" / "step-4", tmp_path / "step-4"))
+    next(ckpt.path.glob("*zero_pp_rank_1_*optim_states.pt")).unlink()
+    with pytest.raises(CheckpointError, match="could not convert"):
+        convert_to_universal(ckpt)
+    with pytest.raises(CheckpointError, match="rank 0 could not convert"):
+        _wait_for_conversion(ckpt, poll_s=0.01)
+    assert not ckpt.universal_marker.exists()
+
+
+def test_a_checkpoint_of_another_model_or_codebook_is_refused_before_loading(saved, inputs, tmp_path):
+    from models.visual.codebook import Codebook
+    from trainer.config import ConfigError
+
+    root = saved[0] / "checkpoints"
+    codebook = Codebook.load(inputs / "codebook.safetensors")
+    model = json.loads((root / "step-4" / "model.json").read_text())
+    wider = {**model, "hidden_size": 2 * model["hidden_size"]}
+    before = sorted(p for p in root.rglob("*") if p.is_file())
+    with pytest.raises(CheckpointError, match=r"another model \(hidden_size: 64 there, 128 here\)"):
+        plan_resume(root, "auto", 0, 3, wider, codebook)
+    other = write_codebook(tmp_path / "other.safetensors", seed=5)
+    with pytest.raises(ConfigError, match="data.codebook"):
+        plan_resume(root, "auto", 0, 3, model, other)
+    assert sorted(p for p in root.rglob("*") if p.is_file()) == before, "nothing converted, nothing deleted"
