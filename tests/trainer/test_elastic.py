@@ -208,3 +208,71 @@ def test_a_checkpoint_of_another_model_or_codebook_is_refused_before_loading(sav
     with pytest.raises(ConfigError, match="data.codebook"):
         plan_resume(root, "auto", 0, 3, model, other)
     assert sorted(p for p in root.rglob("*") if p.is_file()) == before, "nothing converted, nothing deleted"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _complete(run: Path, world_size: int, after: int = -1) -> Path | None:
+    """The newest complete checkpoint written by ``world_size`` ranks past step ``after``."""
+    found = []
+    for path in sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:])):
+        try:  # the running job may prune it meanwhile
+            if int(path.name[5:]) > after and CheckpointFolder(path).marker()["world_size"] == world_size:
+                found.append(path)
+        except OSError:
+            continue
+    return found[-1] if found else None
+
+
+def _logs(run: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in sorted(run.glob("node-*.log")))
+
+
+def test_torchrun_agents_shrink_the_job_when_a_node_dies_and_grow_it_when_one_joins(saved, inputs):
+    """Two torchrun agents on the loopback as two nodes (launch/train_torchrun_elastic.sh, --nnodes=1:2):
+    the node without the rendezvous store is killed (agent and workers), the survivor's group restarts
+    on 1 rank from the newest complete checkpoint; a node joins again and the group grows to 2."""
+    run = _continued(saved[0], saved[0].parent / "torchrun")
+    port = _free_port()
+    rdzv = "join_timeout=120,last_call_timeout=3,close_timeout=10,keep_alive_interval=2,keep_alive_max_attempt=5"
+    env = dict(NNODES="1:2", NPROC="1", RDZV_ENDPOINT=f"127.0.0.1:{port}", RDZV_ID="elastic-test", MAX_RESTARTS="2",
+               LOCAL_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", PYTHON=sys.executable)
+    # On one machine both agents match the endpoint's host: say which one runs the store.
+    host, guest = dict(env, RDZV_CONF=f"{rdzv},is_host=true"), dict(env, RDZV_CONF=f"{rdzv},is_host=false")
+    overrides = [*COMMON, "max_steps=100000", "checkpoint.every_steps=2", "data.num_workers=0", "dist_timeout_s=60"]
+    command = ["bash", str(ROOT / "launch/train_torchrun_elastic.sh"), str(ROOT / "launch/recipes/debug.yaml"),
+               *trainer_args(run, inputs, overrides)]
+    agents = {"a": start(command, run / "node-a.log", **host), "b": start(command, run / "node-b.log", **guest)}
+    try:
+        wait_for(lambda: _complete(run, 2, after=4) is not None, agents["a"], run, log="node-a.log")
+        assert "on 2 rank(s) x 1 stream(s); it was written by 2 x 2" in _logs(run)
+
+        kill_tree(agents["b"].pid)  # node b is lost: its agent and its worker
+        agents["b"].wait()
+        newest = latest_complete(run / "checkpoints")
+        wait_for(lambda: _complete(run, 1) is not None, agents["a"], run, log="node-a.log")
+        assert f"resumed from {newest} (step {newest.name[5:]}) on 1 rank(s) x 1 stream(s); it was written by 2 x 1" in _logs(run)
+
+        shrunk_to = int(_complete(run, 1).name[5:])
+        agents["b"] = start(command, run / "node-b.log", **guest)  # a node joins
+        wait_for(lambda: _complete(run, 2, after=shrunk_to + 1) is not None, agents["a"], run, log="node-a.log")
+        assert "on 2 rank(s) x 1 stream(s); it was written by 1 x 1" in _logs(run)
+    finally:
+        for job in agents.values():
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGTERM)  # the agents stop their workers, which checkpoint
+        for job in agents.values():
+            try:
+                job.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+            kill_tree(job.pid)
+    last = latest_complete(run / "checkpoints")
+    step = int(last.name[5:])
+    assert {m["samples"] for s, m in metrics(run).items() if s <= step} == {GLOBAL_BATCH}, "the global batch held"
+    for epoch, counts in audit_by_epoch(run, step).items():
+        assert max(counts.values()) == 1, f"epoch {epoch}: a sample consumed twice across the changes"
