@@ -39,6 +39,7 @@ import re
 import shutil
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,10 +172,14 @@ def _fsync_own_files(ckpt: CheckpointFolder, rank: int) -> None:
 
 
 def _fsync_tree(folder: Path) -> None:
-    for path in files_under(folder):
-        fsync_file(path)
-    for sub in sorted({p.parent for p in files_under(folder)} | {folder}, key=lambda p: -len(p.parts)):
-        fsync_folder(sub)
+    """Every file below ``folder``, then every folder (deepest first), on disk."""
+    files = files_under(folder)
+    # fsync waits for the device and releases the GIL: overlapping the waits costs one or two
+    # device flushes instead of one per file (a universal copy has three files per parameter).
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(fsync_file, files))
+        folders = sorted({p.parent for p in files} | {folder}, key=lambda p: -len(p.parts))
+        list(pool.map(fsync_folder, folders))
 
 
 def install(root: Path, step: int) -> None:
@@ -395,12 +400,30 @@ def convert_to_universal(ckpt: CheckpointFolder, workers: int = 1) -> float:
         log.debug("ds_to_universal: %s", printed.getvalue())
     # The converter points a "latest_universal" file beside its output; the trainer names folders itself.
     (ckpt.path / "latest_universal").unlink(missing_ok=True)
+    _keep_what_the_loader_reads(ckpt.universal / "zero" / "optimizer_state.pt")
     _fsync_tree(ckpt.universal)
     files = {str(p.relative_to(ckpt.universal)): p.stat().st_size for p in files_under(ckpt.universal)}
     write_json(ckpt.universal_marker, {"step": ckpt.marker()["step"], "files": files})
     seconds = time.perf_counter() - started
     log.info("universal copy %s complete in %.1f s", ckpt.universal, seconds)
     return seconds
+
+
+def _keep_what_the_loader_reads(path: Path) -> None:
+    """DeepSpeed's converter copies rank 0's whole flat optimizer partition (fp32 weights, both moments)
+    into ``optimizer_state.pt`` beside the per-parameter files, and its ZeRO-3 loader, which every rank
+    runs, reads from it only the steps, the parameter groups and the loss scale. Dropping the copy
+    keeps the file in DeepSpeed's format, halves a 1-rank checkpoint's universal copy and spares
+    each rank reading it."""
+    from deepspeed.checkpoint.constants import FP32_FLAT_GROUPS, OPTIMIZER_STATE_DICT
+
+    state = torch.load(path, map_location="cpu", weights_only=False)  # DeepSpeed's own file
+    state.pop(FP32_FLAT_GROUPS, None)
+    inner = state[OPTIMIZER_STATE_DICT]
+    inner["state"] = {k: {"step": v["step"]} for k, v in inner["state"].items() if "step" in v}
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
 
 
 def _wait_for_conversion(ckpt: CheckpointFolder, poll_s: float = 0.5) -> None:
