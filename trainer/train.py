@@ -158,8 +158,10 @@ class Trainer:
 
     def model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Move a batch to the device; for clip shards, tokenize its clips and fill video positions."""
+        from trainer.data import SAMPLE_EPOCHS, SAMPLE_KEYS
+
         device = self.dist.device
-        batch = {k: torch.as_tensor(v) for k, v in batch.items()}
+        batch = {k: torch.as_tensor(v) for k, v in batch.items() if k not in (SAMPLE_KEYS, SAMPLE_EPOCHS)}
         if "clips" in batch:
             from trainer.examples import resolve_visual
 
