@@ -43,7 +43,9 @@ epoch that some old stream had begun and not finished:
 A second change within the epoch adds a second phase: the streams it cuts short are themselves
 remainder streams, rebuilt the same way from the phase before (``stream_items`` recurses), so the
 rule composes (2 -> 1 -> 3 ranks). Resuming never decodes the skipped items: it replays their raw
-samples as a same-layout resume does. Phases of epochs that every stream has left are dropped.
+samples as a same-layout resume does (a remainder dealt among s new streams is read by each of
+them, for the rest of that one epoch). At each change, the phases of epochs that every stream had
+left are dropped.
 """
 
 from __future__ import annotations
@@ -307,11 +309,6 @@ def _consumed_of(position: StreamPosition, epoch: int) -> int | None:
     if position.epoch > epoch:
         return None
     return position.items if position.epoch == epoch else 0
-
-
-def prune_history(history: History, first_epoch: int) -> History:
-    """The history without the epochs every stream has left."""
-    return tuple((e, phases) for e, phases in history if e >= first_epoch)
 
 
 class BatchStream:

@@ -8,7 +8,8 @@
   several nodes: see launch/ (hostfile, torchrun elastic, SLURM).
 
 Resume: ``checkpoint.resume=auto`` (the default) continues from the newest complete checkpoint of
-``run_dir``; SIGTERM/SIGINT save one and stop at the next step boundary.
+``run_dir``, on the same or another number of ranks and workers (``optim.global_batch_size`` keeps the
+global batch); SIGTERM/SIGINT save one and stop at the next step boundary (exit status 75).
 """
 
 from __future__ import annotations
