@@ -158,9 +158,9 @@ class TrainConfig:
     """Consecutive non-finite losses tolerated before training stops (with a checkpoint)."""
     deepspeed_config: str = "ds_config.json"
     """DeepSpeed config file; the trainer fills batch sizes, precision and clipping from this config."""
-    dist_timeout_s: float = 1800.0
-    """How long a rank waits for the others in a collective before the job fails: a node that
-    vanished without closing its connections is noticed after at most this long."""
+    dist_timeout_s: float = 0.0
+    """How long a rank waits for the others in a collective before the job fails (seconds; 0 =
+    torch's default): a node that vanished without closing its connections is noticed after this long."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
@@ -332,6 +332,8 @@ def validate(c: TrainConfig) -> list[str]:
     p += _validate_optim(c.optim)
     _positive(p, "max_steps", c.max_steps)
     _positive(p, "max_bad_steps", c.max_bad_steps)
+    if c.dist_timeout_s < 0:
+        p.append("dist_timeout_s must be >= 0 (0 = torch's default)")
     _positive(p, "checkpoint.every_steps", c.checkpoint.every_steps)
     _positive(p, "checkpoint.keep_last", c.checkpoint.keep_last)
     _positive(p, "logging.every_steps", c.logging.every_steps)

@@ -53,7 +53,7 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
     """Join the job's process group, or create a one-process group for a plain process.
 
     A group that already exists (the demo evaluates in the process that trained) is joined as is.
-    ``timeout_s``: how long a collective waits for the other ranks (None: torch's default).
+    ``timeout_s``: how long a collective waits for the other ranks (None or 0: torch's default).
     """
     _ranks_from_slurm()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:

@@ -28,7 +28,7 @@ RESOLVED_BEFORE = json.loads((Path(__file__).parent / "data" / "recipes_resolved
 OWNED_BY_THE_MODEL = {"model.gradient_checkpointing", "objectives.text_mlm_weight", "objectives.video_mlm_weight",
                       "objectives.alignment_weight"}
 """Keys whose unset value is now None (the model's or the preset's own value) instead of a copy of it."""
-ADDED_SINCE = {"data.audit": False, "optim.global_batch_size": 0, "dist_timeout_s": 1800.0}
+ADDED_SINCE = {"data.audit": False, "optim.global_batch_size": 0, "dist_timeout_s": 0.0}
 """Keys added after the recording, with the defaults that keep the recorded behaviour."""
 
 
