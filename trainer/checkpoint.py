@@ -377,7 +377,8 @@ def universal_problem(ckpt: CheckpointFolder) -> str | None:
 def convert_to_universal(ckpt: CheckpointFolder, workers: int = 1) -> float:
     """DeepSpeed's ``ds_to_universal`` from ``ckpt`` into its ``universal/``; returns the seconds it took.
     ``COMPLETE`` (with every file's size) is written once the copy is on disk; a failure leaves a
-    ``FAILED`` note for the ranks that wait."""
+    ``FAILED`` note for the ranks that wait. One worker: the converter's process pool forks this
+    process, and forked from a process that has built DeepSpeed it was seen to hang."""
     from trainer.distributed import import_deepspeed
 
     import_deepspeed()
