@@ -5,7 +5,8 @@
 #       model.init=/models/bert-large-uncased data.train=/data/tokens \
 #       data.codebook=/data/codebook/codebook.safetensors run_dir=/shared/runs/large
 #
-# run_dir must be on storage every node sees: ranks write their parts of each checkpoint there.
+# run_dir must be on storage every node sees: ranks write their parts of each checkpoint there. Run
+# it again with another hostfile to continue the run on another number of GPUs.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 recipe=${1:?usage: train_deepspeed_multinode.sh RECIPE [section.field=value ...]}

@@ -1,34 +1,68 @@
-"""Checkpoints that resume exactly and that a killed save can never corrupt.
+"""Checkpoints that resume exactly, on any number of ranks, and that a killed save can never corrupt.
 
 The files of a checkpoint folder are named in ``trainer.run_folder``.
 
-A folder without ``COMPLETE`` does not exist as far as resuming is concerned: a save killed at any
-moment leaves the previous complete checkpoint as the one ``--resume auto`` picks. After a new
-checkpoint completes, complete ones beyond the newest ``keep_last`` and incomplete leftovers are
-deleted. Rank 0 decides what to resume and broadcasts it, so all ranks load the same step.
+Saving. Every rank writes into ``.step-N.partial``; once every rank's files (DeepSpeed's included)
+and the folder are fsynced, rank 0 writes ``COMPLETE`` and renames the folder to ``step-N``. A
+complete ``step-N`` that a newer save of the same step replaces is first renamed out of the way and
+deleted only after its replacement is in place; a save killed between those renames is finished
+when the run starts again (``recover_interrupted_saves``). So a folder without ``COMPLETE`` never
+counts, and a complete checkpoint is never lost to a save that did not complete. After a save,
+complete checkpoints beyond the newest ``keep_last`` are deleted, with their universal copies.
+
+What a checkpoint holds is the state at an optimizer-step boundary: a save in the middle of a step
+(the stop after a run of non-finite losses) records the trainer state and RNG of the last boundary,
+so its data position is never ahead of the optimizer state it sits beside.
+
+Resuming. Rank 0 picks the folder (``checkpoint.resume``) and all ranks read its record. A
+checkpoint of the same number of ranks loads directly. One written by another number of ranks is
+converted first, by rank 0 with DeepSpeed's own converter (``ds_to_universal``), into its
+``universal/`` subfolder, which counts only once its own ``COMPLETE`` (listing the size of every
+file) exists: a conversion killed half way is redone, a damaged copy is refused with a message. The
+engine is then built with DeepSpeed's ``load_universal`` and loads it: fp32 master weights, both Adam
+moments, the optimizer's step count, the learning-rate schedule. The trainer state of every old rank
+is merged into the new ranks' (``merged_state``): the data position is re-partitioned exactly once
+(``trainer.data``), the counters' totals go to rank 0. RNG: a rank that the checkpoint had resumes
+its saved generators; a rank it did not have seeds them from (seed, rank, step).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import copy
+import io
 import json
 import logging
+import os
+import re
 import shutil
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainer.config import TrainConfig, save_config
-from trainer.data import StreamPosition
+from trainer.config import ConfigError, TrainConfig, save_config
+from trainer.data import EpochPhase, History, StreamPosition, repartition
 from trainer.run_folder import (
-    COMPLETE, LATEST, CheckpointFolder, latest_complete, step_dirs, write_json, write_text_atomic,
+    COMPLETE, LATEST, PARTIAL, REPLACED, CheckpointFolder, files_under, fsync_file, fsync_folder, latest_complete,
+    staged_dirs, step_dirs, write_json, write_text_atomic,
 )
 
 log = logging.getLogger(__name__)
+
+UNIVERSAL_FAILED = "FAILED"
+"""Written into ``universal/`` by the converting rank when the conversion raised (the others stop too)."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that this run cannot resume from; the message says what, where, and the fix."""
 
 
 @dataclass
@@ -38,19 +72,22 @@ class TrainerState:
     step: int = 0
     """Optimizer steps taken."""
     samples: int = 0
-    """Examples trained on, all ranks."""
+    """Examples this rank trained on (after a change of world size, rank 0 carries the old totals)."""
     tokens: int = 0
-    """Non-padding tokens trained on, all ranks."""
+    """Non-padding tokens this rank trained on."""
     segments: int = 0
-    """Caption segments read into examples, all ranks."""
+    """Caption segments this rank read into examples."""
     skipped_steps: int = 0
-    """Micro-batches dropped for a non-finite loss."""
+    """Micro-batches this rank dropped for a non-finite loss."""
     bad_samples: int = 0
     """Unreadable samples skipped by this rank's streams."""
     batches_consumed: int = 0
-    """Batches this rank took from its loader (fixes the loader's worker turn order on resume)."""
+    """Batches this rank took from its loader since the layout last changed (fixes the loader's
+    worker turn order on resume)."""
     positions: dict[int, StreamPosition] = field(default_factory=dict)
     """This rank's data streams: stream index -> (epoch, items consumed)."""
+    history: History = ()
+    """Epochs begun under earlier layouts of the job (``trainer.data.repartition``), the same on all ranks."""
     codebook_hash: str = ""
     world_size: int = 1
     num_streams: int = 1
@@ -58,13 +95,32 @@ class TrainerState:
     def to_json(self) -> str:
         d = asdict(self)
         d["positions"] = {str(k): asdict(v) for k, v in self.positions.items()}
+        d["history"] = {str(e): [p.to_dict() for p in phases] for e, phases in self.history}
         return json.dumps(d, indent=1, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "TrainerState":
         d = json.loads(text)
         d["positions"] = {int(k): StreamPosition(**v) for k, v in d.get("positions", {}).items()}
+        history = d.get("history", {})
+        d["history"] = tuple(sorted((int(e), tuple(EpochPhase.from_dict(p) for p in ps)) for e, ps in history.items()))
         return cls(**d)
+
+
+COUNTERS = ("samples", "tokens", "segments", "skipped_steps", "bad_samples")
+"""Per-rank counters whose sum over the ranks is the job's."""
+
+
+@dataclass
+class Snapshot:
+    """The trainer state and this rank's RNG at an optimizer-step boundary: what a checkpoint records."""
+
+    state: TrainerState
+    rng: dict[str, torch.Tensor]
+
+    @classmethod
+    def take(cls, state: TrainerState) -> "Snapshot":
+        return cls(copy.deepcopy(state), _rng_state())
 
 
 def _barrier() -> None:
@@ -72,33 +128,98 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save_checkpoint(engine, root: Path, state: TrainerState, config: TrainConfig, model_config: dict[str, Any],
+# ---------------------------------------------------------------------------------------------
+# saving
+
+
+def save_checkpoint(engine, root: Path, snapshot: Snapshot, config: TrainConfig, model_config: dict[str, Any],
                     rank: int, keep_last: int) -> Path:
     """Collective: every rank calls it. Returns the completed folder."""
-    ckpt = CheckpointFolder(root / CheckpointFolder.name_of(state.step))
-    folder = ckpt.path
+    step = snapshot.state.step
+    staged = CheckpointFolder(root / CheckpointFolder.staged_name_of(step, PARTIAL))
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        if folder.exists():
-            shutil.rmtree(folder)  # an earlier attempt at this step that never completed
+        recover_interrupted_saves(root)
+        shutil.rmtree(staged.path, ignore_errors=True)
     _barrier()
-    engine.save_checkpoint(str(root), tag=folder.name, save_latest=False)
-    ckpt.trainer_state(rank).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(ckpt.trainer_state(rank), state.to_json())
-    torch.save(_rng_state(), ckpt.rng_state(rank))
+    engine.save_checkpoint(str(root), tag=staged.path.name, save_latest=False)
+    staged.trainer_state(rank).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(staged.trainer_state(rank), snapshot.state.to_json())
+    torch.save(snapshot.rng, staged.rng_state(rank))
+    _fsync_own_files(staged, rank)
     _barrier()
     if rank == 0:
-        save_config(config, ckpt.config)
-        write_json(ckpt.model_config, model_config)
-        write_json(ckpt.complete_marker, {"step": state.step, "world_size": state.world_size, "time": time.time()})
-        write_text_atomic(root / LATEST, folder.name)
+        save_config(config, staged.config)
+        write_json(staged.model_config, model_config)
+        _fsync_tree(staged.path)
+        write_json(staged.complete_marker, {"step": step, "world_size": snapshot.state.world_size,
+                                            "num_streams": snapshot.state.num_streams, "time": time.time()})
+        install(root, step)
+        write_text_atomic(root / LATEST, CheckpointFolder.name_of(step))
         prune(root, keep_last)
     _barrier()
-    return folder
+    return root / CheckpointFolder.name_of(step)
+
+
+def _fsync_own_files(ckpt: CheckpointFolder, rank: int) -> None:
+    """Each rank makes the files it wrote durable (on shared storage only the writer can)."""
+    # DeepSpeed names a rank's ZeRO-3 files zero_pp_rank_{rank}_mp_rank_{mp}_{model,optim}_states.pt.
+    own = re.compile(rf"(^|_)zero_pp_rank_{rank}_mp_rank_\d+_")
+    for path in ckpt.path.iterdir():
+        if path.is_file() and own.search(path.name):
+            fsync_file(path)
+    fsync_file(ckpt.rng_state(rank))
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Every file below ``folder``, then every folder (deepest first), on disk."""
+    files = files_under(folder)
+    # fsync waits for the device and releases the GIL: overlapping the waits costs one or two
+    # device flushes instead of one per file (a universal copy has three files per parameter).
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(fsync_file, files))
+        folders = sorted({p.parent for p in files} | {folder}, key=lambda p: -len(p.parts))
+        list(pool.map(fsync_folder, folders))
+
+
+def install(root: Path, step: int) -> None:
+    """Rename the complete ``.step-N.partial`` to ``step-N``; a complete ``step-N`` it replaces is
+    moved aside first and deleted only once the new one is in place."""
+    final = root / CheckpointFolder.name_of(step)
+    partial = root / CheckpointFolder.staged_name_of(step, PARTIAL)
+    replaced = root / CheckpointFolder.staged_name_of(step, REPLACED)
+    if final.exists():
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.rename(final, replaced)
+        fsync_folder(root)
+    os.rename(partial, final)
+    fsync_folder(root)
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
+def recover_interrupted_saves(root: Path) -> None:
+    """Finish the renames of a save killed after its folder completed; delete what never completed.
+    Runs on rank 0 while no rank writes (before resuming, before saving)."""
+    for step, kind, path in staged_dirs(root):
+        if kind == PARTIAL and CheckpointFolder(path).is_complete():
+            log.warning("%s was complete but not yet in place: installing it as step-%d", path, step)
+            install(root, step)
+        elif kind == PARTIAL:
+            shutil.rmtree(path, ignore_errors=True)
+    for step, kind, path in staged_dirs(root):
+        final = CheckpointFolder(root / CheckpointFolder.name_of(step))
+        if not final.is_complete() and CheckpointFolder(path).is_complete():
+            log.warning("restoring %s as %s (its replacement never completed)", path, final.path)
+            shutil.rmtree(final.path, ignore_errors=True)
+            os.rename(path, final.path)
+            fsync_folder(root)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def prune(root: Path, keep_last: int) -> None:
-    """Delete complete checkpoints beyond the newest ``keep_last`` and incomplete ones older than them."""
+    """Delete complete checkpoints beyond the newest ``keep_last`` and incomplete ones older than them
+    (a checkpoint's universal copy lives inside it and goes with it)."""
     dirs = step_dirs(root)
     complete = [s for s, p in dirs if CheckpointFolder(p).is_complete()]
     if not complete:
@@ -111,19 +232,67 @@ def prune(root: Path, keep_last: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def resolve_resume(root: Path, resume: str, rank: int) -> Path | None:
-    """The folder to resume from (decided on rank 0, broadcast), or None to start fresh."""
-    choice: list[Any] = [None]
+# ---------------------------------------------------------------------------------------------
+# choosing what to resume
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """The checkpoint a run resumes from, decided before the engine is built."""
+
+    folder: Path
+    world_size: int
+    """Ranks that wrote it."""
+    num_streams: int
+    """Data streams per rank it recorded."""
+    ranks: int
+    """Ranks of this job."""
+
+    @property
+    def other_world_size(self) -> bool:
+        """Whether the engine loads DeepSpeed's universal copy (``load_universal``)."""
+        return self.world_size != self.ranks
+
+
+def plan_resume(root: Path, resume: str, rank: int, ranks: int, model_config: dict[str, Any],
+                codebook) -> ResumePlan | None:
+    """Collective: choose the checkpoint (rank 0 decides), check that this run can continue it, and
+    at another number of ranks make sure its universal copy exists (``prepare_universal``)."""
+    chosen = _decided_by_rank0(lambda: _choose(root, resume), rank)
+    if chosen is None:
+        return None
+    ckpt = CheckpointFolder(Path(chosen))
+    marker = ckpt.marker()
+    _check_fits(ckpt, model_config, codebook)
+    plan = ResumePlan(folder=ckpt.path, world_size=int(marker["world_size"]),
+                      num_streams=int(marker.get("num_streams", _streams_of(ckpt))), ranks=ranks)
+    if plan.other_world_size:
+        prepare_universal(ckpt, rank)
+    return plan
+
+
+def _decided_by_rank0(decide, rank: int):
+    """Collective: ``decide()`` on rank 0, its result (JSON) on every rank; a problem it raised is
+    raised on every rank, so that no rank waits for one that stopped."""
+    from trainer.distributed import gather_lists
+
+    outcome: list[Any] = []
     if rank == 0:
-        choice[0] = _choose(root, resume)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.broadcast_object_list(choice, src=0)
-    return Path(choice[0]) if choice[0] else None
+        try:
+            outcome = [{"value": decide()}]
+        except (CheckpointError, ConfigError, FileNotFoundError) as e:
+            outcome = [{"error": str(e), "kind": type(e).__name__}]
+    shared = gather_lists(outcome)[0]
+    if "error" in shared:
+        kind = {"ConfigError": ConfigError, "FileNotFoundError": FileNotFoundError}.get(shared["kind"], CheckpointError)
+        raise kind(shared["error"])
+    return shared["value"]
 
 
 def _choose(root: Path, resume: str) -> str | None:
     if resume == "none":
         return None
+    recover_interrupted_saves(root)
     if resume == "auto":
         found = latest_complete(root)
         return str(found) if found else None
@@ -133,23 +302,198 @@ def _choose(root: Path, resume: str) -> str | None:
     return str(path)
 
 
-def load_checkpoint(engine, folder: Path, rank: int, world_size: int) -> TrainerState:
-    """Collective: load the engine state and this rank's trainer state and RNG."""
-    ckpt = CheckpointFolder(folder)
-    marker = ckpt.marker()
-    if marker["world_size"] != world_size:
-        raise RuntimeError(
-            f"{folder} was written by {marker['world_size']} ranks and this job has {world_size}: "
-            "resume with the same number of ranks (re-sharding to another world size is not supported yet)"
+def _streams_of(ckpt: CheckpointFolder) -> int:
+    return int(ckpt.read_trainer_state(0).get("num_streams", 1))
+
+
+_RUN_ADJUSTABLE = {"kernels"}
+"""Model config fields a run may change on resume besides those the run config sets (``build.MODEL_KEYS``)."""
+
+
+def _check_fits(ckpt: CheckpointFolder, model_config: dict[str, Any], codebook) -> None:
+    """A checkpoint of another model shape or another codebook is refused before anything is loaded."""
+    from models.visual.codebook import CodebookError
+    from trainer.build import MODEL_KEYS
+
+    saved = json.loads(ckpt.model_config.read_text(encoding="utf-8"))
+    adjustable = set(MODEL_KEYS) | _RUN_ADJUSTABLE
+    differ = sorted(k for k in set(saved) | set(model_config) if k not in adjustable and saved.get(k) != model_config.get(k))
+    if differ:
+        pairs = "; ".join(f"{k}: {saved.get(k)!r} there, {model_config.get(k)!r} here" for k in differ)
+        raise CheckpointError(
+            f"{ckpt.path} holds another model ({pairs}): resume with the model.init / model.preset it was trained "
+            "with, or start a new run_dir (or checkpoint.resume=none)"
         )
-    load_path, _ = engine.load_checkpoint(
-        str(folder.parent), tag=folder.name, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
+    try:
+        codebook.check_hash(ckpt.read_trainer_state(0)["codebook_hash"], f"the checkpoint {ckpt.path}")
+    except CodebookError as e:
+        raise ConfigError(f"{e} (data.codebook)") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# DeepSpeed's universal copy
+
+
+def prepare_universal(ckpt: CheckpointFolder, rank: int) -> None:
+    """Collective: make sure ``ckpt``'s universal copy is complete. Rank 0 converts (or reuses a copy
+    that is complete and whole) while the others wait; a copy that never completed is redone."""
+    if _decided_by_rank0(lambda: _universal_decision(ckpt), rank) == "convert":
+        if rank == 0:
+            convert_to_universal(ckpt)
+        else:
+            _wait_for_conversion(ckpt)
+    _barrier()
+
+
+def _universal_decision(ckpt: CheckpointFolder) -> str:
+    """"reuse" or "convert" (after clearing a copy that never completed); a damaged copy is refused."""
+    if ckpt.universal_marker.is_file():
+        problem = universal_problem(ckpt)
+        if problem:
+            raise CheckpointError(problem)
+        return "reuse"
+    if ckpt.universal.exists():
+        log.warning("%s never completed (a conversion that was stopped): converting again", ckpt.universal)
+        shutil.rmtree(ckpt.universal)
+    return "convert"
+
+
+def universal_problem(ckpt: CheckpointFolder) -> str | None:
+    """Why a complete universal copy cannot be trusted (a file missing or of another size), or None."""
+    try:
+        files = json.loads(ckpt.universal_marker.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{ckpt.universal_marker} is unreadable ({e}); delete {ckpt.universal} and resume again to convert anew"
+    for name, size in files.items():
+        path = ckpt.universal / name
+        found = path.stat().st_size if path.is_file() else None
+        if found != size:
+            what = "is missing" if found is None else f"has {found} bytes, {size} when converted"
+            return (f"the universal copy {ckpt.universal} is damaged: {name} {what}; delete {ckpt.universal} and "
+                    "resume again to convert the checkpoint anew")
+    return None
+
+
+def convert_to_universal(ckpt: CheckpointFolder, workers: int = 1) -> float:
+    """DeepSpeed's ``ds_to_universal`` from ``ckpt`` into its ``universal/``; returns the seconds it took.
+    ``COMPLETE`` (with every file's size) is written once the copy is on disk; a failure leaves a
+    ``FAILED`` note for the ranks that wait. One worker: the converter's process pool forks this
+    process, and forked from a process that has built DeepSpeed it was seen to hang."""
+    from trainer.distributed import import_deepspeed
+
+    import_deepspeed()
+    from deepspeed.checkpoint import ds_to_universal
+
+    started = time.perf_counter()
+    args = argparse.Namespace(input_folder=str(ckpt.path), output_folder=str(ckpt.universal),
+                              num_extract_workers=workers, num_merge_workers=workers, keep_temp_folder=False,
+                              strict=True, inject_missing_state=False)
+    log.info("converting %s (written by another number of ranks) to DeepSpeed's universal format", ckpt.path)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            ds_to_universal.main(args)
+    except Exception as e:
+        ckpt.universal.mkdir(parents=True, exist_ok=True)
+        write_json(ckpt.universal / UNIVERSAL_FAILED, {"error": f"{type(e).__name__}: {e}"})
+        raise CheckpointError(f"DeepSpeed could not convert {ckpt.path} to its universal format: {e}") from e
+    finally:
+        log.debug("ds_to_universal: %s", printed.getvalue())
+    # The converter points a "latest_universal" file beside its output; the trainer names folders itself.
+    (ckpt.path / "latest_universal").unlink(missing_ok=True)
+    _keep_what_the_loader_reads(ckpt.universal / "zero" / "optimizer_state.pt")
+    _fsync_tree(ckpt.universal)
+    files = {str(p.relative_to(ckpt.universal)): p.stat().st_size for p in files_under(ckpt.universal)}
+    write_json(ckpt.universal_marker, {"step": ckpt.marker()["step"], "files": files})
+    seconds = time.perf_counter() - started
+    log.info("universal copy %s complete in %.1f s", ckpt.universal, seconds)
+    return seconds
+
+
+def _keep_what_the_loader_reads(path: Path) -> None:
+    """DeepSpeed's converter copies rank 0's whole flat optimizer partition (fp32 weights, both moments)
+    into ``optimizer_state.pt`` beside the per-parameter files, and its ZeRO-3 loader, which every rank
+    runs, reads from it only the steps, the parameter groups and the loss scale. Dropping the copy
+    keeps the file in DeepSpeed's format, halves a 1-rank checkpoint's universal copy and spares
+    each rank reading it."""
+    from deepspeed.checkpoint.constants import FP32_FLAT_GROUPS, OPTIMIZER_STATE_DICT
+
+    state = torch.load(path, map_location="cpu", weights_only=False)  # DeepSpeed's own file
+    state.pop(FP32_FLAT_GROUPS, None)
+    inner = state[OPTIMIZER_STATE_DICT]
+    inner["state"] = {k: {"step": v["step"]} for k, v in inner["state"].items() if "step" in v}
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def _wait_for_conversion(ckpt: CheckpointFolder, poll_s: float = 0.5) -> None:
+    # A file rather than a collective: a conversion may outlast the process group's timeout.
+    # If rank 0 dies instead, the launcher ends the whole job.
+    failed = ckpt.universal / UNIVERSAL_FAILED
+    while not ckpt.universal_marker.is_file():
+        if failed.is_file():
+            raise CheckpointError(f"rank 0 could not convert {ckpt.path}: {json.loads(failed.read_text())['error']}")
+        time.sleep(poll_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_checkpoint(engine, plan: ResumePlan, rank: int, num_streams: int, seed: int) -> TrainerState:
+    """Collective: load the engine state (DeepSpeed's universal copy at another number of ranks) and
+    this rank's trainer state and RNG."""
+    from trainer.engine import finish_universal_load
+
+    ckpt = CheckpointFolder(plan.folder)
+    where, tag = (ckpt.path, ckpt.universal.name) if plan.other_world_size else (ckpt.path.parent, ckpt.path.name)
+    try:
+        load_path, _ = engine.load_checkpoint(str(where), tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+    except (OSError, RuntimeError, ValueError, KeyError, AssertionError) as e:
+        raise CheckpointError(f"DeepSpeed could not load the engine state from {Path(where) / tag}: {e}") from e
     if load_path is None:
-        raise RuntimeError(f"DeepSpeed could not load the engine state from {folder}")
-    state = TrainerState.from_json(ckpt.trainer_state(rank).read_text(encoding="utf-8"))
-    _set_rng_state(torch.load(ckpt.rng_state(rank), weights_only=True))
+        raise CheckpointError(f"DeepSpeed could not load the engine state from {Path(where) / tag}")
+    if plan.other_world_size:
+        finish_universal_load(engine, ckpt.universal)
+    same_layout = not plan.other_world_size and plan.num_streams == num_streams
+    if same_layout:
+        state = TrainerState.from_json(ckpt.trainer_state(rank).read_text(encoding="utf-8"))
+    else:
+        state = merged_state(ckpt, plan, rank, num_streams)
+    if rank < plan.world_size:
+        _set_rng_state(torch.load(ckpt.rng_state(rank), weights_only=True))
+    else:
+        seed_new_rank(seed, rank, state.step)
     return state
+
+
+def merged_state(ckpt: CheckpointFolder, plan: ResumePlan, rank: int, num_streams: int) -> TrainerState:
+    """This rank's trainer state in a new layout (``plan.ranks`` x ``num_streams``), built from every old
+    rank's: the step and codebook as saved, the data position re-partitioned exactly once, the
+    counters' totals on rank 0."""
+    old = [TrainerState.from_json(ckpt.trainer_state(r).read_text(encoding="utf-8")) for r in range(plan.world_size)]
+    if len({s.step for s in old}) != 1:
+        raise CheckpointError(f"{ckpt.path}: the ranks' trainer states disagree on the step ({[s.step for s in old]})")
+    streams = plan.num_streams
+    positions = {r * streams + s: st.positions.get(s, StreamPosition()) for r, st in enumerate(old) for s in range(streams)}
+    history = dict(old[0].history)
+    for st in old[1:]:
+        history.update(dict(st.history))
+    first, history = repartition(positions, plan.world_size, streams, tuple(sorted(history.items())))
+    state = TrainerState(step=old[0].step, codebook_hash=old[0].codebook_hash, world_size=plan.ranks,
+                         num_streams=num_streams, history=history,
+                         positions={s: StreamPosition(first, 0) for s in range(num_streams)})
+    if rank == 0:
+        for name in COUNTERS:
+            setattr(state, name, sum(getattr(s, name) for s in old))
+    return state
+
+
+def seed_new_rank(seed: int, rank: int, step: int) -> None:
+    """The RNG of a rank that the checkpoint did not have: seeded from (seed, rank, step)."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1))
 
 
 def _rng_state() -> dict[str, torch.Tensor]:

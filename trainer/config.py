@@ -50,6 +50,9 @@ class DataConfig:
     """Batches each worker prepares ahead."""
     encoder_weights: str = ""
     """Clip shards only: weights file of the codebook's clip encoder, when it needs one (S3D)."""
+    audit: bool = False
+    """Write what each optimizer step consumed to ``run_dir/audit/rank-NNNNN.jsonl`` (one line per
+    step and epoch: the step, the epoch, the keys of the samples its examples were built from)."""
 
 
 @dataclass(kw_only=True)
@@ -124,6 +127,10 @@ class OptimConfig:
     micro_batch_size: int = 32
     """Examples per rank per forward pass."""
     grad_accum_steps: int = 1
+    """Micro-batches per optimizer step (derived instead when ``global_batch_size`` is set)."""
+    global_batch_size: int = 0
+    """Examples per optimizer step over all ranks, kept at every number of ranks: the accumulation is
+    derived as global / (micro_batch_size x ranks). 0 = micro_batch_size x grad_accum_steps x ranks."""
     precision: str = "auto"
     """``auto`` (bf16 on GPUs that support it, else fp32), ``bf16`` or ``fp32``."""
 
@@ -159,6 +166,9 @@ class TrainConfig:
     """Consecutive non-finite losses tolerated before training stops (with a checkpoint)."""
     deepspeed_config: str = "ds_config.json"
     """DeepSpeed config file; the trainer fills batch sizes, precision and clipping from this config."""
+    dist_timeout_s: float = 0.0
+    """How long a rank waits for the others in a collective before the job fails (seconds; 0 =
+    torch's default): a node that vanished without closing its connections is noticed after this long."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
@@ -345,6 +355,8 @@ def validate(c: TrainConfig) -> list[str]:
     p += _validate_optim(c.optim)
     _positive(p, "max_steps", c.max_steps)
     _positive(p, "max_bad_steps", c.max_bad_steps)
+    if c.dist_timeout_s < 0:
+        p.append("dist_timeout_s must be >= 0 (0 = torch's default)")
     _positive(p, "checkpoint.every_steps", c.checkpoint.every_steps)
     _positive(p, "checkpoint.keep_last", c.checkpoint.keep_last)
     _positive(p, "logging.every_steps", c.logging.every_steps)
@@ -393,7 +405,50 @@ def _validate_optim(o: OptimConfig) -> list[str]:
         p.append("optim.new_parameters_lr_multiplier must be > 0 (1 = the same learning rate as the rest)")
     if o.grad_clip < 0:
         p.append("optim.grad_clip must be >= 0 (0 = no clipping)")
+    if o.global_batch_size < 0:
+        p.append("optim.global_batch_size must be >= 0 (0 = micro_batch_size x grad_accum_steps x ranks)")
+    elif o.global_batch_size and o.grad_accum_steps != 1:
+        p.append("optim.global_batch_size and optim.grad_accum_steps are both set: the accumulation is derived "
+                 "from the global batch; leave optim.grad_accum_steps at 1")
+    elif o.global_batch_size and o.micro_batch_size > 0 and o.global_batch_size % o.micro_batch_size:
+        p.append(f"optim.global_batch_size={o.global_batch_size} is not a multiple of optim.micro_batch_size="
+                 f"{o.micro_batch_size}: use micro-batches of {_divisors(o.global_batch_size)[:12]}")
     return p
+
+
+@dataclass(frozen=True)
+class BatchSizes:
+    """How one optimizer step's examples are split: micro-batch x accumulation x ranks."""
+
+    micro: int
+    accumulation: int
+    ranks: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro * self.accumulation * self.ranks
+
+
+def batch_sizes(o: OptimConfig, ranks: int) -> BatchSizes:
+    """The sizes at ``ranks`` ranks; with ``optim.global_batch_size`` the accumulation is derived so that
+    the global batch holds, and a ``ConfigError`` names the sizes that work where it cannot divide."""
+    if not o.global_batch_size:
+        return BatchSizes(o.micro_batch_size, o.grad_accum_steps, ranks)
+    per_pass = o.micro_batch_size * ranks
+    if o.global_batch_size % per_pass == 0:
+        return BatchSizes(o.micro_batch_size, o.global_batch_size // per_pass, ranks)
+    passes = o.global_batch_size // o.micro_batch_size
+    micros = [m for m in _divisors(o.global_batch_size) if o.global_batch_size % (m * ranks) == 0]
+    raise ConfigError(
+        f"optim.global_batch_size={o.global_batch_size} cannot be split over {ranks} ranks with optim.micro_batch_size="
+        f"{o.micro_batch_size} ({o.global_batch_size} is not a multiple of {o.micro_batch_size} x {ranks}). Numbers of "
+        f"ranks that work with this micro-batch: {_divisors(passes)}; micro-batch sizes that work at {ranks} ranks: "
+        f"{micros or 'none'}; or choose a global batch that is a multiple of {per_pass}"
+    )
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def _positive(problems: list[str], name: str, value: float) -> None:

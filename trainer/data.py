@@ -20,6 +20,32 @@ tar bytes and parses the small JSON metadata; ``tests/benchmarks/bench_loader.py
 no sample is seen twice or skipped within an epoch. The DataLoader hands out batches from its workers
 in turn; the trainer records how many batches it consumed, and the next loader rotates which worker
 serves which stream so that the turn order continues too.
+
+Another layout, exactly once. A checkpoint written by N ranks x V streams resumes on M ranks x W
+streams (the layout is ``world_size x num_streams``; global stream ``g = rank x num_streams +
+stream``). What an old stream has consumed is a prefix of its sequence of items, and that sequence
+is fully determined by its spec: the epoch's shard list, the join and shuffle draws are positional.
+So the unconsumed part of an epoch is, for each old stream ``g``, its sequence after its first
+``consumed[g]`` items: the items still in its shuffle buffer, the rest of a shard it was reading,
+and the shards it had not opened, in the order it would have read them. The rule, applied to every
+epoch that some old stream had begun and not finished:
+
+- the old layout and each old stream's consumption of that epoch (a count; ``None`` when it had
+  moved past the epoch, 0 when it had not reached it) are recorded as an ``EpochPhase``;
+- with ``m = min(G_old, G_new)``, old stream ``g`` is shared by the new streams ``j`` with
+  ``j % m == g % m``; the k-th item of its remainder goes to the ``k % s``-th of those ``s`` streams
+  (shrinking: each new stream takes whole remainders; growing: each remainder is dealt among the
+  new streams that share it). A new stream reads its shares of the old streams in order of ``g``;
+- the new streams start at the oldest such epoch; an epoch they reach that has no phase is read
+  with the new layout's own partition. So the epoch in progress finishes with every sample not yet
+  consumed, each exactly once across the new streams, and the next starts the new partition.
+
+A second change within the epoch adds a second phase: the streams it cuts short are themselves
+remainder streams, rebuilt the same way from the phase before (``stream_items`` recurses), so the
+rule composes (2 -> 1 -> 3 ranks). Resuming never decodes the skipped items: it replays their raw
+samples as a same-layout resume does (a remainder dealt among s new streams is read by each of
+them, for the rest of that one epoch). At each change, the phases of epochs that every stream had
+left are dropped.
 """
 
 from __future__ import annotations
@@ -38,7 +64,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards import reader, schema
-from trainer.examples import ExampleBuilder, TrainingItem, join_samples
+from trainer.examples import TrainingItem, join_samples
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +84,31 @@ class StreamPosition:
     """Items consumed in ``epoch`` (after joining and shuffling)."""
 
 
+@dataclass(frozen=True)
+class EpochPhase:
+    """The part of an epoch that one layout read before the job changed to another."""
+
+    world_size: int
+    num_streams: int
+    consumed: tuple[int | None, ...]
+    """Per global stream of that layout: items of the epoch it had consumed (None: all of them)."""
+
+    @property
+    def total_streams(self) -> int:
+        return self.world_size * self.num_streams
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"world_size": self.world_size, "num_streams": self.num_streams, "consumed": list(self.consumed)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EpochPhase":
+        return cls(int(d["world_size"]), int(d["num_streams"]), tuple(d["consumed"]))
+
+
+History = tuple[tuple[int, tuple[EpochPhase, ...]], ...]
+"""(epoch, its phases under earlier layouts), by epoch: what ``repartition`` records."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class StreamSpec:
     """Everything that determines one logical stream's sequence of items."""
@@ -72,6 +123,8 @@ class StreamSpec:
     concat_prob: float = 0.0
     concat_max: int = 1
     shuffle: bool = True
+    history: History = ()
+    """Epochs begun under earlier layouts of the job (see the module docstring)."""
 
     @property
     def total_streams(self) -> int:
@@ -80,6 +133,14 @@ class StreamSpec:
     @property
     def global_stream(self) -> int:
         return self.rank * self.num_streams + self.stream
+
+    def phases(self, epoch: int) -> tuple[EpochPhase, ...]:
+        return dict(self.history).get(epoch, ())
+
+    def as_global_stream(self, g: int, world_size: int, num_streams: int, history: History) -> "StreamSpec":
+        """The spec of global stream ``g`` of another layout."""
+        return dataclasses.replace(self, rank=g // num_streams, world_size=world_size, stream=g % num_streams,
+                                   num_streams=num_streams, history=history)
 
 
 def epoch_shards(spec: StreamSpec, epoch: int) -> tuple[list[str], int | None]:
@@ -205,6 +266,51 @@ def epoch_items(spec: StreamSpec, epoch: int, errors: ReadErrors) -> Iterator[li
     return items
 
 
+def stream_items(spec: StreamSpec, epoch: int, errors: ReadErrors) -> Iterator[list[_RawSample]]:
+    """The stream's items for one epoch in consumption order: the epoch's own partition, or, for an
+    epoch an earlier layout began, this stream's shares of what that layout left unread."""
+    phases = spec.phases(epoch)
+    if not phases:
+        return epoch_items(spec, epoch, errors)
+    return itertools.chain.from_iterable(_remainder_shares(spec, epoch, phases, errors))
+
+
+def _remainder_shares(spec: StreamSpec, epoch: int, phases: tuple[EpochPhase, ...],
+                      errors: ReadErrors) -> Iterator[Iterator[list[_RawSample]]]:
+    last, earlier = phases[-1], phases[:-1]
+    old_total, new_total, me = last.total_streams, spec.total_streams, spec.global_stream
+    m = min(old_total, new_total)
+    history = ((epoch, earlier),) if earlier else ()
+    for g in range(me % m, old_total, m):
+        consumed = last.consumed[g]
+        if consumed is None:
+            continue
+        sharers = list(range(g % m, new_total, m))
+        old = spec.as_global_stream(g, last.world_size, last.num_streams, history)
+        rest = itertools.islice(stream_items(old, epoch, errors), consumed, None)
+        yield itertools.islice(rest, sharers.index(me), None, len(sharers))
+
+
+def repartition(positions: dict[int, StreamPosition], world_size: int, num_streams: int,
+                history: History) -> tuple[int, History]:
+    """Record where the streams of a layout stopped (``positions``: global stream -> position, one per
+    stream of the layout). Returns the epoch every stream of the next layout starts at, and the
+    history that layout's specs carry."""
+    epochs = [positions[g].epoch for g in range(world_size * num_streams)]
+    first, last = min(epochs), max(epochs)
+    kept = {e: phases for e, phases in history if e >= first}
+    for e in range(first, last + 1):
+        consumed = tuple(_consumed_of(positions[g], e) for g in range(world_size * num_streams))
+        kept[e] = kept.get(e, ()) + (EpochPhase(world_size, num_streams, consumed),)
+    return first, tuple(sorted(kept.items()))
+
+
+def _consumed_of(position: StreamPosition, epoch: int) -> int | None:
+    if position.epoch > epoch:
+        return None
+    return position.items if position.epoch == epoch else 0
+
+
 class BatchStream:
     """One logical stream turned into an endless sequence of batches, from a saved position."""
 
@@ -219,28 +325,30 @@ class BatchStream:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         pos = self.position
-        items = itertools.islice(epoch_items(self.spec, pos.epoch, self.errors), pos.items, None)
+        items = itertools.islice(stream_items(self.spec, pos.epoch, self.errors), pos.items, None)
         empty_epochs = 0
         while True:
-            group, bad_before, segments = [], self.errors.count, 0
+            group, taken, bad_before = [], _Taken(), self.errors.count
             while len(group) < self.batch_size:
                 item = next(items, None)
                 if item is None:
-                    empty_epochs = empty_epochs + 1 if pos.items == 0 else 0
+                    # An epoch whose remainder share is empty is no sign of unreadable data.
+                    plain = not self.spec.phases(pos.epoch)
+                    empty_epochs = empty_epochs + 1 if pos.items == 0 and plain else 0
                     if self.max_epochs is not None and pos.epoch + 1 >= self.max_epochs:
                         if group:
-                            yield self._batch(group, pos, bad_before, segments)
+                            yield self._batch(group, taken, pos, bad_before)
                         return
                     self._check_not_empty(empty_epochs)
                     pos.epoch, pos.items = pos.epoch + 1, 0
-                    items = epoch_items(self.spec, pos.epoch, self.errors)
+                    items = stream_items(self.spec, pos.epoch, self.errors)
                     continue
                 pos.items += 1
                 segment = self._decode(item)
                 if segment is not None:
                     group.append(segment)
-                    segments += len(item)
-            yield self._batch(group, pos, bad_before, segments)
+                    taken.add(item, pos.epoch)
+            yield self._batch(group, taken, pos, bad_before)
 
     def _decode(self, item: list[_RawSample]) -> TrainingItem | None:
         try:
@@ -249,14 +357,16 @@ class BatchStream:
             self.errors(str(item[0].raw.get("__url__", "?")), e)
             return None
 
-    def _batch(self, group: list[TrainingItem], pos: StreamPosition, bad_before: int, segments: int) -> dict[str, Any]:
+    def _batch(self, group: list[TrainingItem], taken: "_Taken", pos: StreamPosition, bad_before: int) -> dict[str, Any]:
         rng = positional_rng(self.spec.seed, _BATCH, pos.epoch, self.spec.rank, self.spec.stream, pos.items)
         batch = self.build(group, rng)
         batch["stream"] = np.int64(self.spec.stream)
         batch["epoch"] = np.int64(pos.epoch)
         batch["items"] = np.int64(pos.items)
         batch["bad_samples"] = np.int64(self.errors.count - bad_before)
-        batch["segments"] = np.int64(segments)
+        batch["segments"] = np.int64(len(taken.keys))
+        batch[SAMPLE_KEYS] = np.array(taken.keys, dtype=np.str_)
+        batch[SAMPLE_EPOCHS] = np.array(taken.epochs, dtype=np.int64)
         return batch
 
     def _check_not_empty(self, empty_epochs: int) -> None:
@@ -266,6 +376,21 @@ class BatchStream:
                 f"epochs over {len(self.spec.urls)} shard(s) ({self.errors.count} read errors; last: "
                 f"{list(self.errors.recent)[-1:]}); write more samples than ranks x workers, or fix the shards"
             )
+
+
+SAMPLE_KEYS, SAMPLE_EPOCHS = "sample_keys", "sample_epochs"
+"""Batch entries naming the samples its examples were built from, and the epoch each was read in
+(the trainer's audit; not model inputs)."""
+
+
+@dataclass
+class _Taken:
+    keys: list[str] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)
+
+    def add(self, item: list[_RawSample], epoch: int) -> None:
+        self.keys += [s.key for s in item]
+        self.epochs += [epoch] * len(item)
 
 
 class TrainStreams(IterableDataset):

@@ -16,6 +16,7 @@ imported, so the CPU choice must be made before, and its logger and warnings are
 from __future__ import annotations
 
 import ctypes
+import datetime
 import functools
 import json
 import logging
@@ -50,10 +51,11 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed() -> DistInfo:
+def init_distributed(timeout_s: float | None = None) -> DistInfo:
     """Join the job's process group, or create a one-process group for a plain process.
 
     A group that already exists (the demo evaluates in the process that trained) is joined as is.
+    ``timeout_s``: how long a collective waits for the other ranks (None or 0: torch's default).
     """
     _ranks_from_slurm()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
@@ -70,7 +72,8 @@ def init_distributed() -> DistInfo:
         torch.cuda.set_device(local_rank)
     created = not dist.is_initialized()
     if created:
-        dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://")
+        timeout = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
+        dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://", **timeout)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device,
                     created_group=created)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import ConfigError, TrainConfig, batch_sizes
 from trainer.distributed import import_deepspeed
 from trainer.optim import build_optimizer, lr_multiplier
 
@@ -29,27 +29,32 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-def build_ds_config(cfg: TrainConfig, world_size: int, hidden_size: int) -> dict[str, Any]:
+def build_ds_config(cfg: TrainConfig, world_size: int, hidden_size: int, *, load_universal: bool = False) -> dict[str, Any]:
     """The DeepSpeed config file with the values the trainer owns filled in.
 
     ``"auto"`` entries are filled from the run's config; explicit values that contradict it are
     refused (DeepSpeed would otherwise silently train with a different batch or clipping).
+    ``load_universal``: the engine will load a universal checkpoint (a resume at another number of
+    ranks); DeepSpeed reads the flag when the engine is built.
     """
     path = Path(cfg.deepspeed_config)
     if not path.is_file():
         raise ConfigError(f"deepspeed_config {path} does not exist (the repository ships ds_config.json)")
     ds = json.loads(path.read_text())
     o = cfg.optim
+    sizes = batch_sizes(o, world_size)
     owned = {
-        "train_micro_batch_size_per_gpu": o.micro_batch_size,
-        "gradient_accumulation_steps": o.grad_accum_steps,
-        "train_batch_size": o.micro_batch_size * o.grad_accum_steps * world_size,
+        "train_micro_batch_size_per_gpu": sizes.micro,
+        "gradient_accumulation_steps": sizes.accumulation,
+        "train_batch_size": sizes.global_batch,
         "gradient_clipping": o.grad_clip,
     }
     problems = [_fill(ds, key, value) for key, value in owned.items()]
     bf16 = resolve_precision(o.precision) == "bf16"
     ds.setdefault("bf16", {})
     problems.append(_fill(ds["bf16"], "enabled", bf16, where="bf16."))
+    ds.setdefault("checkpoint", {})
+    problems.append(_fill(ds["checkpoint"], "load_universal", load_universal, where="checkpoint."))
     zero = ds.setdefault("zero_optimization", {})
     for key, value in _bucket_sizes(hidden_size).items():
         if zero.get(key, "auto") == "auto":  # sizes are tuning, not contradictions: explicit ones stand
@@ -101,3 +106,32 @@ def _deepspeed_in_the_group():
     deepspeed = import_deepspeed()
     deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), verbose=False)
     return deepspeed
+
+
+def finish_universal_load(engine, universal_dir: Path) -> None:
+    """Complete a load from DeepSpeed's universal format, then switch the format off again.
+
+    DeepSpeed's ZeRO-3 universal loader (0.19) restores the weights and both Adam moments of every
+    parameter, but (1) gives every parameter group the hyperparameters of the first (the groups
+    without weight decay would decay, the heads would lose their learning-rate factor) and (2) hands
+    every sub-group the same ``step`` tensor, which each sub-group's update then advances (Adam's
+    bias correction would count several steps per step). The groups' own values are in the
+    universal folder's optimizer state (written by DeepSpeed's converter); each sub-group gets its
+    own step. Saving while the flag is set writes only rank 0's model states, so it is cleared here,
+    before the next save (the engine reads it through its config on every load and save).
+    """
+    from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT, PARAM_GROUPS
+
+    zero = engine.optimizer
+    # DeepSpeed's own file; its loader reads it the same way the line before this one ran.
+    saved = torch.load(universal_dir / "zero" / "optimizer_state.pt", map_location="cpu", weights_only=False)
+    groups = saved[OPTIMIZER_STATE_DICT][PARAM_GROUPS]
+    if len(groups) != len(zero.optimizer.param_groups):
+        raise RuntimeError(f"{universal_dir}: {len(groups)} optimizer parameter groups saved, {len(zero.optimizer.param_groups)} built")
+    for group, saved_group in zip(zero.optimizer.param_groups, groups):
+        group.update({k: v for k, v in saved_group.items() if k != "params"})
+    for flat in zero.fp32_partitioned_groups_flat:
+        state = zero.optimizer.state[flat]
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+    engine._config.load_universal_checkpoint = False

@@ -6,14 +6,20 @@ Layout of ``run_dir``::
     metrics.jsonl                    the training scalars, one JSON line per logging step
     tensorboard/                     the same scalars as TensorBoard events
     heldout.json                     held-out metrics at the end of training (``data.heldout``)
+    audit/rank-00000.jsonl           with ``data.audit``: what each optimizer step of a rank consumed
     checkpoints/latest               the newest complete checkpoint's name
     checkpoints/step-N/              one checkpoint (``CheckpointFolder``):
-        COMPLETE                     written last, by rank 0, once every rank finished writing
+        COMPLETE                     written last, by rank 0, once every rank's files are on disk
         config.yaml                  the resolved run config
         model.json                   the model's config, joint vocabulary included
         trainer/rank-00000.json      each rank's trainer state (counters, data position)
         trainer/rng-00000.pt         each rank's RNG states (tensors only)
         (DeepSpeed's engine files)   ZeRO-3 partitions of every rank, optimizer, schedule
+        universal/                   DeepSpeed's universal copy of the engine state, made when a run
+                                     resumes on another number of ranks; trusted once its own
+                                     COMPLETE (with the size of each of its files) exists
+    checkpoints/.step-N.partial/     a checkpoint being written; renamed to step-N once complete
+    checkpoints/.step-N.replaced/    a complete step-N being replaced by a newer save of that step
     report.md, results.json, *.png   the evaluation report (``videobert eval``'s default --out)
     caption/                         captioning and linear probes (``videobert caption``, ``CaptionFolder``):
         config.yaml                  the caption run's resolved config
@@ -31,6 +37,7 @@ its identity as ``EXPORT_INFO`` beside the transformers files. Small files are w
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +57,8 @@ LATEST = "latest"
 COMPLETE = "COMPLETE"
 MODEL_CONFIG = "model.json"
 TRAINER_STATE_DIR = "trainer"
+UNIVERSAL_DIR = "universal"
+AUDIT_DIR = "audit"
 
 EXPORT_INFO = "videobert.json"
 """Written by ``videobert export``: the step, the checkpoint it came from, the codebook's hash."""
@@ -66,6 +75,8 @@ OPTIMIZER_STATE = "optimizer.pt"
 CAPTION_EXAMPLES = "caption_examples.png"
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_STAGED_DIR = re.compile(r"^\.step-(\d+)\.(partial|replaced)$")
+PARTIAL, REPLACED = "partial", "replaced"
 
 
 @dataclass(frozen=True)
@@ -74,9 +85,17 @@ class CheckpointFolder:
 
     path: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
     @staticmethod
     def name_of(step: int) -> str:
         return f"step-{step}"
+
+    @staticmethod
+    def staged_name_of(step: int, kind: str) -> str:
+        """``.step-N.partial`` (being written) or ``.step-N.replaced`` (making way for a newer step-N)."""
+        return f".step-{step}.{kind}"
 
     @property
     def complete_marker(self) -> Path:
@@ -95,6 +114,14 @@ class CheckpointFolder:
 
     def rng_state(self, rank: int) -> Path:
         return self.path / TRAINER_STATE_DIR / f"rng-{rank:05d}.pt"
+
+    @property
+    def universal(self) -> Path:
+        return self.path / UNIVERSAL_DIR
+
+    @property
+    def universal_marker(self) -> Path:
+        return self.universal / COMPLETE
 
     def is_complete(self) -> bool:
         return self.complete_marker.is_file()
@@ -145,6 +172,13 @@ class RunFolder:
     def caption(self) -> Path:
         """``videobert caption``'s default output folder (``CaptionFolder``)."""
         return self.path / CAPTION_DIR
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.path / AUDIT_DIR
+
+    def audit(self, rank: int) -> Path:
+        return self.audit_dir / f"rank-{rank:05d}.jsonl"
 
     def checkpoint(self, step: int) -> CheckpointFolder:
         return CheckpointFolder(self.checkpoints / CheckpointFolder.name_of(step))
@@ -204,6 +238,14 @@ def step_dirs(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def staged_dirs(root: Path) -> list[tuple[int, str, Path]]:
+    """(step, ``PARTIAL`` or ``REPLACED``, folder) of the checkpoints a save left on its way."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), m.group(2), p) for p in root.iterdir() if (m := _STAGED_DIR.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
 def latest_complete(root: Path) -> Path | None:
     """The newest complete step folder under a checkpoints folder."""
     complete = [p for _, p in step_dirs(root) if CheckpointFolder(p).is_complete()]
@@ -217,3 +259,25 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_folder(path: Path) -> None:
+    """Make the names in a folder (files created, renamed, removed) durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a system whose folders cannot be opened (Windows): nothing to sync
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file below ``folder``, sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file())

@@ -8,12 +8,14 @@
   several nodes: see launch/ (hostfile, torchrun elastic, SLURM).
 
 Resume: ``checkpoint.resume=auto`` (the default) continues from the newest complete checkpoint of
-``run_dir``; SIGTERM/SIGINT save one and stop at the next step boundary.
+``run_dir``, on the same or another number of ranks and workers (``optim.global_batch_size`` keeps the
+global batch); SIGTERM/SIGINT save one and stop at the next step boundary (exit status 75).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -24,7 +26,7 @@ import torch
 
 from models.videobert import MODEL_INPUTS
 from shards import schema
-from trainer.config import ConfigError, TrainConfig, load_config, save_config
+from trainer.config import ConfigError, TrainConfig, batch_sizes, load_config, save_config
 from trainer.run_folder import RunFolder, write_json
 
 log = logging.getLogger("videobert.train")
@@ -43,22 +45,28 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, dist_info=None):
         from models.vocab import JointVocab
         from trainer import build
-        from trainer.checkpoint import TrainerState
+        from trainer.checkpoint import Snapshot, TrainerState, plan_resume
         from trainer.distributed import init_distributed
         from trainer.engine import build_ds_config, build_engine
         from trainer.examples import ExampleBuilder
 
         self.cfg = cfg
-        self.dist = dist_info or init_distributed()
+        self.dist = dist_info or init_distributed(cfg.dist_timeout_s)
         torch.manual_seed(cfg.seed + self.dist.rank)
         self.run = RunFolder(cfg.run_dir)
+        self.sizes = batch_sizes(cfg.optim, self.dist.world_size)
         self.codebook = build.build_codebook(cfg)
         self.source = build.inspect_source(cfg.data.train, "data.train")
         build.check_source(self.source, self.codebook, "data.train")
         self.tokenizer = build.build_tokenizer(cfg)
         self.vocab = JointVocab.from_tokenizer(self.tokenizer, self.codebook.num_leaves)
         self.model_config = build.build_model_config(cfg, self.vocab)
-        self.ds_config = build_ds_config(cfg, self.dist.world_size, self.model_config.hidden_size)
+        # The checkpoint is chosen (and, at another number of ranks, converted) before the engine is
+        # built: DeepSpeed reads its universal-load flag at construction.
+        self.plan = plan_resume(self.run.checkpoints, cfg.checkpoint.resume, self.dist.rank, self.dist.world_size,
+                                self.model_config.to_dict(), self.codebook)
+        universal = self.plan is not None and self.plan.other_world_size
+        self.ds_config = build_ds_config(cfg, self.dist.world_size, self.model_config.hidden_size, load_universal=universal)
         self.engine = build_engine(build.build_model(cfg, self.model_config, self.ds_config), cfg, self.ds_config)
         self.visual = build.build_visual_tokenizer(cfg, self.dist.device) if self.source.kind == schema.CLIP_KIND else None
         self.builder = ExampleBuilder(self.vocab, self.tokenizer, cfg.objectives, cfg.data.max_seq_len)
@@ -66,6 +74,9 @@ class Trainer:
         build.warn_if_few_shards(self.source.urls, self.spec, self.dist.is_main)
         self.state = TrainerState(codebook_hash=self.codebook.hash, world_size=self.dist.world_size,
                                   num_streams=self.spec.num_streams)
+        self.boundary = Snapshot.take(self.state)
+        """The state at the last optimizer-step boundary: what a checkpoint records."""
+        self.audit = None
         self._batches: Iterator[dict[str, Any]] | None = None
         self.stopped_by_signal = False
 
@@ -79,37 +90,47 @@ class Trainer:
         return self.state
 
     def load_state_dict(self, state) -> None:
-        from models.visual.codebook import CodebookError
+        from trainer.checkpoint import Snapshot
 
-        try:
-            self.codebook.check_hash(state.codebook_hash, "the checkpoint's model")
-        except CodebookError as e:
-            raise ConfigError(f"{e} (data.codebook)") from None
-        if state.num_streams != self.spec.num_streams:
-            raise RuntimeError(
-                f"the checkpoint's data position has {state.num_streams} streams per rank and this run "
-                f"{self.spec.num_streams}: resume with data.num_workers={state.num_streams}"
-            )
         self.state = state
+        self.boundary = Snapshot.take(state)
         self._batches = None
 
     def resume(self) -> bool:
-        from trainer.checkpoint import load_checkpoint, resolve_resume
+        from trainer.checkpoint import load_checkpoint
 
-        folder = resolve_resume(self.run.checkpoints, self.cfg.checkpoint.resume, self.dist.rank)
-        if folder is None:
+        if self.plan is None:
             return False
-        self.load_state_dict(load_checkpoint(self.engine, folder, self.dist.rank, self.dist.world_size))
-        self._main_log("resumed from %s (step %d)", folder, self.state.step)
+        plan = self.plan
+        self.load_state_dict(load_checkpoint(self.engine, plan, self.dist.rank, self.spec.num_streams, self.cfg.seed))
+        self._main_log("resumed from %s (step %d) on %d rank(s) x %d stream(s); it was written by %d x %d",
+                       plan.folder, self.state.step, self.dist.world_size, self.spec.num_streams,
+                       plan.world_size, plan.num_streams)
+        if plan.other_world_size and not self.cfg.optim.global_batch_size:
+            self._main_log("the global batch is now %d examples (micro-batch x accumulation x ranks); set "
+                           "optim.global_batch_size to keep it the same at every number of ranks", self.sizes.global_batch)
         return True
 
     def save(self) -> Path:
         from trainer.checkpoint import save_checkpoint
 
-        folder = save_checkpoint(self.engine, self.run.checkpoints, self.state, self.cfg, self.model_config.to_dict(),
+        if self.audit is not None:
+            self.audit.sync()
+        folder = save_checkpoint(self.engine, self.run.checkpoints, self.boundary, self.cfg, self.model_config.to_dict(),
                                  self.dist.rank, self.cfg.checkpoint.keep_last)
         self._main_log("checkpoint %s", folder)
         return folder
+
+    def _open_audit(self) -> None:
+        """Collective (with ``data.audit``): drop the audit lines past the current step, then append."""
+        from trainer.audit import Audit, drop_after
+
+        if self.dist.is_main:
+            drop_after(self.run.audit_dir, self.state.step)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        self.audit = Audit(self.run, self.dist.rank)
+        self.audit.open()
 
     # -- data ------------------------------------------------------------------------------
 
@@ -118,8 +139,9 @@ class Trainer:
             from trainer.data import make_loader
 
             d = self.cfg.data
-            loader = make_loader(self.spec, self.state.positions, self.state.batches_consumed, self.builder.build,
-                                 self.cfg.optim.micro_batch_size, d.num_workers, d.prefetch_factor)
+            spec = dataclasses.replace(self.spec, history=self.state.history)
+            loader = make_loader(spec, self.state.positions, self.state.batches_consumed, self.builder.build,
+                                 self.sizes.micro, d.num_workers, d.prefetch_factor)
             self._batches = iter(loader)
         return self._batches
 
@@ -137,8 +159,10 @@ class Trainer:
 
     def model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Move a batch to the device; for clip shards, tokenize its clips and fill video positions."""
+        from trainer.data import SAMPLE_EPOCHS, SAMPLE_KEYS
+
         device = self.dist.device
-        batch = {k: torch.as_tensor(v) for k, v in batch.items()}
+        batch = {k: torch.as_tensor(v) for k, v in batch.items() if k not in (SAMPLE_KEYS, SAMPLE_EPOCHS)}
         if "clips" in batch:
             from trainer.examples import resolve_visual
 
@@ -153,26 +177,35 @@ class Trainer:
     # -- steps -----------------------------------------------------------------------------
 
     def train_step(self, window) -> None:
-        """One optimizer step: ``grad_accum_steps`` good micro-batches (non-finite ones are dropped)."""
+        """One optimizer step: ``accumulation`` good micro-batches (non-finite ones are dropped)."""
+        from trainer.checkpoint import Snapshot
+        from trainer.data import SAMPLE_EPOCHS, SAMPLE_KEYS
         from trainer.distributed import all_reduce_
 
-        done, bad_in_a_row = 0, 0
-        while done < self.cfg.optim.grad_accum_steps:
+        done, bad_in_a_row, consumed = 0, 0, []
+        while done < self.sizes.accumulation:
             batch, waited = self.next_batch()
+            taken = (batch.pop(SAMPLE_KEYS), batch.pop(SAMPLE_EPOCHS))
             started = time.perf_counter()
             inputs = self.model_inputs(batch)
             out = self.engine(**inputs)
             finite = all_reduce_(torch.isfinite(out.loss.detach()).float().reshape(1).cpu(), "min").item() > 0
             if not finite:
                 bad_in_a_row += 1
+                if self.audit is not None:
+                    self.audit.record(self.state.step + 1, [taken], skipped=True)
                 self._skip_bad_batch(window, bad_in_a_row)
                 continue
             self.engine.backward(out.loss)
             self.engine.step()
             done += 1
+            consumed.append(taken)
             window.add_output(out)
             self._count(window, batch, inputs, waited, time.perf_counter() - started)
         self.state.step += 1
+        if self.audit is not None:
+            self.audit.record(self.state.step, consumed)
+        self.boundary = Snapshot.take(self.state)
         window.add(grad_norm_sum=_grad_norm(self.engine))
 
     def _skip_bad_batch(self, window, bad_in_a_row: int) -> None:
@@ -215,6 +248,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run.config)
         board = TensorBoard(self.run, self.dist.is_main)
+        if cfg.data.audit:
+            self._open_audit()
         peak = peak_flops(self.dist.device, cfg.logging.peak_flops)
         bar = self._progress_bar()
         self.engine.train()
@@ -241,6 +276,8 @@ class Trainer:
         if bar is not None:
             bar.close()
         board.close()
+        if self.audit is not None:
+            self.audit.close()
         return self.state
 
     def evaluate_heldout(self, max_batches: int | None = None) -> dict[str, float]:
@@ -302,6 +339,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from models.visual.codebook import CodebookError
+    from trainer.checkpoint import CheckpointError
     from trainer.distributed import init_distributed, leave_distributed
 
     overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
@@ -310,11 +348,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    dist_info, together = init_distributed(), False
+    dist_info, together = init_distributed(cfg.dist_timeout_s), False
     try:
         trainer = train(cfg, dist_info)
         together = True
-    except (ConfigError, CodebookError) as e:
+    except (ConfigError, CodebookError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingStopped as e:

@@ -17,7 +17,6 @@ With ``--run``, also the data-wait share of that training run (from its metrics.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import tempfile

@@ -4,7 +4,6 @@ segment located in it is kept or listed with a reason naming the file, and valid
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given

@@ -12,7 +12,8 @@ import pytest
 
 from shards import reader, schema
 from trainer.data import (
-    BatchStream, StreamPosition, StreamSpec, epoch_items, epoch_shards, make_loader, ReadErrors,
+    SAMPLE_EPOCHS, SAMPLE_KEYS, BatchStream, StreamPosition, StreamSpec, epoch_items, epoch_shards, make_loader,
+    ReadErrors, repartition, stream_items,
 )
 
 
@@ -157,3 +158,84 @@ def test_samples_that_break_the_schema_do_not_stop_a_loader_worker(token_shards,
         seen += list(batch["keys"])
         bad_count += int(batch["bad_samples"])
     assert sorted(seen) == sorted(keys) and bad_count == len(bad)
+
+
+# -- another layout: the epoch in progress finishes exactly once -------------------------------------
+
+
+def _audit_build(group, rng):
+    return {"n": np.array(len(group))}
+
+
+def _layout_streams(urls, world, streams, positions, history, **kw):
+    for g in range(world * streams):
+        spec = StreamSpec(urls=tuple(urls), seed=11, rank=g // streams, world_size=world, stream=g % streams,
+                          num_streams=streams, history=history, **kw)
+        yield g, iter(BatchStream(spec, positions.get(g, StreamPosition()), _audit_build, batch_size=3))
+
+
+def _consume(urls, world, streams, positions, history, seen, *, batches=None, until_epoch=None, **kw):
+    """Each stream of a layout takes ``batches`` batches (or reads until it is in ``until_epoch``);
+    the keys it consumed are added to ``seen[epoch]``. Returns the layout's positions."""
+    after = {}
+    for g, stream in _layout_streams(urls, world, streams, positions, history, **kw):
+        position, taken = positions.get(g, StreamPosition()), 0
+        while (batches is not None and taken < batches) or (until_epoch is not None and position.epoch < until_epoch):
+            batch = next(stream)
+            for key, epoch in zip(batch[SAMPLE_KEYS], batch[SAMPLE_EPOCHS]):
+                seen.setdefault(int(epoch), []).append(str(key))
+            position, taken = StreamPosition(int(batch["epoch"]), int(batch["items"])), taken + 1
+        after[g] = position
+    return after
+
+
+def _change(positions, world, streams, history):
+    first, history = repartition({g: positions.get(g, StreamPosition()) for g in range(world * streams)},
+                                 world, streams, history)
+    return first, history
+
+
+@pytest.mark.parametrize("layouts,shards", [
+    ([(2, 2), (1, 1)], 8),          # ranks and workers shrink
+    ([(1, 1), (2, 1)], 8),          # ranks grow
+    ([(2, 1), (2, 2)], 8),          # workers alone
+    ([(2, 1), (1, 1), (3, 1)], 6),  # two changes within one epoch
+    ([(2, 2), (3, 2)], 3),          # fewer shards than streams: every stream reads every shard
+])
+def test_another_layout_finishes_the_epoch_exactly_once(token_shards, layouts, shards):
+    folder, keys = token_shards(videos=24, segments=4, shards=shards)
+    urls = reader.resolve_shards(folder)
+    kw = dict(shuffle_buffer=8, concat_prob=0.5, concat_max=3)
+    seen, positions, history = {}, {}, ()
+    for (world, streams), nxt in zip(layouts, layouts[1:]):
+        positions = _consume(urls, world, streams, positions, history, seen, batches=2, **kw)
+        assert all(p.epoch == 0 for p in positions.values()), "the change must fall within epoch 0"
+        first, history = _change(positions, world, streams, history)
+        positions = {g: StreamPosition(first, 0) for g in range(nxt[0] * nxt[1])}
+    world, streams = layouts[-1]
+    _consume(urls, world, streams, positions, history, seen, until_epoch=2, **kw)
+    for epoch in (0, 1):
+        assert sorted(seen[epoch]) == sorted(keys), f"epoch {epoch}: each sample exactly once"
+
+
+def test_a_change_while_streams_are_in_different_epochs(token_shards):
+    """Streams of unequal length drift apart by whole epochs; each epoch they straddle is kept exact."""
+    folder, keys = token_shards(videos=10, segments=3, shards=5)
+    urls = reader.resolve_shards(folder)
+    seen = {}
+    positions = _consume(urls, 1, 2, {}, (), seen, batches=9, shuffle_buffer=4)
+    assert len({p.epoch for p in positions.values()}) > 1, "the streams should be in different epochs"
+    first, history = _change(positions, 1, 2, ())
+    _consume(urls, 3, 1, {g: StreamPosition(first, 0) for g in range(3)}, history, seen,
+             until_epoch=max(p.epoch for p in positions.values()) + 2, shuffle_buffer=4)
+    for epoch in range(max(p.epoch for p in positions.values()) + 1):
+        assert sorted(seen[epoch]) == sorted(keys), f"epoch {epoch}"
+
+
+def test_an_unchanged_layout_resumes_as_before(token_shards):
+    folder, _ = token_shards(videos=10, segments=3, shards=4)
+    spec = StreamSpec(urls=tuple(reader.resolve_shards(folder)), seed=5, shuffle_buffer=8)
+    whole = _take(BatchStream(spec, StreamPosition(), _build_keys, 4), 8)
+    assert stream_items(spec, 0, ReadErrors()) is not None and spec.phases(0) == ()
+    keys = [list(b["keys"]) for b in whole]
+    assert keys == [list(b["keys"]) for b in _take(BatchStream(spec, StreamPosition(), _build_keys, 4), 8)]

@@ -1,76 +1,20 @@
-"""Real multi-process DeepSpeed ZeRO-3 runs on CPU (gloo): resume after SIGKILL, SIGTERM, bad losses."""
+"""Real multi-process DeepSpeed ZeRO-3 runs on CPU (gloo): resume after SIGKILL, SIGTERM and SIGINT (exit 75),
+a run of non-finite losses, a save killed half way."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
-from trainer.checkpoint import consolidated_model
-from trainer.run_folder import COMPLETE, CheckpointFolder, RunFolder, latest_complete, step_dirs
+from jobs import finish, kill_tree, launch, metrics, tail as _tail, wait_for
+from trainer.audit import read_audit
+from trainer.checkpoint import consolidated_model, recover_interrupted_saves
+from trainer.run_folder import COMPLETE, CheckpointFolder, RunFolder, latest_complete, staged_dirs, step_dirs
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
-def _command(run_dir: Path, inputs: Path, nproc: int, overrides: list[str]) -> list[str]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    if nproc == 0:
-        launcher = [sys.executable]
-    return [
-        *launcher, "-m", "trainer.train", "--config", str(ROOT / "launch/recipes/debug.yaml"),
-        f"run_dir={run_dir}", f"data.train={inputs / 'train'}", f"data.codebook={inputs / 'codebook.safetensors'}",
-        f"deepspeed_config={ROOT / 'ds_config.json'}", "model.init=", "model.preset=tiny", "data.text_model=minilm",
-        "logging.every_steps=1", "logging.progress=false", "checkpoint.every_steps=4", "checkpoint.keep_last=2",
-        *overrides,
-    ]
-
-
-def launch(run_dir: Path, inputs: Path, *overrides: str, nproc: int = 2) -> subprocess.Popen:
-    """Start a training job in its own process group (so that a test can signal all of it)."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = open(run_dir / "job.log", "ab")
-    return subprocess.Popen(_command(run_dir, inputs, nproc, list(overrides)), env=env, cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def finish(job: subprocess.Popen, run_dir: Path, timeout: float = 240) -> int:
-    try:
-        return job.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(job.pid, signal.SIGKILL)
-        pytest.fail(f"training did not finish in {timeout} s:\n{_tail(run_dir)}")
-
-
-def _tail(run_dir: Path) -> str:
-    return (run_dir / "job.log").read_text(errors="replace")[-4000:]
-
-
-def metrics(run_dir: Path) -> dict[int, dict]:
-    """The last logged values of each step (a resumed run logs some steps twice)."""
-    path = RunFolder(run_dir).metrics
-    if not path.exists():
-        return {}
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {m["step"]: m for m in lines if m["split"] == "train"}
-
-
-def wait_for(predicate, job: subprocess.Popen, run_dir: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if job.poll() is not None:
-            pytest.fail(f"job ended (code {job.returncode}) before the awaited point:\n{_tail(run_dir)}")
-        if time.monotonic() > deadline:
-            os.killpg(job.pid, signal.SIGKILL)
-            pytest.fail(f"timed out waiting:\n{_tail(run_dir)}")
-        time.sleep(0.01)
 
 
 def test_sigkill_and_resume_continue_like_an_uninterrupted_run(run_inputs, tmp_path):
@@ -82,7 +26,7 @@ def test_sigkill_and_resume_continue_like_an_uninterrupted_run(run_inputs, tmp_p
     job = launch(broken, run_inputs, *steps)
     wait_for(lambda: (broken / "checkpoints/step-4" / COMPLETE).exists() and max(metrics(broken), default=0) >= 6,
              job, broken)
-    os.killpg(job.pid, signal.SIGKILL)
+    kill_tree(job.pid)  # torchrun's workers run in sessions of their own: the agent alone would leave them training
     job.wait()
     assert max(metrics(broken)) < 14, "the job must be killed mid-run for this test to mean anything"
     resumed_from = latest_complete(broken / "checkpoints")
@@ -130,15 +74,65 @@ def test_incomplete_checkpoints_are_ignored_on_resume(run_inputs, tmp_path):
     assert (run / "checkpoints" / "latest").read_text() == "step-6"
 
 
-def test_a_run_of_non_finite_losses_stops_with_a_checkpoint(run_inputs, tmp_path):
+def test_a_save_at_the_same_step_killed_half_way_loses_nothing(run_inputs, tmp_path):
+    """A run of non-finite losses right after a periodic save saves that step again, mid-step: killed
+    during that save, the complete checkpoint survives; let through, it replaces it with the state of
+    the step's start (never a data position ahead of the optimizer)."""
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    blow_up = ["max_steps=50", "optim.lr=1e12", "optim.warmup_steps=0", "optim.grad_clip=0", "max_bad_steps=3",
+               "optim.grad_accum_steps=2", "checkpoint.every_steps=1", "checkpoint.keep_last=1", "data.audit=true"]
+    job = launch(run, run_inputs, *blow_up, nproc=0)
+    # step-1 complete first, then its staged twin: the second save of step 1 is under way.
+    wait_for(lambda: (ckpts / "step-1" / COMPLETE).exists() and (ckpts / ".step-1.partial").is_dir(), job, run)
+    kill_tree(job.pid)
+    job.wait()
+    assert CheckpointFolder(ckpts / "step-1").is_complete() and (ckpts / "latest").read_text() == "step-1"
+
+    code = finish(launch(run, run_inputs, *blow_up, nproc=0), run)
+    assert code == 3 and "non-finite losses in a row at step 1" in _tail(run), _tail(run)
+    assert f"resumed from {ckpts / 'step-1'}" in _tail(run)
+    assert [s for s, _ in step_dirs(ckpts)] == [1] and staged_dirs(ckpts) == []
+    state = CheckpointFolder(ckpts / "step-1").read_trainer_state(0)
+    assert (state["step"], state["batches_consumed"], state["skipped_steps"]) == (1, 2, 0), "the state at step 1's end"
+    audit = read_audit(RunFolder(run).audit(0))
+    assert [line["step"] for line in audit if not line.get("skipped")] == [1]
+    assert [line["step"] for line in audit if line.get("skipped")] == [2, 2, 2], "dropped micro-batches are listed"
+
+
+def test_sigint_saves_a_checkpoint_exits_75_and_resume_continues(run_inputs, tmp_path):
     run = tmp_path / "run"
-    code = finish(launch(run, run_inputs, "max_steps=50", "optim.lr=1e12", "optim.warmup_steps=0",
-                         "optim.grad_clip=0", "max_bad_steps=3", nproc=0), run)
-    log = _tail(run)
-    assert code != 0 and "non-finite losses in a row" in log
-    assert latest_complete(run / "checkpoints") is not None
-    state = CheckpointFolder(latest_complete(RunFolder(run).checkpoints)).read_trainer_state(0)
-    assert state["skipped_steps"] >= 3
+    job = launch(run, run_inputs, "max_steps=400", nproc=0)
+    wait_for(lambda: max(metrics(run), default=0) >= 2, job, run)
+    os.killpg(job.pid, signal.SIGINT)
+    assert job.wait(timeout=120) == 75, _tail(run)
+    stopped = latest_complete(run / "checkpoints")
+    step = int(stopped.name.split("-")[1])
+    assert "stopped by signal" in _tail(run) and 2 <= step < 400
+    assert finish(launch(run, run_inputs, f"max_steps={step + 2}", nproc=0), run) == 0, _tail(run)
+    assert f"resumed from {stopped}" in _tail(run)
+    assert latest_complete(run / "checkpoints").name == f"step-{step + 2}"
+
+
+def _folder(root, name: str, marker: str | None) -> None:
+    (root / name).mkdir(parents=True)
+    (root / name / "engine.pt").write_text(name)
+    if marker is not None:
+        (root / name / COMPLETE).write_text(json.dumps({"step": 4, "which": marker}))
+
+
+@pytest.mark.parametrize("left,expected", [
+    ({"step-4": "old", ".step-4.partial": "new"}, "new"),              # complete, not yet renamed
+    ({".step-4.replaced": "old", ".step-4.partial": "new"}, "new"),   # killed between the renames
+    ({".step-4.replaced": "old"}, "old"),                             # the replacement vanished
+    ({"step-4": "old", ".step-4.partial": None}, "old"),              # killed while writing
+    ({"step-4": "new", ".step-4.replaced": "old"}, "new"),            # killed before the old one was deleted
+])
+def test_an_interrupted_save_is_finished_or_undone_never_lost(tmp_path, left, expected):
+    for name, marker in left.items():
+        _folder(tmp_path, name, marker)
+    recover_interrupted_saves(tmp_path)
+    assert staged_dirs(tmp_path) == [] and [s for s, _ in step_dirs(tmp_path)] == [4]
+    assert json.loads((tmp_path / "step-4" / COMPLETE).read_text())["which"] == expected
 
 
 def test_clip_shards_train_exactly_like_their_token_shards(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.config import ConfigError, TrainConfig, load_config, save_config
+from trainer.config import BatchSizes, ConfigError, TrainConfig, batch_sizes, load_config, save_config
 from trainer.engine import build_ds_config
 from trainer.optim import lr_multiplier
 
@@ -28,8 +28,8 @@ RESOLVED_BEFORE = json.loads((Path(__file__).parent / "data" / "recipes_resolved
 OWNED_BY_THE_MODEL = {"model.gradient_checkpointing", "objectives.text_mlm_weight", "objectives.video_mlm_weight",
                       "objectives.alignment_weight"}
 """Keys whose unset value is now None (the model's or the preset's own value) instead of a copy of it."""
-ADDED_SINCE = {"model.kernels": "auto"}
-"""Keys the config gained after that snapshot, with the value every shipped recipe resolves them to."""
+ADDED_SINCE = {"model.kernels": "auto", "data.audit": False, "optim.global_batch_size": 0, "dist_timeout_s": 0.0}
+"""Keys the config gained after that snapshot, with the defaults that keep the recorded behaviour."""
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -143,3 +143,38 @@ def test_learning_rate_schedule():
     cfg.optim.schedule, cfg.optim.min_lr_ratio = "cosine", 0.1
     assert lr_multiplier(60, cfg) == pytest.approx(0.55)
     assert lr_multiplier(110, cfg) == pytest.approx(0.1)
+
+
+def test_the_global_batch_holds_at_every_number_of_ranks():
+    cfg = load_config(None, DATA + ["optim.global_batch_size=48", "optim.micro_batch_size=4"])
+    assert [batch_sizes(cfg.optim, n).accumulation for n in (1, 2, 3, 4, 6, 12)] == [12, 6, 4, 3, 2, 1]
+    assert {batch_sizes(cfg.optim, n).global_batch for n in (1, 2, 3, 4, 6, 12)} == {48}
+    with pytest.raises(ConfigError, match=r"cannot be split over 5 ranks.*ranks that work with this micro-batch: "
+                                          r"\[1, 2, 3, 4, 6, 12\]; micro-batch sizes that work at 5 ranks: none"):
+        batch_sizes(cfg.optim, 5)
+    with pytest.raises(ConfigError, match=r"at 8 ranks: \[1, 2, 3, 6\]"):
+        batch_sizes(cfg.optim, 8)
+    plain = load_config(None, DATA + ["optim.micro_batch_size=4", "optim.grad_accum_steps=2"])
+    assert batch_sizes(plain.optim, 3) == BatchSizes(micro=4, accumulation=2, ranks=3), "as before without it"
+
+
+def test_a_global_batch_with_an_accumulation_or_an_odd_micro_batch_is_refused():
+    with pytest.raises(ConfigError, match="both set"):
+        load_config(None, DATA + ["optim.global_batch_size=48", "optim.grad_accum_steps=2"])
+    with pytest.raises(ConfigError, match="not a multiple of optim.micro_batch_size=5"):
+        load_config(None, DATA + ["optim.global_batch_size=48", "optim.micro_batch_size=5"])
+
+
+def test_deepspeed_reads_the_universal_flag_the_trainer_owns(tmp_path):
+    cfg = load_config(None, DATA + [f"deepspeed_config={ROOT / 'ds_config.json'}", "optim.global_batch_size=48",
+                                    "optim.micro_batch_size=4"])
+    ds = build_ds_config(cfg, world_size=3, hidden_size=64, load_universal=True)
+    assert (ds["train_batch_size"], ds["gradient_accumulation_steps"]) == (48, 4)
+    assert ds["checkpoint"]["load_universal"] is True
+    assert build_ds_config(cfg, world_size=3, hidden_size=64)["checkpoint"]["load_universal"] is False
+    fixed = json.loads((ROOT / "ds_config.json").read_text())
+    fixed["checkpoint"] = {"load_universal": True}
+    (tmp_path / "ds.json").write_text(json.dumps(fixed))
+    cfg.deepspeed_config = str(tmp_path / "ds.json")
+    with pytest.raises(ConfigError, match="checkpoint.load_universal is True there"):
+        build_ds_config(cfg, world_size=3, hidden_size=64)
