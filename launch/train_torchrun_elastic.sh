@@ -4,7 +4,7 @@
 # vanishes restarts the group on the nodes that remain (up to MAX_RESTARTS failures), and a node
 # that joins later restarts it larger (the workers checkpoint on the agent's SIGTERM first). Each
 # start resumes from the newest complete checkpoint in run_dir on however many ranks it now has:
-# DeepSpeed's universal copy re-shards the ZeRO-3 state, the data position is re-partitioned exactly
+# the ZeRO-3 state is re-partitioned as it loads, the data position is re-partitioned exactly
 # once, and optim.global_batch_size keeps the global batch (see the README, "Changing the number of GPUs").
 #
 #   RDZV_ENDPOINT=node-001:29400 NNODES=2:8 bash launch/train_torchrun_elastic.sh launch/recipes/large.yaml \

@@ -8,7 +8,7 @@ complete ``step-N`` that a newer save of the same step replaces is first renamed
 deleted only after its replacement is in place; a save killed between those renames is finished
 when the run starts again (``recover_interrupted_saves``). So a folder without ``COMPLETE`` never
 counts, and a complete checkpoint is never lost to a save that did not complete. After a save,
-complete checkpoints beyond the newest ``keep_last`` are deleted, with their universal copies.
+complete checkpoints beyond the newest ``keep_last`` are deleted.
 
 What a checkpoint holds is the state at an optimizer-step boundary: a save in the middle of a step
 (the stop after a run of non-finite losses) records the trainer state and RNG of the last boundary,
@@ -16,22 +16,18 @@ so its data position is never ahead of the optimizer state it sits beside.
 
 Resuming. Rank 0 picks the folder (``checkpoint.resume``) and all ranks read its record. A
 checkpoint of the same number of ranks loads directly. One written by another number of ranks is
-converted first, by rank 0 with DeepSpeed's own converter (``ds_to_universal``), into its
-``universal/`` subfolder, which counts only once its own ``COMPLETE`` (listing the size of every
-file) exists: a conversion killed half way is redone, a damaged copy is refused with a message. The
-engine is then built with DeepSpeed's ``load_universal`` and loads it: fp32 master weights, both Adam
-moments, the optimizer's step count, the learning-rate schedule. The trainer state of every old rank
-is merged into the new ranks' (``merged_state``): the data position is re-partitioned exactly once
-(``trainer.data``), the counters' totals go to rank 0. RNG: a rank that the checkpoint had resumes
-its saved generators; a rank it did not have seeds them from (seed, rank, step).
+re-partitioned as it loads (``trainer.reshard``): each rank builds its own ZeRO-3 pieces of the fp32
+master weights and both Adam moments from the old ranks' files (reading only what it needs) and
+DeepSpeed's loader takes them with the optimizer's step, the per-group hyperparameters and the
+learning-rate schedule; nothing is converted or written beside the checkpoint. The trainer state of
+every old rank is merged into the new ranks' (``merged_state``): the data position is re-partitioned
+exactly once (``trainer.data``), the counters' totals go to rank 0. RNG: a rank that the checkpoint
+had resumes its saved generators; a rank it did not have seeds them from (seed, rank, step).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import copy
-import io
 import json
 import logging
 import os
@@ -57,8 +53,6 @@ from trainer.run_folder import (
 
 log = logging.getLogger(__name__)
 
-UNIVERSAL_FAILED = "FAILED"
-"""Written into ``universal/`` by the converting rank when the conversion raised (the others stop too)."""
 
 
 class CheckpointError(RuntimeError):
@@ -175,7 +169,7 @@ def _fsync_tree(folder: Path) -> None:
     """Every file below ``folder``, then every folder (deepest first), on disk."""
     files = files_under(folder)
     # fsync waits for the device and releases the GIL: overlapping the waits costs one or two
-    # device flushes instead of one per file (a universal copy has three files per parameter).
+    # device flushes instead of one per file.
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(fsync_file, files))
         folders = sorted({p.parent for p in files} | {folder}, key=lambda p: -len(p.parts))
@@ -218,8 +212,7 @@ def recover_interrupted_saves(root: Path) -> None:
 
 
 def prune(root: Path, keep_last: int) -> None:
-    """Delete complete checkpoints beyond the newest ``keep_last`` and incomplete ones older than them
-    (a checkpoint's universal copy lives inside it and goes with it)."""
+    """Delete complete checkpoints beyond the newest ``keep_last`` and incomplete ones older than them."""
     dirs = step_dirs(root)
     complete = [s for s, p in dirs if CheckpointFolder(p).is_complete()]
     if not complete:
@@ -250,24 +243,22 @@ class ResumePlan:
 
     @property
     def other_world_size(self) -> bool:
-        """Whether the engine loads DeepSpeed's universal copy (``load_universal``)."""
+        """Whether the engine state is re-partitioned as it loads (``trainer.reshard``)."""
         return self.world_size != self.ranks
 
 
 def plan_resume(root: Path, resume: str, rank: int, ranks: int, model_config: dict[str, Any],
                 codebook) -> ResumePlan | None:
-    """Collective: choose the checkpoint (rank 0 decides), check that this run can continue it, and
-    at another number of ranks make sure its universal copy exists (``prepare_universal``)."""
+    """Collective: choose the checkpoint (rank 0 decides) and check that this run can continue it (at
+    another number of ranks: that every old rank's optimizer file is there)."""
     chosen = _decided_by_rank0(lambda: _choose(root, resume), rank)
     if chosen is None:
         return None
     ckpt = CheckpointFolder(Path(chosen))
     marker = ckpt.marker()
-    _check_fits(ckpt, model_config, codebook)
     plan = ResumePlan(folder=ckpt.path, world_size=int(marker["world_size"]),
                       num_streams=int(marker.get("num_streams", _streams_of(ckpt))), ranks=ranks)
-    if plan.other_world_size:
-        prepare_universal(ckpt, rank)
+    _decided_by_rank0(lambda: _check_fits(ckpt, model_config, codebook, plan), rank)
     return plan
 
 
@@ -310,10 +301,12 @@ _RUN_ADJUSTABLE = {"kernels"}
 """Model config fields a run may change on resume besides those the run config sets (``build.MODEL_KEYS``)."""
 
 
-def _check_fits(ckpt: CheckpointFolder, model_config: dict[str, Any], codebook) -> None:
-    """A checkpoint of another model shape or another codebook is refused before anything is loaded."""
+def _check_fits(ckpt: CheckpointFolder, model_config: dict[str, Any], codebook, plan: ResumePlan) -> None:
+    """A checkpoint of another model shape or another codebook, or one missing an old rank's optimizer
+    file that a resume at another number of ranks reads, is refused before anything is loaded."""
     from models.visual.codebook import CodebookError
     from trainer.build import MODEL_KEYS
+    from trainer.reshard import ReshardError, optimizer_files
 
     saved = json.loads(ckpt.model_config.read_text(encoding="utf-8"))
     adjustable = set(MODEL_KEYS) | _RUN_ADJUSTABLE
@@ -328,113 +321,11 @@ def _check_fits(ckpt: CheckpointFolder, model_config: dict[str, Any], codebook) 
         codebook.check_hash(ckpt.read_trainer_state(0)["codebook_hash"], f"the checkpoint {ckpt.path}")
     except CodebookError as e:
         raise ConfigError(f"{e} (data.codebook)") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# DeepSpeed's universal copy
-
-
-def prepare_universal(ckpt: CheckpointFolder, rank: int) -> None:
-    """Collective: make sure ``ckpt``'s universal copy is complete. Rank 0 converts (or reuses a copy
-    that is complete and whole) while the others wait; a copy that never completed is redone."""
-    if _decided_by_rank0(lambda: _universal_decision(ckpt), rank) == "convert":
-        if rank == 0:
-            convert_to_universal(ckpt)
-        else:
-            _wait_for_conversion(ckpt)
-    _barrier()
-
-
-def _universal_decision(ckpt: CheckpointFolder) -> str:
-    """"reuse" or "convert" (after clearing a copy that never completed); a damaged copy is refused."""
-    if ckpt.universal_marker.is_file():
-        problem = universal_problem(ckpt)
-        if problem:
-            raise CheckpointError(problem)
-        return "reuse"
-    if ckpt.universal.exists():
-        log.warning("%s never completed (a conversion that was stopped): converting again", ckpt.universal)
-        shutil.rmtree(ckpt.universal)
-    return "convert"
-
-
-def universal_problem(ckpt: CheckpointFolder) -> str | None:
-    """Why a complete universal copy cannot be trusted (a file missing or of another size), or None."""
-    try:
-        files = json.loads(ckpt.universal_marker.read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"{ckpt.universal_marker} is unreadable ({e}); delete {ckpt.universal} and resume again to convert anew"
-    for name, size in files.items():
-        path = ckpt.universal / name
-        found = path.stat().st_size if path.is_file() else None
-        if found != size:
-            what = "is missing" if found is None else f"has {found} bytes, {size} when converted"
-            return (f"the universal copy {ckpt.universal} is damaged: {name} {what}; delete {ckpt.universal} and "
-                    "resume again to convert the checkpoint anew")
-    return None
-
-
-def convert_to_universal(ckpt: CheckpointFolder, workers: int = 1) -> float:
-    """DeepSpeed's ``ds_to_universal`` from ``ckpt`` into its ``universal/``; returns the seconds it took.
-    ``COMPLETE`` (with every file's size) is written once the copy is on disk; a failure leaves a
-    ``FAILED`` note for the ranks that wait. One worker: the converter's process pool forks this
-    process, and forked from a process that has built DeepSpeed it was seen to hang."""
-    from trainer.distributed import import_deepspeed
-
-    import_deepspeed()
-    from deepspeed.checkpoint import ds_to_universal
-
-    started = time.perf_counter()
-    args = argparse.Namespace(input_folder=str(ckpt.path), output_folder=str(ckpt.universal),
-                              num_extract_workers=workers, num_merge_workers=workers, keep_temp_folder=False,
-                              strict=True, inject_missing_state=False)
-    log.info("converting %s (written by another number of ranks) to DeepSpeed's universal format", ckpt.path)
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(printed):
-            ds_to_universal.main(args)
-    except Exception as e:
-        ckpt.universal.mkdir(parents=True, exist_ok=True)
-        write_json(ckpt.universal / UNIVERSAL_FAILED, {"error": f"{type(e).__name__}: {e}"})
-        raise CheckpointError(f"DeepSpeed could not convert {ckpt.path} to its universal format: {e}") from e
-    finally:
-        log.debug("ds_to_universal: %s", printed.getvalue())
-    # The converter points a "latest_universal" file beside its output; the trainer names folders itself.
-    (ckpt.path / "latest_universal").unlink(missing_ok=True)
-    _keep_what_the_loader_reads(ckpt.universal / "zero" / "optimizer_state.pt")
-    _fsync_tree(ckpt.universal)
-    files = {str(p.relative_to(ckpt.universal)): p.stat().st_size for p in files_under(ckpt.universal)}
-    write_json(ckpt.universal_marker, {"step": ckpt.marker()["step"], "files": files})
-    seconds = time.perf_counter() - started
-    log.info("universal copy %s complete in %.1f s", ckpt.universal, seconds)
-    return seconds
-
-
-def _keep_what_the_loader_reads(path: Path) -> None:
-    """DeepSpeed's converter copies rank 0's whole flat optimizer partition (fp32 weights, both moments)
-    into ``optimizer_state.pt`` beside the per-parameter files, and its ZeRO-3 loader, which every rank
-    runs, reads from it only the steps, the parameter groups and the loss scale. Dropping the copy
-    keeps the file in DeepSpeed's format, halves a 1-rank checkpoint's universal copy and spares
-    each rank reading it."""
-    from deepspeed.checkpoint.constants import FP32_FLAT_GROUPS, OPTIMIZER_STATE_DICT
-
-    state = torch.load(path, map_location="cpu", weights_only=False)  # DeepSpeed's own file
-    state.pop(FP32_FLAT_GROUPS, None)
-    inner = state[OPTIMIZER_STATE_DICT]
-    inner["state"] = {k: {"step": v["step"]} for k, v in inner["state"].items() if "step" in v}
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
-
-
-def _wait_for_conversion(ckpt: CheckpointFolder, poll_s: float = 0.5) -> None:
-    # A file rather than a collective: a conversion may outlast the process group's timeout.
-    # If rank 0 dies instead, the launcher ends the whole job.
-    failed = ckpt.universal / UNIVERSAL_FAILED
-    while not ckpt.universal_marker.is_file():
-        if failed.is_file():
-            raise CheckpointError(f"rank 0 could not convert {ckpt.path}: {json.loads(failed.read_text())['error']}")
-        time.sleep(poll_s)
+    if plan.other_world_size:
+        try:
+            optimizer_files(ckpt.path, plan.world_size)
+        except ReshardError as e:
+            raise CheckpointError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,21 +333,21 @@ def _wait_for_conversion(ckpt: CheckpointFolder, poll_s: float = 0.5) -> None:
 
 
 def load_checkpoint(engine, plan: ResumePlan, rank: int, num_streams: int, seed: int) -> TrainerState:
-    """Collective: load the engine state (DeepSpeed's universal copy at another number of ranks) and
-    this rank's trainer state and RNG."""
-    from trainer.engine import finish_universal_load
+    """Collective: load the engine state (re-partitioned at another number of ranks) and this rank's
+    trainer state and RNG."""
+    from trainer.reshard import ReshardError, load_resharded
 
     ckpt = CheckpointFolder(plan.folder)
-    where, tag = (ckpt.path, ckpt.universal.name) if plan.other_world_size else (ckpt.path.parent, ckpt.path.name)
     try:
-        load_path, _ = engine.load_checkpoint(str(where), tag=tag, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+        if plan.other_world_size:
+            load_resharded(engine, ckpt.path, plan.world_size, rank, plan.ranks)
+        else:
+            load_path, _ = engine.load_checkpoint(str(ckpt.path.parent), tag=ckpt.path.name, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
+            if load_path is None:
+                raise ReshardError("DeepSpeed loaded nothing")
     except (OSError, RuntimeError, ValueError, KeyError, AssertionError) as e:
-        raise CheckpointError(f"DeepSpeed could not load the engine state from {Path(where) / tag}: {e}") from e
-    if load_path is None:
-        raise CheckpointError(f"DeepSpeed could not load the engine state from {Path(where) / tag}")
-    if plan.other_world_size:
-        finish_universal_load(engine, ckpt.universal)
+        raise CheckpointError(f"DeepSpeed could not load the engine state from {ckpt.path}: {e}") from e
     same_layout = not plan.other_world_size and plan.num_streams == num_streams
     if same_layout:
         state = TrainerState.from_json(ckpt.trainer_state(rank).read_text(encoding="utf-8"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,13 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-def build_ds_config(cfg: TrainConfig, world_size: int, hidden_size: int, *, load_universal: bool = False) -> dict[str, Any]:
+def build_ds_config(cfg: TrainConfig, world_size: int, hidden_size: int) -> dict[str, Any]:
     """The DeepSpeed config file with the values the trainer owns filled in.
 
     ``"auto"`` entries are filled from the run's config; explicit values that contradict it are
-    refused (DeepSpeed would otherwise silently train with a different batch or clipping).
-    ``load_universal``: the engine will load a universal checkpoint (a resume at another number of
-    ranks); DeepSpeed reads the flag when the engine is built.
+    refused (DeepSpeed would otherwise silently train with a different batch or clipping). A resume at
+    another number of ranks re-partitions the ZeRO-3 state itself (``trainer.reshard``), so DeepSpeed's
+    universal-checkpoint load stays off.
     """
     path = Path(cfg.deepspeed_config)
     if not path.is_file():
@@ -54,7 +55,7 @@ def build_ds_config(cfg: TrainConfig, world_size: int, hidden_size: int, *, load
     ds.setdefault("bf16", {})
     problems.append(_fill(ds["bf16"], "enabled", bf16, where="bf16."))
     ds.setdefault("checkpoint", {})
-    problems.append(_fill(ds["checkpoint"], "load_universal", load_universal, where="checkpoint."))
+    problems.append(_fill(ds["checkpoint"], "load_universal", False, where="checkpoint."))
     zero = ds.setdefault("zero_optimization", {})
     for key, value in _bucket_sizes(hidden_size).items():
         if zero.get(key, "auto") == "auto":  # sizes are tuning, not contradictions: explicit ones stand
@@ -104,34 +105,22 @@ def _deepspeed_in_the_group():
     """DeepSpeed, its communication layer wrapping the process group ``trainer.distributed`` made
     (DeepSpeed reads the world size from that layer, not from torch)."""
     deepspeed = import_deepspeed()
+    first = not deepspeed.comm.is_initialized()
     deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), verbose=False)
+    if first:
+        unlink_shm_buffer()
     return deepspeed
 
 
-def finish_universal_load(engine, universal_dir: Path) -> None:
-    """Complete a load from DeepSpeed's universal format, then switch the format off again.
-
-    DeepSpeed's ZeRO-3 universal loader (0.19) restores the weights and both Adam moments of every
-    parameter, but (1) gives every parameter group the hyperparameters of the first (the groups
-    without weight decay would decay, the heads would lose their learning-rate factor) and (2) hands
-    every sub-group the same ``step`` tensor, which each sub-group's update then advances (Adam's
-    bias correction would count several steps per step). The groups' own values are in the
-    universal folder's optimizer state (written by DeepSpeed's converter); each sub-group gets its
-    own step. Saving while the flag is set writes only rank 0's model states, so it is cleared here,
-    before the next save (the engine reads it through its config on every load and save).
-    """
-    from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT, PARAM_GROUPS
-
-    zero = engine.optimizer
-    # DeepSpeed's own file; its loader reads it the same way the line before this one ran.
-    saved = torch.load(universal_dir / "zero" / "optimizer_state.pt", map_location="cpu", weights_only=False)
-    groups = saved[OPTIMIZER_STATE_DICT][PARAM_GROUPS]
-    if len(groups) != len(zero.optimizer.param_groups):
-        raise RuntimeError(f"{universal_dir}: {len(groups)} optimizer parameter groups saved, {len(zero.optimizer.param_groups)} built")
-    for group, saved_group in zip(zero.optimizer.param_groups, groups):
-        group.update({k: v for k, v in saved_group.items() if k != "params"})
-    for flat in zero.fp32_partitioned_groups_flat:
-        state = zero.optimizer.state[flat]
-        if torch.is_tensor(state.get("step")):
-            state["step"] = state["step"].clone()
-    engine._config.load_universal_checkpoint = False
+def unlink_shm_buffer() -> None:
+    """DeepSpeed's CPU communication op (0.19) gives each rank of a one-machine job a shared-memory
+    buffer, ``/dev/shm/deepspeed_allreduce_buffer_{uid}_{MASTER_ADDR}_{MASTER_PORT}_{rank}`` (tens of
+    MB), that it never unlinks: every run would leave its ranks' buffers in memory until the machine
+    restarts. Every rank maps every other rank's buffer during the initialisation, so once all ranks
+    are past it (the barrier) each unlinks its own name; the mappings stay valid until the process
+    ends, and the memory is freed then."""
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{torch.distributed.get_rank()}")
+    if torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
+    (Path("/dev/shm") / name).unlink(missing_ok=True)

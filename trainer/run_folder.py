@@ -15,9 +15,6 @@ Layout of ``run_dir``::
         trainer/rank-00000.json      each rank's trainer state (counters, data position)
         trainer/rng-00000.pt         each rank's RNG states (tensors only)
         (DeepSpeed's engine files)   ZeRO-3 partitions of every rank, optimizer, schedule
-        universal/                   DeepSpeed's universal copy of the engine state, made when a run
-                                     resumes on another number of ranks; trusted once its own
-                                     COMPLETE (with the size of each of its files) exists
     checkpoints/.step-N.partial/     a checkpoint being written; renamed to step-N once complete
     checkpoints/.step-N.replaced/    a complete step-N being replaced by a newer save of that step
     report.md, results.json, *.png   the evaluation report (``videobert eval``'s default --out)
@@ -57,7 +54,6 @@ LATEST = "latest"
 COMPLETE = "COMPLETE"
 MODEL_CONFIG = "model.json"
 TRAINER_STATE_DIR = "trainer"
-UNIVERSAL_DIR = "universal"
 AUDIT_DIR = "audit"
 
 EXPORT_INFO = "videobert.json"
@@ -114,14 +110,6 @@ class CheckpointFolder:
 
     def rng_state(self, rank: int) -> Path:
         return self.path / TRAINER_STATE_DIR / f"rng-{rank:05d}.pt"
-
-    @property
-    def universal(self) -> Path:
-        return self.path / UNIVERSAL_DIR
-
-    @property
-    def universal_marker(self) -> Path:
-        return self.universal / COMPLETE
 
     def is_complete(self) -> bool:
         return self.complete_marker.is_file()

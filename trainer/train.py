@@ -61,12 +61,10 @@ class Trainer:
         self.tokenizer = build.build_tokenizer(cfg)
         self.vocab = JointVocab.from_tokenizer(self.tokenizer, self.codebook.num_leaves)
         self.model_config = build.build_model_config(cfg, self.vocab)
-        # The checkpoint is chosen (and, at another number of ranks, converted) before the engine is
-        # built: DeepSpeed reads its universal-load flag at construction.
+        # The checkpoint is chosen and checked before any weights are built.
         self.plan = plan_resume(self.run.checkpoints, cfg.checkpoint.resume, self.dist.rank, self.dist.world_size,
                                 self.model_config.to_dict(), self.codebook)
-        universal = self.plan is not None and self.plan.other_world_size
-        self.ds_config = build_ds_config(cfg, self.dist.world_size, self.model_config.hidden_size, load_universal=universal)
+        self.ds_config = build_ds_config(cfg, self.dist.world_size, self.model_config.hidden_size)
         self.engine = build_engine(build.build_model(cfg, self.model_config, self.ds_config), cfg, self.ds_config)
         self.visual = build.build_visual_tokenizer(cfg, self.dist.device) if self.source.kind == schema.CLIP_KIND else None
         self.builder = ExampleBuilder(self.vocab, self.tokenizer, cfg.objectives, cfg.data.max_seq_len)

@@ -6,14 +6,13 @@ For each model preset, two checkpoints of one optimizer step are written by real
 ``--ranks`` ranks, one by a single rank. Both are then resumed on ``--ranks`` ranks:
 
   * same size: DeepSpeed's own load of the ``--ranks``-rank checkpoint (the baseline);
-  * another size: the 1-rank checkpoint converted to DeepSpeed's universal format (``ds_to_universal``,
-    as rank 0 does it when a run resumes; timed here in this process) and loaded with ``load_universal``.
+  * another size: the 1-rank checkpoint, re-partitioned as it loads (``trainer.reshard``: each rank
+    builds its ZeRO-3 pieces from the old rank's files and DeepSpeed's loader takes them).
 
 Printed: the load seconds of each (the slowest rank's, the faster of two resumes, so that both read
-through a warm page cache), the conversion seconds, the ratio (conversion + universal load) /
-same-size load (goal: at most 3), and the disk the universal copy needs against the checkpoint it
-came from. Imports and engine construction, the same for both, are left out of the times; the
-conversion is paid once per checkpoint and number of ranks.
+through a warm page cache), the ratio another-size / same-size load (goal: at most 3), and the disk
+written beside the checkpoint (none: nothing is converted). Imports and engine construction, the same
+for both, are left out of the times.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,7 +57,8 @@ def _resume_seconds(ranks: int, overrides: list[str], repeats: int = 2) -> float
     times = []
     for _ in range(repeats):
         out = _job(ranks, ["--worker", "resume", *overrides])
-        times.append(max(json.loads(line[len(RESULT):])["load_s"] for line in out.splitlines() if line.startswith(RESULT)))
+        # the ranks share one stdout: their lines may interleave
+        times.append(max(json.loads(found)["load_s"] for found in re.findall(re.escape(RESULT) + r"(\{[^}]*\})", out)))
     return min(times)
 
 
@@ -66,7 +67,6 @@ def _size(path: Path, skip: str = "") -> int:
 
 
 def measure(preset: str, ranks: int, work: Path, inputs: Path) -> dict[str, float]:
-    from trainer.checkpoint import convert_to_universal
     from trainer.run_folder import CheckpointFolder
 
     written = {}
@@ -74,12 +74,11 @@ def measure(preset: str, ranks: int, work: Path, inputs: Path) -> dict[str, floa
         run = work / f"{preset}-{writers}"
         _job(writers, ["--worker", "train", *_overrides(run, inputs, preset, 1)])
         written[writers] = CheckpointFolder(run / "checkpoints" / "step-1")
+    before = _size(written[1].path)
     same = _resume_seconds(ranks, _overrides(written[ranks].path.parents[1], inputs, preset, 1))
-    converted = convert_to_universal(written[1])
     other = _resume_seconds(ranks, _overrides(written[1].path.parents[1], inputs, preset, 1))
-    checkpoint, universal = _size(written[1].path, skip="universal"), _size(written[1].universal)
-    return {"same_load_s": same, "convert_s": converted, "universal_load_s": other,
-            "ratio": (converted + other) / same, "checkpoint_mb": checkpoint / 2**20, "universal_mb": universal / 2**20}
+    return {"same_load_s": same, "other_load_s": other, "ratio": other / same, "checkpoint_mb": before / 2**20,
+            "written_mb": (_size(written[1].path) - before) / 2**20}
 
 
 def worker(mode: str, overrides: list[str]) -> None:
@@ -113,13 +112,12 @@ def main() -> None:
         codebook = write_codebook(work / "inputs" / "codebook.safetensors")
         write_token_shards(work / "inputs" / "train", videos=16, segments=4, shards=4, codebook_hash=codebook.hash,
                            num_tokens=codebook.num_leaves)
-        print(f"{'preset':8} {'same-size load':>15} {'conversion':>11} {'universal load':>15} {'ratio':>6} "
-              f"{'checkpoint':>11} {'universal':>10}")
+        print(f"{'preset':8} {'same-size load':>15} {'other-size load':>16} {'ratio':>6} {'checkpoint':>11} "
+              f"{'written beside it':>18}")
         for preset in args.presets:
             r = measure(preset, args.ranks, work, work / "inputs")
-            print(f"{preset:8} {r['same_load_s']:14.2f}s {r['convert_s']:10.2f}s {r['universal_load_s']:14.2f}s "
-                  f"{r['ratio']:5.2f}x {r['checkpoint_mb']:9.0f}MB {r['universal_mb']:8.0f}MB "
-                  f"({r['universal_mb'] / r['checkpoint_mb']:.2f}x)", flush=True)
+            print(f"{preset:8} {r['same_load_s']:14.2f}s {r['other_load_s']:15.2f}s {r['ratio']:5.2f}x "
+                  f"{r['checkpoint_mb']:9.0f}MB {r['written_mb']:16.0f}MB", flush=True)
             for sub in work.glob(f"{preset}-*"):
                 shutil.rmtree(sub)
 

@@ -150,6 +150,9 @@ def _zero3_worker(rank: int, world: int, port: int, init_state: dict, out_file: 
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
+    from trainer.engine import unlink_shm_buffer
+
+    unlink_shm_buffer()  # DeepSpeed's CPU op would leave its buffer in /dev/shm
     results = {}
     for run in runs:
         torch.manual_seed(0)

@@ -49,6 +49,9 @@ def _worker(rank: int, port: int, init_state: dict, out_file: str) -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo")
+    from trainer.engine import unlink_shm_buffer
+
+    unlink_shm_buffer()  # DeepSpeed's CPU op would leave its buffer in /dev/shm
     config = _config()
     with deepspeed.zero.Init(config_dict_or_path=DS_CONFIG):
         model = VideoBertForPreTraining(config)

@@ -22,10 +22,7 @@ import torch
 
 from jobs import ROOT, audit_by_epoch, finish, kill_tree, launch, metrics, start, tail, trainer_args, wait_for
 from shard_factory import write_codebook, write_token_shards
-from trainer.checkpoint import (
-    CheckpointError, consolidated_model, convert_to_universal, plan_resume, prepare_universal, seed_new_rank,
-    universal_problem,
-)
+from trainer.checkpoint import CheckpointError, consolidated_model, plan_resume, seed_new_rank
 from trainer.run_folder import CheckpointFolder, RunFolder, latest_complete
 
 pytestmark = pytest.mark.slow
@@ -38,6 +35,18 @@ COMMON = [
 """The global batch holds at 1, 2 and 3 ranks (accumulation 6, 3, 2); no dropout, so that a loss
 depends on the weights and the batch alone; a warm-up longer than the runs keeps the learning rate
 above 0."""
+
+
+SHM = Path("/dev/shm")
+
+
+def _shm_buffers() -> set[str]:
+    return {p.name for p in SHM.glob("deepspeed_allreduce_buffer_*")} if SHM.is_dir() else set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shm_before() -> set[str]:
+    return _shm_buffers()
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +117,8 @@ def test_two_ranks_resume_on_one_with_the_whole_state(saved, shrunk):
     rng = torch.load(source / "checkpoints/step-4/trainer/rng-00000.pt", weights_only=True)["torch"]
     assert torch.equal(record[0]["start"]["rng"], rng), "rank 0 existed before: it resumes its own RNG"
     assert "on 1 rank(s) x 1 stream(s); it was written by 2 x 2" in tail(run)
-    ckpt = CheckpointFolder(run / "checkpoints" / "step-4")
-    assert ckpt.universal_marker.is_file() and universal_problem(ckpt) is None
+    files = lambda folder: sorted((p.relative_to(folder), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+    assert files(run / "checkpoints/step-4") == files(source / "checkpoints/step-4"), "nothing written beside it"
     after = CheckpointFolder(latest_complete(RunFolder(run).checkpoints))
     assert after.path.name == "step-8" and after.marker()["world_size"] == 1
     assert {s["samples"] for s in metrics(run).values()} == {GLOBAL_BATCH}, "the global batch holds"
@@ -159,37 +168,27 @@ def _audit_lines(run: Path, rank: int) -> list[dict]:
     return read_audit(path) if path.exists() else []
 
 
-def test_a_conversion_killed_half_way_is_redone_and_a_damaged_copy_refused(saved, tmp_path):
-    ckpt = CheckpointFolder(shutil.copytree(saved[0] / "checkpoints" / "step-4", tmp_path / "step-4"))
-    code = "import sys; from trainer.checkpoint import CheckpointFolder as F, convert_to_universal as c; c(F(sys.argv[1]))"
-    job = start([sys.executable, "-c", code, str(ckpt.path)], tmp_path / "job.log")
-    wait_for(lambda: (ckpt.universal / "zero").is_dir(), job, tmp_path)
-    kill_tree(job.pid)
-    job.wait()
-    assert ckpt.universal.is_dir() and not ckpt.universal_marker.exists(), "killed before it completed"
+def test_a_checkpoint_missing_an_old_ranks_file_is_refused_before_the_engine_is_built(saved, inputs, tmp_path):
+    from models.visual.codebook import Codebook
 
-    prepare_universal(ckpt, rank=0)  # what the next resume does: the half-written copy is redone
-    assert ckpt.universal_marker.is_file() and universal_problem(ckpt) is None
-    assert not (ckpt.universal / "tmp").exists()
-
-    victim = ckpt.universal / "zero" / "embeddings.word.weight" / "exp_avg.pt"
-    victim.write_bytes(victim.read_bytes()[:-64])
-    before = sorted(p for p in ckpt.path.rglob("*") if p.is_file())
-    with pytest.raises(CheckpointError, match=r"damaged: zero/embeddings.word.weight/exp_avg.pt has \d+ bytes"):
-        prepare_universal(ckpt, rank=0)
-    assert sorted(p for p in ckpt.path.rglob("*") if p.is_file()) == before, "nothing is deleted"
+    root = tmp_path / "checkpoints"
+    shutil.copytree(saved[0] / "checkpoints" / "step-4", root / "step-4")
+    next((root / "step-4").glob("*zero_pp_rank_1_*optim_states.pt")).unlink()
+    model = json.loads((root / "step-4" / "model.json").read_text())
+    codebook = Codebook.load(inputs / "codebook.safetensors")
+    with pytest.raises(CheckpointError, match=r"written by 2 ranks but holds optimizer files for ranks \[0\] \(missing: \[1\]\)"):
+        plan_resume(root, "auto", 0, 3, model, codebook)
+    assert plan_resume(root, "auto", 0, 2, model, codebook).other_world_size is False, "the same size reads no other rank's"
 
 
-def test_a_failed_conversion_stops_every_rank_with_its_reason(saved, tmp_path):
-    from trainer.checkpoint import _wait_for_conversion
+def test_a_damaged_old_rank_file_is_named(saved, tmp_path):
+    from trainer.reshard import ReshardError, _OldRank
 
-    ckpt = CheckpointFolder(shutil.copytree(saved[0] / "checkpoints" / "step-4", tmp_path / "step-4"))
-    next(ckpt.path.glob("*zero_pp_rank_1_*optim_states.pt")).unlink()
-    with pytest.raises(CheckpointError, match="could not convert"):
-        convert_to_universal(ckpt)
-    with pytest.raises(CheckpointError, match="rank 0 could not convert"):
-        _wait_for_conversion(ckpt, poll_s=0.01)
-    assert not ckpt.universal_marker.exists()
+    folder = shutil.copytree(saved[0] / "checkpoints" / "step-4", tmp_path / "step-4")
+    victim = next(folder.glob("*zero_pp_rank_1_*optim_states.pt"))
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.raises(ReshardError, match=f"{victim} is unreadable"):
+        _OldRank(victim, [], 2)
 
 
 def test_a_checkpoint_of_another_model_or_codebook_is_refused_before_loading(saved, inputs, tmp_path):
@@ -206,7 +205,7 @@ def test_a_checkpoint_of_another_model_or_codebook_is_refused_before_loading(sav
     other = write_codebook(tmp_path / "other.safetensors", seed=5)
     with pytest.raises(ConfigError, match="data.codebook"):
         plan_resume(root, "auto", 0, 3, model, other)
-    assert sorted(p for p in root.rglob("*") if p.is_file()) == before, "nothing converted, nothing deleted"
+    assert sorted(p for p in root.rglob("*") if p.is_file()) == before, "nothing written, nothing deleted"
 
 
 def _free_port() -> int:
@@ -275,3 +274,11 @@ def test_torchrun_agents_shrink_the_job_when_a_node_dies_and_grow_it_when_one_jo
     assert {m["samples"] for s, m in metrics(run).items() if s <= step} == {GLOBAL_BATCH}, "the global batch held"
     for epoch, counts in audit_by_epoch(run, step).items():
         assert max(counts.values()) == 1, f"epoch {epoch}: a sample consumed twice across the changes"
+
+
+def test_no_rank_leaves_its_shared_memory_buffer(shm_before, saved, shrunk):
+    """DeepSpeed's CPU communication op gives each rank a buffer in /dev/shm and never unlinks it; the
+    trainer does, once every rank has mapped every other's (the jobs of this module ran 1 to 3 ranks)."""
+    if not SHM.is_dir():
+        pytest.skip("no /dev/shm here")
+    assert _shm_buffers() - shm_before == set()

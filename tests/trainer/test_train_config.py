@@ -165,13 +165,14 @@ def test_a_global_batch_with_an_accumulation_or_an_odd_micro_batch_is_refused():
         load_config(None, DATA + ["optim.global_batch_size=48", "optim.micro_batch_size=5"])
 
 
-def test_deepspeed_reads_the_universal_flag_the_trainer_owns(tmp_path):
+def test_deepspeed_universal_load_stays_off(tmp_path):
+    """The trainer re-partitions a checkpoint of another number of ranks itself (``trainer.reshard``):
+    a DeepSpeed config that turns DeepSpeed's universal load on would read another format."""
     cfg = load_config(None, DATA + [f"deepspeed_config={ROOT / 'ds_config.json'}", "optim.global_batch_size=48",
                                     "optim.micro_batch_size=4"])
-    ds = build_ds_config(cfg, world_size=3, hidden_size=64, load_universal=True)
+    ds = build_ds_config(cfg, world_size=3, hidden_size=64)
     assert (ds["train_batch_size"], ds["gradient_accumulation_steps"]) == (48, 4)
-    assert ds["checkpoint"]["load_universal"] is True
-    assert build_ds_config(cfg, world_size=3, hidden_size=64)["checkpoint"]["load_universal"] is False
+    assert ds["checkpoint"]["load_universal"] is False
     fixed = json.loads((ROOT / "ds_config.json").read_text())
     fixed["checkpoint"] = {"load_universal": True}
     (tmp_path / "ds.json").write_text(json.dumps(fixed))
