@@ -42,6 +42,8 @@ def _deepspeed_file(path: Path, mmap: bool) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", mmap=mmap, weights_only=False)
     except (OSError, RuntimeError, EOFError, ValueError) as e:
+        if mmap:  # a file torch cannot map (an older serialization) is read whole
+            return _deepspeed_file(path, mmap=False)
         raise ReshardError(f"{path} is unreadable: {e}") from e
 
 
