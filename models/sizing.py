@@ -64,3 +64,11 @@ def flops_per_token(config: VideoBertConfig, seq_len: int, masked_fraction: floa
     mlm = _mlm_head_parameters(config) + config.vocab.size_padded * h
     alignment = h * h + h + 2 * h + 2
     return 6.0 * encoder + attention + 6.0 * mlm * masked_fraction + 6.0 * alignment / seq_len
+
+
+def step_flops(config: VideoBertConfig, attention_mask, mlm_labels) -> float:
+    """Model FLOPs of one training step on a (B, T) batch: each row at its own length, so padding
+    counts for nothing whether or not the attention kernel skips it."""
+    lengths = [int(t) for t in attention_mask.sum(1).tolist()]
+    masked = float((mlm_labels >= 0).sum()) / max(sum(lengths), 1)
+    return sum(t * flops_per_token(config, t, masked) for t in lengths if t > 0)

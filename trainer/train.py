@@ -219,19 +219,17 @@ class Trainer:
             )
 
     def _count(self, window, batch, inputs, waited: float, computed: float) -> None:
-        from models.sizing import flops_per_token
+        from models.sizing import step_flops
 
         tokens = int(inputs["attention_mask"].sum())
         samples = int(inputs["input_ids"].shape[0])
-        masked = float((inputs["mlm_labels"] >= 0).sum()) / max(tokens, 1)
-        seq_len = int(inputs["input_ids"].shape[1])
         st = self.state
         st.samples += samples
         st.tokens += tokens
         st.segments += int(batch["segments"])
         window.add(steps=1, samples=samples, tokens=tokens, segments=int(batch["segments"]),
                    bad_samples=int(batch["bad_samples"]), data_seconds=waited, compute_seconds=computed,
-                   flops=tokens * flops_per_token(self.model_config, seq_len, masked))
+                   flops=step_flops(self.model_config, inputs["attention_mask"], inputs["mlm_labels"]))
 
     # -- the loop --------------------------------------------------------------------------
 

@@ -86,11 +86,9 @@ def make_batch(vocab, lengths: list[int], seq_len: int, seed: int = 0) -> dict[s
 
 def step_flops(config, batch: dict[str, torch.Tensor]) -> float:
     """Model FLOPs of one training step: each row at its own length (``models.sizing``)."""
-    from models.sizing import flops_per_token
+    from models.sizing import step_flops as flops
 
-    lengths = batch["attention_mask"].sum(1).tolist()
-    masked = float((batch["mlm_labels"] >= 0).sum()) / max(sum(lengths), 1)
-    return sum(t * flops_per_token(config, int(t), masked) for t in lengths)
+    return flops(config, batch["attention_mask"], batch["mlm_labels"])
 
 
 def train_config(batch: int, precision: str):

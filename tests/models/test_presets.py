@@ -10,7 +10,7 @@ from transformers import BertConfig, BertForPreTraining
 
 from models.config import PRESETS, preset
 from models.hf_interop import bert_config_for
-from models.sizing import count_parameters, flops_per_token
+from models.sizing import count_parameters, flops_per_token, step_flops
 from models.videobert import VideoBertForPreTraining
 from models.vocab import IGNORE_INDEX, JointVocab
 
@@ -101,3 +101,17 @@ def test_flops_per_token_matches_a_measured_training_step(small_vocab):
     assert flops_per_token(config, seq_len, 0.3) > estimate > flops_per_token(config, seq_len, 0.0)
     with pytest.raises(ValueError, match="masked_fraction"):
         flops_per_token(config, seq_len, 1.5)
+
+
+def test_a_step_counts_each_row_at_its_own_length(small_vocab):
+    """Padding adds no model FLOPs: a batch of rows 40 and 96 tokens long, padded to 96 or to 128,
+    counts what the two rows would count alone (the attention term grows with each row's length)."""
+    config = preset("tiny", small_vocab, hidden_size=128, num_attention_heads=4, intermediate_size=512)
+    lengths = (40, 96)
+    mask_of = lambda width: torch.tensor([[1] * t + [0] * (width - t) for t in lengths])
+    labels_of = lambda width: torch.where(mask_of(width).bool() & (torch.arange(width) % 5 == 0), 7, IGNORE_INDEX)
+    fraction = float((labels_of(96) >= 0).sum()) / sum(lengths)
+    alone = sum(t * flops_per_token(config, t, fraction) for t in lengths)
+    for width in (96, 128):
+        assert step_flops(config, mask_of(width), labels_of(width)) == pytest.approx(alone, rel=1e-12)
+    assert alone < sum(lengths) * flops_per_token(config, 96, fraction), "the padded length would overcount"
