@@ -140,11 +140,16 @@ def test_one_rank_resumes_on_two_and_new_ranks_seed_their_rng(shrunk, inputs):
     assert len(list((run / "checkpoints/step-9").glob("*model_states.pt"))) == 2, "every rank saved its model states"
 
 
-def test_two_one_three_ranks_consume_each_sample_once_per_epoch(shrunk, inputs):
+@pytest.fixture(scope="module")
+def three(shrunk, inputs):
+    """The 1-rank run resumed on 3 ranks x 1 worker and trained to step 22 (past the next epoch)."""
     source, _ = shrunk
     run = _continued(source, source.parent / "three")
-    job = launch(run, inputs, *COMMON, "max_steps=22", "data.num_workers=0", nproc=3)
-    assert finish(job, run) == 0, tail(run)
+    return run, _probed(run, inputs, 3, "max_steps=22", "data.num_workers=0")
+
+
+def test_two_one_three_ranks_consume_each_sample_once_per_epoch(three):
+    run, _ = three
     assert "on 3 rank(s) x 1 stream(s); it was written by 1 x 1" in tail(run)
     final = CheckpointFolder(run / "checkpoints" / "step-22")
     epochs = [p["epoch"] for r in range(3) for p in final.read_trainer_state(r)["positions"].values()]
@@ -159,6 +164,17 @@ def test_two_one_three_ranks_consume_each_sample_once_per_epoch(shrunk, inputs):
     lines = [(rank, line["step"], line["epoch"]) for rank in range(3) for line in _audit_lines(run, rank)]
     assert len(lines) == len(set(lines)), "a rank lists each step (and epoch) once"
     assert sorted({step for _, step, _ in lines}) == list(range(1, 23))
+
+
+def test_three_ranks_resume_on_two(three, inputs):
+    """Old and new pieces both cut across ranks: every parameter's new piece straddles old ones."""
+    source, record3 = three
+    run = _continued(source, source.parent / "three-two")
+    record = _probed(run, inputs, 2, "max_steps=23", "data.num_workers=0")
+    _assert_resumed_exactly(record[0]["start"], record3[0]["end"])
+    for rank in (0, 1):
+        _assert_first_loss_is_the_saved_models(record[rank], source / "checkpoints" / "step-22")
+    assert "on 2 rank(s) x 1 stream(s); it was written by 3 x 1" in tail(run)
 
 
 def _audit_lines(run: Path, rank: int) -> list[dict]:
