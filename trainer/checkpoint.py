@@ -335,19 +335,20 @@ def _check_fits(ckpt: CheckpointFolder, model_config: dict[str, Any], codebook, 
 def load_checkpoint(engine, plan: ResumePlan, rank: int, num_streams: int, seed: int) -> TrainerState:
     """Collective: load the engine state (re-partitioned at another number of ranks) and this rank's
     trainer state and RNG."""
-    from trainer.reshard import ReshardError, load_resharded
+    from trainer.reshard import load_resharded
 
     ckpt = CheckpointFolder(plan.folder)
+    loaded = True
     try:
         if plan.other_world_size:
             load_resharded(engine, ckpt.path, plan.world_size, rank, plan.ranks)
         else:
-            load_path, _ = engine.load_checkpoint(str(ckpt.path.parent), tag=ckpt.path.name, load_optimizer_states=True,
-                                                  load_lr_scheduler_states=True)
-            if load_path is None:
-                raise ReshardError("DeepSpeed loaded nothing")
+            loaded = engine.load_checkpoint(str(ckpt.path.parent), tag=ckpt.path.name, load_optimizer_states=True,
+                                            load_lr_scheduler_states=True)[0] is not None
     except (OSError, RuntimeError, ValueError, KeyError, AssertionError) as e:
         raise CheckpointError(f"DeepSpeed could not load the engine state from {ckpt.path}: {e}") from e
+    if not loaded:
+        raise CheckpointError(f"DeepSpeed could not load the engine state from {ckpt.path}")
     same_layout = not plan.other_world_size and plan.num_streams == num_streams
     if same_layout:
         state = TrainerState.from_json(ckpt.trainer_state(rank).read_text(encoding="utf-8"))

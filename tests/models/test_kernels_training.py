@@ -170,7 +170,7 @@ def _run_zero3(tmp_path, world: int, device: str, ds_config: dict, runs, **confi
     out_file = str(tmp_path / "runs.pt")
     args = (world, _free_port(), _initial_state(), out_file, device, ds_config, runs, config)
     mp.start_processes(_zero3_worker, args=args, nprocs=world, start_method="spawn")
-    return torch.load(out_file, weights_only=False)
+    return torch.load(out_file, weights_only=True)
 
 
 def _losses(run) -> list[float]:

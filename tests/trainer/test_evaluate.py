@@ -25,7 +25,7 @@ import yaml
 from PIL import Image
 
 import eval_corpus
-from models.videobert import MODEL_INPUTS
+import tiny_videobert
 from shards import reader
 from trainer import cli
 from trainer.evaluation.evaluate import EvalConfig, evaluate
@@ -33,16 +33,7 @@ from trainer.evaluation.load import ModelLoadError, load_model
 from trainer.run_folder import EXPORT_CONFIG, EXPORT_INFO
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "launch" / "recipes" / "debug.yaml"
 pytestmark = pytest.mark.slow
-
-TRAINING = [
-    "model.init=", "model.preset=tiny", "data.text_model=minilm", "data.max_seq_len=32", "optim.lr=3e-3",
-    "optim.warmup_steps=10", "optim.micro_batch_size=32", "objectives.text_mask_prob=0.5",
-    "objectives.video_mlm_weight=0", "objectives.alignment_weight=0.1", "objectives.max_stride=1",
-    "objectives.concat_prob=0", "objectives.joint_fraction=0.8", "objectives.text_fraction=0.1",
-    "objectives.video_fraction=0.1",
-]
 
 
 @pytest.fixture(scope="module")
@@ -50,54 +41,10 @@ def corpus(tmp_path_factory):
     return eval_corpus.write_corpus(tmp_path_factory.mktemp("eval-corpus"))
 
 
-def _config(corpus, steps: int):
-    from trainer.config import load_config
-
-    return load_config(RECIPE, [f"data.train={corpus['train']}", f"data.heldout={corpus['heldout']}",
-                                f"data.codebook={corpus['codebook']}", f"max_steps={steps}", *TRAINING])
-
-
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory) -> Path:
     """The tiny preset trained for real in this process, exported (see module doc)."""
-    from models.videobert import VideoBertForPreTraining
-    from models.visual.codebook import Codebook
-    from models.vocab import JointVocab
-    from trainer import build
-    from trainer.data import BatchStream, StreamPosition
-    from trainer.examples import ExampleBuilder
-    from trainer.evaluation.export import write_export
-
-    torch.manual_seed(0)
-    cfg = _config(corpus, steps=300)
-    codebook = Codebook.load(corpus["codebook"])
-    tokenizer = build.build_tokenizer(cfg)
-    vocab = JointVocab.from_tokenizer(tokenizer, codebook.num_leaves)
-    model = VideoBertForPreTraining(build.build_model_config(cfg, vocab))  # tiny, with the objectives' loss weights
-    builder = ExampleBuilder(vocab, tokenizer, cfg.objectives, cfg.data.max_seq_len)
-    spec = build.stream_spec(cfg, tuple(build.inspect_source(cfg.data.train, "train").urls), _one_process())
-    batches = iter(BatchStream(spec, StreamPosition(), builder.build, cfg.optim.micro_batch_size))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    model.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small only loses to thread hand-offs, more so on busy cores
-    try:
-        for _ in range(cfg.max_steps):
-            batch = next(batches)
-            loss = model(**{k: torch.as_tensor(batch[k]) for k in MODEL_INPUTS}).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
-    out = tmp_path_factory.mktemp("trained") / "export"
-    return write_export(model.eval(), tokenizer, cfg, out, step=cfg.max_steps, checkpoint=None, codebook_hash=codebook.hash)
-
-
-def _one_process():
-    from trainer.distributed import DistInfo
-
-    return DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    return tiny_videobert.exported_tiny(corpus, tmp_path_factory.mktemp("trained") / "export", steps=300)
 
 
 def _eval_args(corpus, model: Path, out: Path) -> list[str]:
@@ -193,10 +140,10 @@ def checkpoint_run(corpus, tmp_path_factory) -> Path:
     """A 4-step DeepSpeed run of the tiny preset with one checkpoint (its config names the held-out shards)."""
     run = tmp_path_factory.mktemp("checkpoint-run") / "run"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "trainer.train", "--config", str(RECIPE), f"run_dir={run}",
+    command = [sys.executable, "-m", "trainer.train", "--config", str(tiny_videobert.RECIPE), f"run_dir={run}",
                f"data.train={corpus['train']}", f"data.heldout={corpus['heldout']}", f"data.codebook={corpus['codebook']}",
                f"deepspeed_config={ROOT / 'ds_config.json'}", "max_steps=4", "checkpoint.every_steps=4",
-               "logging.every_steps=1", "logging.progress=false", "data.num_workers=0", *TRAINING]
+               "logging.every_steps=1", "logging.progress=false", "data.num_workers=0", *tiny_videobert.TRAINING]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return run
