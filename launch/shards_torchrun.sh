@@ -22,4 +22,4 @@ else
     rendezvous=(--nnodes="$nodes" --node_rank="${NODE_RANK:?set NODE_RANK (0 .. NNODES-1)}"
                 --master_addr="${MASTER_ADDR:?set MASTER_ADDR to node 0}" --master_port="${MASTER_PORT:-29511}")
 fi
-exec "$python" -m torch.distributed.run "${rendezvous[@]}" --nproc_per_node="${NPROC:-$gpus}" -m shards.cli "$@"
+exec "$python" -m torch.distributed.run "${rendezvous[@]}" --nproc_per_node="${NPROC:-$gpus}" -m videobert.trainer.cli shards "$@"

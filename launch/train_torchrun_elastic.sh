@@ -8,8 +8,8 @@
 # once, and optim.global_batch_size keeps the global batch (see the README, "Changing the number of GPUs").
 #
 #   RDZV_ENDPOINT=node-001:29400 NNODES=2:8 bash launch/train_torchrun_elastic.sh launch/recipes/large.yaml \
-#       model.init=/models/bert-large-uncased data.train=/data/tokens optim.global_batch_size=1024 \
-#       data.codebook=/data/codebook/codebook.safetensors run_dir=/shared/runs/large
+#       --model.init=/models/bert-large-uncased --data.train=/data/tokens --optim.global_batch_size=1024 \
+#       --data.codebook=/data/codebook/codebook.safetensors --run_dir=/shared/runs/large
 #
 # Environment:
 #   NNODES          nodes, or a range MIN:MAX
@@ -22,7 +22,7 @@
 #   PYTHON          the interpreter (default: the project's .venv)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-recipe=${1:?usage: train_torchrun_elastic.sh RECIPE [section.field=value ...]}
+recipe=${1:?usage: train_torchrun_elastic.sh RECIPE [--section.field=value ...]}
 shift
 python=${PYTHON:-"${VIDEOBERT_VENV:-$root/.venv}/bin/python"}
 gpus=$("$python" -c "import torch; print(max(1, torch.cuda.device_count()))")
@@ -38,4 +38,4 @@ exec "$python" -m torch.distributed.run \
     --nnodes="${NNODES:?set NNODES (e.g. 4, or 2:4)}" --nproc_per_node="${NPROC:-$gpus}" \
     --rdzv_backend=c10d --rdzv_endpoint="${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port}" \
     --rdzv_id="${RDZV_ID:-videobert}" --max_restarts="${MAX_RESTARTS:-3}" ${options[@]+"${options[@]}"} \
-    -m trainer.train --config "$recipe" "$@"
+    -m videobert.trainer.train --config "$recipe" "$@"

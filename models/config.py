@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from models.vocab import JointVocab
+from videobert.models.errors import MissingFileError, VideoBertError
+from videobert.models.vocab import JointVocab
 
 SUPPORTED_HIDDEN_ACTS = ("gelu",)
 """Activations the layers implement: BERT's exact (erf) GELU, which the fused kernels reproduce."""
@@ -60,7 +61,7 @@ class ConfigProblem:
         return self.message
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(VideoBertError, ValueError):
     """A ``VideoBertConfig`` that cannot be built; ``problems`` name the fields, so that a caller
     holding its own names for them (the trainer's config keys) can say which of its keys to fix."""
 
@@ -238,7 +239,7 @@ def config_from_bert_dir(path: str | Path, vocab: JointVocab, **overrides: Any) 
     """
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} does not exist: expected a Hugging Face BERT directory")
+        raise MissingFileError(f"{config_file} does not exist: expected a Hugging Face BERT directory")
     hf = json.loads(config_file.read_text())
     problems = _bert_dir_problems(hf, vocab)
     if problems:

@@ -30,9 +30,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertTokenizerFast, PreTrainedTokenizerFast
 
-from models.config import BERT_SHAPE_FIELDS, VideoBertConfig, config_from_bert_dir
-from models.videobert import VideoBertForPreTraining
-from models.vocab import VIDEO_SEP_TOKEN, JointVocab
+from videobert.models.config import BERT_SHAPE_FIELDS, VideoBertConfig, config_from_bert_dir
+from videobert.models.errors import MissingFileError
+from videobert.models.videobert import VideoBertForPreTraining
+from videobert.models.vocab import VIDEO_SEP_TOKEN, JointVocab
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def read_bert_state(bert_dir: str | Path) -> dict[str, torch.Tensor]:
         return {k: v for shard in shards for k, v in load_file(root / shard).items()}
     if (root / "pytorch_model.bin").is_file():
         return torch.load(root / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no model.safetensors(.index.json) or pytorch_model.bin in {root}")
+    raise MissingFileError(f"no model.safetensors(.index.json) or pytorch_model.bin in {root}")
 
 
 def from_pretrained_bert(bert_dir: str | Path, vocab: JointVocab, **config_overrides: Any) -> VideoBertForPreTraining:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from models.config import VideoBertConfig
+from videobert.models.config import VideoBertConfig
 
 
 def count_parameters(model_or_config: nn.Module | VideoBertConfig) -> int:

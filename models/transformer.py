@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.attention import varlen_attention
-from models.config import VideoBertConfig
-from models.kernels import KernelOps, get_ops
+from videobert.models.attention import varlen_attention
+from videobert.models.config import VideoBertConfig
+from videobert.models.kernels import KernelOps, get_ops
 
 ATTENTION_MODES = ("auto", "padded", "varlen")
 """How attention sees a padded batch: ``varlen`` on unpadded sequences, ``padded`` in (B, T) with a

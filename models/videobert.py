@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.config import VideoBertConfig
-from models.kernels import get_ops
-from models.transformer import ATTENTION_MODES, BiasGeluLinear, Embeddings, Encoder, NormalLinear, use_kernels
-from models.vocab import IGNORE_INDEX
-
+from videobert.models.config import VideoBertConfig
+from videobert.models.kernels import get_ops
+from videobert.models.transformer import ATTENTION_MODES, BiasGeluLinear, Embeddings, Encoder, NormalLinear, use_kernels
+from videobert.models.vocab import IGNORE_INDEX
 
 OBJECTIVES = ("text_mlm", "video_mlm", "alignment")
 """The three pretraining objectives; ``PreTrainingOutput`` holds ``{name}_loss``, ``{name}_correct``

@@ -25,8 +25,6 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-import torch
 
 VIDEO_SEP_TOKEN = "[>]"
 EXTRA_TOKENS: tuple[str, ...] = (VIDEO_SEP_TOKEN,)
@@ -116,14 +114,6 @@ class JointVocab:
     def visual_to_joint(self, visual_ids):
         """Codebook leaf ids (array or tensor) to joint ids."""
         return visual_ids + self.visual_offset
-
-    def joint_to_visual(self, joint_ids):
-        """Joint ids to codebook leaf ids; ids that are not visual words map to -1."""
-        visual = joint_ids - self.visual_offset
-        inside = (visual >= 0) & (visual < self.num_visual_tokens)
-        if isinstance(visual, np.ndarray):
-            return np.where(inside, visual, -1)
-        return torch.where(inside, visual, torch.full_like(visual, -1))
 
     def is_visual(self, joint_ids):
         return (joint_ids >= self.visual_offset) & (joint_ids < self.size)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shards import schema
-from shards.clips import ClipConfig, ClipPlan, frame_range, plan_clips, too_short_reason
-from shards.decode import DecodeError, DecodeOptions, VideoDecoder
-from shards.transcripts import CLIPPED, SKIPPED, Problem, Segment, seconds, span
-from shards.writer import SampleSpool, SpooledSample
+from videobert.shards import schema
+from videobert.shards.clips import ClipConfig, ClipPlan, frame_range, plan_clips, too_short_reason
+from videobert.shards.decode import DecodeError, DecodeOptions, VideoDecoder
+from videobert.shards.transcript_entries import CLIPPED, SKIPPED, Problem, Segment, seconds, span
+from videobert.shards.writer import SampleSpool, SpooledSample
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,8 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
-from shards.ffmpeg_bin import ffmpeg_exe
+from videobert.models.errors import VideoBertError
+from videobert.shards.ffmpeg_bin import ffmpeg_exe
 
 MISSING = "missing"
 EMPTY = "empty"
@@ -75,7 +76,7 @@ _LOG_PREFIXES = re.compile(r"\[[^\]]*@ 0x[0-9a-f]+\] |\[(error|fatal|panic)\] ")
 _PIPE_BYTES = 1 << 20  # larger pipe: fewer wake-ups per frame (Linux only; best effort)
 
 
-class DecodeError(RuntimeError):
+class DecodeError(VideoBertError, RuntimeError):
     """A video that yields no frames; ``kind`` is one of missing, empty, no_video, unreadable."""
 
     def __init__(self, path: str | Path, kind: str, message: str) -> None:

@@ -9,9 +9,11 @@ import functools
 import os
 import shutil
 
+from videobert.models.errors import VideoBertError
 
-class FFmpegNotFound(RuntimeError):
-    pass
+
+class FFmpegNotFound(VideoBertError, RuntimeError):
+    """No ffmpeg program: neither the system's, nor imageio-ffmpeg's, nor ``VIDEOBERT_FFMPEG``."""
 
 
 @functools.lru_cache(maxsize=1)

@@ -48,19 +48,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from models.visual.codebook import CODEBOOK_FILE, Codebook
-from models.visual.encoder import ClipEncoder, build_encoder
-from models.visual.kmeans import KMeansConfig, fit_hierarchical_kmeans
-from models.vocab import VISUAL_TOKEN_FORMAT
-from shards import reader, schema
-from shards.fit_features import (  # noqa: F401 - plan_sample, resolve_device, spec_mismatch: kept importable from here
-    FEATURES_FOLDER, STAGE, SUMMARY_RULES, FeatureRun, FeaturesSummary, FitError, ShardPlan, collected,
-    encoder_options, extract, iter_chosen_clips, merge, plan_sample, process_device, ready_features, resolve_device,
-    spec_mismatch,
+from videobert.models.errors import VideoBertError
+from videobert.models.visual.codebook import CODEBOOK_FILE, Codebook
+from videobert.models.visual.encoder import ClipEncoder, build_encoder
+from videobert.models.visual.kmeans import KMeansConfig, fit_hierarchical_kmeans
+from videobert.models.vocab import VISUAL_TOKEN_FORMAT
+from videobert.shards import reader, schema
+from videobert.shards.fit_features import (
+    FEATURES_FOLDER, STAGE, FeatureRun, FeaturesSummary, FitError, ShardPlan, collected, encoder_options, extract,
+    iter_chosen_clips, merge, plan_sample, process_device, ready_features,
 )
-from shards.folders import ErrorLog, write_json_atomic
-from shards.options import Flag, add_config_arguments, config_from_args
-from shards.parts import Part, PartOption
+from videobert.shards.folders import ErrorLog, write_json_atomic
+from videobert.shards.options import Flag, add_config_arguments, config_from_args
+from videobert.shards.parts import Part, PartOption
 
 FEATURES_FILE = "features.npy"
 """The merged sample of features the tree is fitted on (kept with ``--keep-features``)."""
@@ -180,8 +180,10 @@ class FitSummary:
         return {"stage": STAGE, **asdict(self)}
 
 
-class NoClipsError(RuntimeError):
+class NoClipsError(VideoBertError, RuntimeError):
     """Nothing could be encoded: every sampled shard was unreadable."""
+
+    exit_status = 1
 
 
 def feature_run(config: FitCodebookConfig, part: Part | None = None) -> FeatureRun:
@@ -303,29 +305,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     })
 
 
-def config_part(config: FitCodebookConfig) -> Part:
-    try:
-        return config.resolve_part()
-    except ValueError as e:
-        raise FitError(str(e)) from None
-
-
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(FitCodebookConfig, args)
-        part = config_part(config)
-        if not part.whole:
-            print(f"videobert shards fit-codebook: the feature pass, part {part} (from {part.source})", file=sys.stderr)
-            features = extract_features(config, part)
-            print(format_features(features, part, Path(config.out) / FEATURES_FOLDER))
-            return 0 if features.clips_used or not features.clips_planned else 1
-        summary = fit_codebook(config)
-    except FitError as e:
-        print(f"videobert shards fit-codebook: error: {e}", file=sys.stderr)
-        return 2
-    except NoClipsError as e:
-        print(f"videobert shards fit-codebook: {e}", file=sys.stderr)
-        return 1
+    config = config_from_args(FitCodebookConfig, args)
+    part = config.resolve_part()
+    if not part.whole:
+        print(f"videobert shards fit-codebook: the feature pass, part {part} (from {part.source})", file=sys.stderr)
+        features = extract_features(config, part)
+        print(format_features(features, part, Path(config.out) / FEATURES_FOLDER))
+        return 0 if features.clips_used or not features.clips_planned else 1
+    summary = fit_codebook(config)
     print(format_summary(summary))
     return 0
 

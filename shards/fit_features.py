@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.visual.encoder import ClipEncoder
-from shards import reader, schema
-from shards.folders import ErrorLog, read_json, write_json_atomic
-from shards.parts import Part, SummaryRules, claim_part, finish_part, split_count, split_status
+from videobert.models.errors import VideoBertError
+from videobert.models.visual.encoder import ClipEncoder
+from videobert.shards import reader, schema
+from videobert.shards.folders import ErrorLog, read_json, write_json_atomic
+from videobert.shards.parts import Part, SummaryRules, claim_part, finish_part, split_count, split_status
 
 STAGE = "fit-codebook"
 FEATURES_FOLDER = "features"
@@ -34,7 +35,7 @@ FEATURES_FOLDER = "features"
 FEATURE_PREFIX = "features-"
 
 
-class FitError(ValueError):
+class FitError(VideoBertError, ValueError):
     """The stage cannot run as asked (bad arguments, clips prepared for another encoder)."""
 
 

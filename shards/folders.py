@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from shards import schema
+from videobert.shards import schema
 
 
 def claim_output_folder(

@@ -16,7 +16,16 @@ without help:
 
 A ``Flag`` in ``flags`` changes what does not fit (a positional, a repeated ``--prompt`` that fills
 ``prompts``, a parser such as ``1G`` for bytes). ``config_from_args(Config, args)`` reads the parsed
-values back into a ``Config``. The module imports nothing heavy: ``videobert --help`` stays fast.
+values back into a ``Config``.
+
+A config made of sections (the training run's: ``data``, ``model``, ``optim``, ...) is given the same
+way, one option per field, named by its dotted path (``add_section_arguments``): ``--optim.lr 1e-4``,
+``--data.train A B``, ``--model.gradient-checkpointing`` (true) or ``--model.gradient-checkpointing
+false``. Those values are read as YAML scalars, as a recipe file would hold them, and
+``settings_from_args`` hands them to the config's own loader, which checks them all at once.
+Every option may be spelt with ``_`` or ``-`` (``normalize_option_names``).
+
+The module imports nothing heavy: ``videobert --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -30,7 +39,9 @@ import textwrap
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
 
 
 @dataclass(frozen=True)
@@ -173,3 +184,71 @@ def _without_none(hint: Any) -> Any:
 
 def _is_tuple(hint: Any) -> bool:
     return typing.get_origin(_without_none(hint)) is tuple
+
+
+# ---------------------------------------------------------------------------------------------
+# configs made of sections: one option per field, named by its dotted path
+
+SETTING = "setting:"
+"""Prefix of the ``dest`` of a section option: the parsed namespace keeps them apart from the rest."""
+
+
+def add_section_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
+                          group: argparse._ActionsContainer | None = None) -> None:
+    """``--section.field VALUE`` for every field of the dataclass ``cls`` and of its sections (each
+    section an argument group in ``--help``); absent options are absent from the namespace."""
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint, dotted = hints[f.name], prefix + f.name
+        if dataclasses.is_dataclass(hint):
+            section = parser.add_argument_group(f"{dotted} (section)", _sentence(hint.__doc__ or "") or None)
+            add_section_arguments(parser, hint, dotted + ".", section)
+            continue
+        (group or parser).add_argument("--" + dotted.replace("_", "-"), dest=SETTING + dotted, default=argparse.SUPPRESS,
+                                       metavar=f.name.upper(), help=_help(docs.get(f.name, ""), _default(f)),
+                                       **_setting_shape(hint))
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Dotted key -> value of the section options given on the command line, in the order of the class."""
+    return {k[len(SETTING):]: v for k, v in vars(args).items() if k.startswith(SETTING)}
+
+
+def _setting_shape(hint: Any) -> dict[str, Any]:
+    inner = _without_none(hint)
+    origin, args = typing.get_origin(inner), typing.get_args(inner)
+    if inner is bool:
+        return {"nargs": "?", "const": True, "type": yaml_value}
+    if origin is list or (origin is tuple and args[-1] is Ellipsis):
+        return {"nargs": "+", "type": yaml_value, "action": _ListOrOne}
+    if origin is tuple:
+        return {"nargs": len(args), "type": yaml_value}
+    return {"type": yaml_value}
+
+
+class _ListOrOne(argparse.Action):
+    """A list option given one YAML list (``--data.train '[a, b]'``) keeps that list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values[0] if len(values) == 1 and isinstance(values[0], list) else list(values))
+
+
+def yaml_value(text: str) -> Any:
+    """A command-line value read as a YAML scalar (``1e-4``, ``true``, ``[a, b]``); text that is not
+    valid YAML stays text, for the config's loader to report against its field."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except (yaml.YAMLError, RecursionError):
+        return text
+
+
+def normalize_option_names(argv: Sequence[str]) -> list[str]:
+    """``--clip_len`` -> ``--clip-len``, ``--optim.micro_batch_size=8`` -> ``--optim.micro-batch-size=8``:
+    options are registered with dashes and may be typed as the config files spell the fields."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg.partition("=")
+            arg = name.replace("_", "-") + eq + value
+        out.append(arg)
+    return out

@@ -67,21 +67,22 @@ from typing import Any
 
 from tqdm import tqdm
 
-from shards import schema
-from shards.clips import ClipConfig
-from shards.cut import SegmentPlan, VideoJob, VideoResult, count_noun, plan_video, process_video
-from shards.decode import DecodeOptions, parse_crop
-from shards.ffmpeg_bin import FFmpegNotFound, ffmpeg_exe
-from shards.options import Flag, add_config_arguments, config_from_args
-from shards.parts import Part, PartOption, SummaryRules, claim_part, finish_part
-from shards.ranks import available_cpus
-from shards.transcripts import (
-    DEFAULT_LANGUAGE, FORMATS, MAX_SEGMENT_SECONDS, SKIPPED, Problem, Transcripts, files_under, is_transcript_file,
-    is_video_file, list_transcript_files, read_transcripts,
+from videobert.models.errors import VideoBertError
+from videobert.shards import schema
+from videobert.shards.clips import ClipConfig
+from videobert.shards.cut import SegmentPlan, VideoJob, VideoResult, count_noun, plan_video, process_video
+from videobert.shards.decode import DecodeOptions, parse_crop
+from videobert.shards.ffmpeg_bin import ffmpeg_exe
+from videobert.shards.folders import ErrorLog, read_json_lines, write_json_atomic
+from videobert.shards.options import Flag, add_config_arguments, config_from_args
+from videobert.shards.parts import Part, PartOption, SummaryRules, claim_part, finish_part
+from videobert.shards.ranks import available_cpus
+from videobert.shards.transcript_entries import FORMATS, SKIPPED, Problem
+from videobert.shards.transcripts import (
+    DEFAULT_LANGUAGE, MAX_SEGMENT_SECONDS, Transcripts, files_under, is_transcript_file, is_video_file,
+    list_transcript_files, read_transcripts,
 )
-from shards.writer import (
-    ErrorLog, ResumeError, ShardWriter, SpooledSample, read_json_lines, resume_point, write_json_atomic,
-)
+from videobert.shards.writer import ShardWriter, SpooledSample, resume_point
 
 STAGE = "prepare"
 VIDEO_ORDER = "video_order"
@@ -89,7 +90,7 @@ VIDEO_ORDER = "video_order"
 SPOOL_PREFIX = "spool-"
 
 
-class ArgumentsError(ValueError):
+class ArgumentsError(VideoBertError, ValueError):
     """The run cannot start as asked (bad values, or an output folder written with other arguments)."""
 
 
@@ -527,7 +528,7 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     Raises ``ArgumentsError`` when the output folder holds a run with other arguments.
     """
     ffmpeg_exe()  # no ffmpeg at all is not a problem of one video: fail before starting
-    part = config_part(config)
+    part = config.resolve_part()
     out = Path(config.out)
     videos = part_videos(list_videos(config.videos), part)
     listing = list_transcript_files(config.transcripts)
@@ -549,13 +550,6 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
         summary = _prepare_part(config, folder, videos, transcripts, ignored, pool)
     finish_part(out, part, SUMMARY_RULES)
     return summary
-
-
-def config_part(config: PrepareConfig) -> Part:
-    try:
-        return config.resolve_part()
-    except ValueError as e:
-        raise ArgumentsError(str(e)) from None
 
 
 def _prepare_part(config: PrepareConfig, out: Path, videos: VideoFiles, transcripts: Transcripts, ignored: int,
@@ -648,15 +642,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(PrepareConfig, args)
-        part = config_part(config)
-        if not part.whole:
-            print(f"videobert shards prepare: part {part} (from {part.source})", file=sys.stderr)
-        summary = prepare(config)
-    except (ArgumentsError, ResumeError, FFmpegNotFound) as e:
-        print(f"videobert shards prepare: error: {e}", file=sys.stderr)
-        return 2
+    config = config_from_args(PrepareConfig, args)
+    part = config.resolve_part()
+    if not part.whole:
+        print(f"videobert shards prepare: part {part} (from {part.source})", file=sys.stderr)
+    summary = prepare(config)
     print(format_summary(summary, part.folder(args.out)))
     nothing_to_do = not part.whole and summary.videos_read == 0  # more parts than videos: not a failure
     return 0 if summary.segments_written > 0 or nothing_to_do else 1

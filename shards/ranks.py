@@ -22,8 +22,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from videobert.models.errors import VideoBertError
 
-class LauncherEnvironmentError(ValueError):
+
+class LauncherEnvironmentError(VideoBertError, ValueError):
     """The launcher's variables contradict each other; the message names them."""
 
 

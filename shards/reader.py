@@ -29,12 +29,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import braceexpand
 import webdataset as wds
 
-from shards import schema
+from videobert.models.errors import VideoBertError
+from videobert.shards import schema
 
 ErrorCallback = Callable[[str, Exception], None]
 
 
-class ShardSpecError(ValueError):
+class ShardSpecError(VideoBertError, ValueError):
     pass
 
 

@@ -47,6 +47,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from videobert.models.errors import VideoBertError
+
 FORMAT_VERSION = 1
 
 CLIP_KIND = "clips"
@@ -91,7 +93,7 @@ MAX_MEMBER_BYTES = {TEXT: MAX_TEXT_BYTES, META: MAX_META_BYTES, FRAMES: MAX_ARRA
 """Field -> the largest member of that field a reader accepts."""
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(VideoBertError, ValueError):
     """A shard or a sample does not follow this schema; the message names the shard and key."""
 
 

@@ -18,8 +18,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from shards.json_members import Member, StructureError, iter_members, line_column
-from shards.transcripts import (
+from videobert.shards.json_members import Member, StructureError, iter_members, line_column
+from videobert.shards.transcript_entries import (
     HOWTO100M, YOUCOOK2, Entry, Line, ParsedFile, add_entry, at_offset, decode_line, video_id_of,
 )
 

@@ -32,10 +32,9 @@ from typing import Any, BinaryIO
 
 import webdataset as wds
 
-from shards import schema
-from shards.folders import (  # noqa: F401 - the output folder's small files, re-exported for the stages
-    ErrorLog, claim_output_folder, fsync_folder, read_json_lines, write_json_atomic, write_text_atomic,
-)
+from videobert.models.errors import VideoBertError
+from videobert.shards import schema
+from videobert.shards.folders import fsync_folder, write_json_atomic
 
 TAR_MTIME = 0
 TAR_OWNER = "videobert"
@@ -44,7 +43,7 @@ _END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE  # two zero blocks, then zero padding to
 Position = tuple[int, ...]
 
 
-class ResumeError(RuntimeError):
+class ResumeError(VideoBertError, RuntimeError):
     """An output folder's shards do not form a sequence a run could have written."""
 
 

@@ -42,7 +42,7 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def ffmpeg() -> str:
-    from shards.ffmpeg_bin import ffmpeg_exe
+    from videobert.shards.ffmpeg_bin import ffmpeg_exe
 
     return ffmpeg_exe()
 
@@ -52,7 +52,7 @@ def render_test_video(
     pattern: str = "testsrc2", audio: bool = False, video: bool = True,
 ) -> Path:
     """Render a real H.264 mp4 with ffmpeg's test sources (moving pattern, frame counter)."""
-    from shards.ffmpeg_bin import ffmpeg_exe
+    from videobert.shards.ffmpeg_bin import ffmpeg_exe
 
     w, h = size
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y"]

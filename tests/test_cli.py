@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from shards import fit_codebook, prepare, synth, tokenize
-from shards.fit_codebook import FitCodebookConfig
-from shards.options import Flag, add_config_arguments, config_from_args, field_docs
-from shards.prepare import PrepareConfig, available_cpus
-from shards.synth import SynthConfig
-from shards.tokenize import TokenizeConfig
+from videobert.shards import fit_codebook, prepare
+from videobert.shards import tokenize_clips as tokenize
+from videobert.shards.fit_codebook import FitCodebookConfig
+from videobert.shards.options import Flag, add_config_arguments, config_from_args, field_docs
+from videobert.shards.prepare import PrepareConfig, available_cpus
+from videobert.shards.synthetic import corpus as synth
+from videobert.shards.synthetic.corpus import SynthConfig
+from videobert.shards.tokenize_clips import TokenizeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,8 +68,8 @@ def test_synth_pairs():
 
 
 def test_eval_lines_keep_their_special_forms():
-    from trainer.evaluation import evaluate
-    from trainer.evaluation.evaluate import EvalConfig
+    from videobert.trainer.evaluation import evaluate
+    from videobert.trainer.evaluation.evaluate import EvalConfig
 
     doc = _parse(evaluate, "runs/demo/train --zero-shot runs/demo/tokens/eval --labels a.json --vocabulary v.json "
                            "--clips runs/demo/clips/eval".split())
@@ -125,10 +127,10 @@ def test_options_of_every_shape():
         parser.parse_args([])  # --name is required
 
 
-def test_help_imports_neither_torch_nor_deepspeed():
+def test_help_imports_neither_torch_nor_deepspeed(tmp_path):
     probe = (
         "import sys\n"
-        "from trainer.cli import main\n"
+        "from videobert.trainer.cli import main\n"
         "for argv in (['--help'], ['shards', '--help']):\n"
         "    try:\n"
         "        main(argv)\n"
@@ -137,14 +139,15 @@ def test_help_imports_neither_torch_nor_deepspeed():
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'deepspeed', 'transformers', 'numpy'))\n"
         "print('HEAVY', heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # outside the repository: the installed package, not the folders of this checkout, answers
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
     assert "prepare" in out.stdout and "tokenize" in out.stdout and "demo" in out.stdout
 
 
 def test_each_command_builds_only_its_own_options():
-    from trainer import cli
+    from videobert.trainer import cli
 
     parser = cli.build_parser(["shards", "prepare", "--help"])
     stages = next(a for a in parser._subparsers._group_actions[0].choices["shards"]._actions
@@ -152,12 +155,12 @@ def test_each_command_builds_only_its_own_options():
     assert any("--videos" in a.option_strings for a in stages.choices["prepare"]._actions)
     assert not any("--codebook" in a.option_strings for a in stages.choices["tokenize"]._actions)
     args = cli.build_parser(["demo", "--steps", "3"]).parse_args(["demo", "--steps", "3"])
-    assert args.steps == 3 and args._run.__module__ == "trainer.demo"
+    assert args.steps == 3 and args._run.__module__ == "videobert.trainer.demo"
 
 
 def test_documented_commands_in_the_readme_parse():
     """Every `videobert ...` command of the README's bash blocks is accepted by the parser."""
-    from trainer import cli
+    from videobert.trainer import cli
 
     blocks = (ROOT / "README.md").read_text().split("```bash\n")[1:]
     commands = []

@@ -25,7 +25,7 @@ from typing import Iterable
 
 import numpy as np
 
-from trainer.run_folder import RunFolder
+from videobert.trainer.run_folder import RunFolder
 
 
 def read_audit(path: Path) -> list[dict]:

@@ -9,12 +9,18 @@ from typing import Any
 
 import torch
 
-from models.vocab import JointVocab
-from shards import reader, schema
-from trainer.config import ConfigError, TrainConfig
-from trainer.data import StreamSpec
-from trainer.distributed import DistInfo
-from trainer.engine import zero_init_context
+from videobert.models.config import ModelConfigError, config_from_bert_dir, preset
+from videobert.models.hf_interop import load_pretrained_bert, load_text_tokenizer
+from videobert.models.kernels import resolve_kernel_set
+from videobert.models.videobert import VideoBertForPreTraining
+from videobert.models.visual.codebook import Codebook, CodebookError
+from videobert.models.visual.tokenizer import VisualTokenizer
+from videobert.models.vocab import JointVocab
+from videobert.shards import reader, schema
+from videobert.trainer.config import ConfigError, TrainConfig
+from videobert.trainer.data import StreamSpec
+from videobert.trainer.distributed import DistInfo
+from videobert.trainer.engine import zero_init_context
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,6 @@ def inspect_source(spec: list[str], what: str) -> DataSource:
 
 def check_source(source: DataSource, codebook: Any, what: str) -> None:
     """Token shards must come from this codebook; clip shards must match its encoder's input."""
-    from models.visual.codebook import CodebookError
 
     try:
         if source.kind == schema.TOKEN_KIND:
@@ -60,14 +65,10 @@ def check_source(source: DataSource, codebook: Any, what: str) -> None:
 
 
 def build_tokenizer(cfg: TrainConfig):
-    from models.hf_interop import load_text_tokenizer
-
     return load_text_tokenizer(resolve_bert_dir(cfg.data.text_model or cfg.model.init))
 
 
 def build_codebook(cfg: TrainConfig):
-    from models.visual.codebook import Codebook
-
     path = Path(cfg.data.codebook)
     if not path.is_file():
         raise ConfigError(f"data.codebook {path} does not exist: run `videobert shards fit-codebook` first")
@@ -101,7 +102,6 @@ def build_model_config(cfg: TrainConfig, vocab: JointVocab):
     """The model's config: ``model.init``'s shape (or ``model.preset``) with the run's overrides.
     Every problem is a ``ConfigError`` naming the run config keys to change, raised before any
     weights exist."""
-    from models.config import ModelConfigError, config_from_bert_dir, preset
 
     source = f"model.init={cfg.model.init}" if cfg.model.init else f"model.preset={cfg.model.preset}"
     try:
@@ -127,7 +127,6 @@ def _model_problem(problem, cfg: TrainConfig) -> str:
 
 def resolve_kernels(cfg: TrainConfig) -> str:
     """The kernel set ``model.kernels`` asks for on this machine (``auto`` resolved)."""
-    from models.kernels import resolve_kernel_set
 
     try:
         return resolve_kernel_set(cfg.model.kernels)
@@ -139,8 +138,6 @@ def build_model(cfg: TrainConfig, model_config, ds_config: dict[str, Any]) -> to
     """The single-device model: from a BERT directory (full weights, then partitioned by the engine)
     or from a preset, built already partitioned under ``deepspeed.zero.Init``; its fusable
     operations on the kernel set ``model.kernels`` resolves to."""
-    from models.hf_interop import load_pretrained_bert
-    from models.videobert import VideoBertForPreTraining
 
     kernels = resolve_kernels(cfg)  # before the build: a refused choice costs no model
     if cfg.model.init:
@@ -156,7 +153,6 @@ def build_model(cfg: TrainConfig, model_config, ds_config: dict[str, Any]) -> to
 
 def build_visual_tokenizer(cfg: TrainConfig, device: torch.device):
     """Clip shards only: the frozen encoder + codebook that turn clips into visual tokens in the step."""
-    from models.visual.tokenizer import VisualTokenizer
 
     options = {"weights": cfg.data.encoder_weights} if cfg.data.encoder_weights else {}
     return VisualTokenizer.from_codebook(cfg.data.codebook, **options).to(device).eval()

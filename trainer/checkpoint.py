@@ -44,9 +44,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainer.config import ConfigError, TrainConfig, save_config
-from trainer.data import EpochPhase, History, StreamPosition, repartition
-from trainer.run_folder import (
+from videobert.models.config import VideoBertConfig
+from videobert.models.errors import VideoBertError
+from videobert.models.videobert import VideoBertForPreTraining
+from videobert.models.visual.codebook import CodebookError
+from videobert.trainer.build import MODEL_KEYS
+from videobert.trainer.config import ConfigError, TrainConfig, save_config
+from videobert.trainer.data import EpochPhase, History, StreamPosition, repartition
+from videobert.trainer.distributed import gather_lists, import_deepspeed
+from videobert.trainer.reshard import ReshardError, load_resharded, optimizer_files
+from videobert.trainer.run_folder import (
     COMPLETE, LATEST, PARTIAL, REPLACED, CheckpointFolder, files_under, fsync_file, fsync_folder, latest_complete,
     staged_dirs, step_dirs, write_json, write_text_atomic,
 )
@@ -55,7 +62,7 @@ log = logging.getLogger(__name__)
 
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(VideoBertError, RuntimeError):
     """A checkpoint that this run cannot resume from; the message says what, where, and the fix."""
 
 
@@ -265,17 +272,16 @@ def plan_resume(root: Path, resume: str, rank: int, ranks: int, model_config: di
 def _decided_by_rank0(decide, rank: int):
     """Collective: ``decide()`` on rank 0, its result (JSON) on every rank; a problem it raised is
     raised on every rank, so that no rank waits for one that stopped."""
-    from trainer.distributed import gather_lists
 
     outcome: list[Any] = []
     if rank == 0:
         try:
             outcome = [{"value": decide()}]
-        except (CheckpointError, ConfigError, FileNotFoundError) as e:
+        except (CheckpointError, ConfigError) as e:
             outcome = [{"error": str(e), "kind": type(e).__name__}]
     shared = gather_lists(outcome)[0]
     if "error" in shared:
-        kind = {"ConfigError": ConfigError, "FileNotFoundError": FileNotFoundError}.get(shared["kind"], CheckpointError)
+        kind = ConfigError if shared["kind"] == "ConfigError" else CheckpointError
         raise kind(shared["error"])
     return shared["value"]
 
@@ -289,7 +295,7 @@ def _choose(root: Path, resume: str) -> str | None:
         return str(found) if found else None
     path = Path(resume) if Path(resume).is_absolute() or Path(resume).exists() else root / resume
     if not CheckpointFolder(path).is_complete():
-        raise FileNotFoundError(f"checkpoint.resume={resume!r}: {path} is not a complete checkpoint (no {COMPLETE} marker)")
+        raise CheckpointError(f"checkpoint.resume={resume!r}: {path} is not a complete checkpoint (no {COMPLETE} marker)")
     return str(path)
 
 
@@ -304,9 +310,6 @@ _RUN_ADJUSTABLE = {"kernels"}
 def _check_fits(ckpt: CheckpointFolder, model_config: dict[str, Any], codebook, plan: ResumePlan) -> None:
     """A checkpoint of another model shape or another codebook, or one missing an old rank's optimizer
     file that a resume at another number of ranks reads, is refused before anything is loaded."""
-    from models.visual.codebook import CodebookError
-    from trainer.build import MODEL_KEYS
-    from trainer.reshard import ReshardError, optimizer_files
 
     saved = json.loads(ckpt.model_config.read_text(encoding="utf-8"))
     adjustable = set(MODEL_KEYS) | _RUN_ADJUSTABLE
@@ -335,7 +338,6 @@ def _check_fits(ckpt: CheckpointFolder, model_config: dict[str, Any], codebook, 
 def load_checkpoint(engine, plan: ResumePlan, rank: int, num_streams: int, seed: int) -> TrainerState:
     """Collective: load the engine state (re-partitioned at another number of ranks) and this rank's
     trainer state and RNG."""
-    from trainer.reshard import load_resharded
 
     ckpt = CheckpointFolder(plan.folder)
     loaded = True
@@ -425,13 +427,10 @@ class StopSignals:
 def consolidated_model(folder: Path):
     """The model of a complete checkpoint as one fp32 single-device module (no process group needed):
     DeepSpeed's ZeRO partitions of every rank are gathered from the files."""
-    from models.config import VideoBertConfig
-    from models.videobert import VideoBertForPreTraining
-    from trainer.distributed import import_deepspeed
 
     ckpt = CheckpointFolder(Path(folder))
     if not ckpt.is_complete():
-        raise FileNotFoundError(f"{ckpt.path} is not a complete checkpoint (no {COMPLETE} marker)")
+        raise CheckpointError(f"{ckpt.path} is not a complete checkpoint (no {COMPLETE} marker)")
     config = VideoBertConfig.from_dict(json.loads(ckpt.model_config.read_text(encoding="utf-8")))
     model = VideoBertForPreTraining(config)
     import_deepspeed()

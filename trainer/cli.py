@@ -20,14 +20,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shards import cli as shards_cli
+from videobert.models.errors import VideoBertError
+from videobert.shards import cli as shards_cli
+from videobert.shards.options import normalize_option_names
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("trainer.train", "pretrain on shards with DeepSpeed ZeRO-3 (resumable)"),
-    "eval": ("trainer.evaluation.evaluate", "zero-shot classification, held-out metrics, text-to-video, and a report"),
-    "caption": ("trainer.evaluation.caption", "captioning from frozen VideoBERT features (Table 3) and linear probes"),
-    "export": ("trainer.evaluation.export", "a checkpoint -> a transformers BertForPreTraining directory"),
-    "demo": ("trainer.demo", "run the whole pipeline on the built-in synthetic corpus"),
+    "train": ("videobert.trainer.train", "pretrain on shards with DeepSpeed ZeRO-3 (resumable)"),
+    "eval": ("videobert.trainer.evaluation.evaluate", "zero-shot classification, held-out metrics, text-to-video, and a report"),
+    "caption": ("videobert.trainer.evaluation.captioning.command", "captioning from frozen VideoBERT features (Table 3) and linear probes"),
+    "export": ("videobert.trainer.export", "a checkpoint -> a transformers BertForPreTraining directory"),
+    "demo": ("videobert.trainer.demo", "run the whole pipeline on the built-in synthetic corpus"),
 }
 """Command name -> (module, one-line help)."""
 
@@ -41,16 +43,23 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     stages = shards.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    shards_cli.add_stage_parsers(stages, argv[argv.index("shards") + 1 :] if chosen == "shards" else [])
+    shards_cli.add_command_parsers(stages, shards_cli.STAGES,
+                                   shards_cli.first_positional(argv[argv.index("shards") + 1 :]) if chosen == "shards" else None)
     shards_cli.add_command_parsers(commands, COMMANDS, chosen)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command; a ``VideoBertError`` becomes its message on stderr and its exit status."""
+    argv = normalize_option_names(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except VideoBertError as e:
+        command = " ".join(["videobert", args.command] + ([args.stage] if args.command == "shards" else []))
+        print(f"{command}: error: {e}", file=sys.stderr)
+        return e.exit_status
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m videobert.trainer.cli shards prepare ...`, as launchers start it
     sys.exit(main())

@@ -10,6 +10,7 @@ reported in one message, each naming the fix. The resolved config is saved with 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import types
 import typing
@@ -19,13 +20,42 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from videobert.models.errors import VideoBertError
 
 KERNEL_CHOICES = ("auto", "triton", "reference")
 """Values of ``model.kernels`` (``models.kernels.resolve_kernel_set`` turns ``auto`` into a set)."""
 
 
-class ConfigError(ValueError):
+class ConfigError(VideoBertError, ValueError):
     """One or more problems with a configuration; the message lists each with its fix."""
+
+
+def shipped_file(relative: str) -> Path:
+    """A file installed with the package (the repository's own copy in an editable install)."""
+    return Path(str(importlib.resources.files("videobert").joinpath(relative)))
+
+
+RECIPES_DIR = "launch/recipes"
+"""Where the shipped recipes live, inside the package as in the repository."""
+
+DEFAULT_DEEPSPEED_CONFIG = "ds_config.json"
+"""The shipped DeepSpeed config, used when ``deepspeed_config`` is empty."""
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes installed with the package (``--config NAME`` takes each)."""
+    return sorted(p.stem for p in shipped_file(RECIPES_DIR).glob("*.yaml"))
+
+
+def resolve_recipe(given: str | Path) -> Path:
+    """A recipe path as given, or the shipped recipe of that name (``demo`` -> ``launch/recipes/demo.yaml``)."""
+    path = Path(given)
+    if path.is_file() or path.suffix or len(path.parts) != 1:
+        return path
+    shipped = shipped_file(RECIPES_DIR) / f"{path.name}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"recipe {given} is neither a file nor a shipped recipe ({', '.join(shipped_recipes())})")
 
 
 @dataclass(kw_only=True)
@@ -164,8 +194,9 @@ class TrainConfig:
     """Optimizer steps to train for."""
     max_bad_steps: int = 10
     """Consecutive non-finite losses tolerated before training stops (with a checkpoint)."""
-    deepspeed_config: str = "ds_config.json"
-    """DeepSpeed config file; the trainer fills batch sizes, precision and clipping from this config."""
+    deepspeed_config: str = ""
+    """DeepSpeed config file (empty: the ``ds_config.json`` installed with the package); the trainer
+    fills batch sizes, precision and clipping from this config."""
     dist_timeout_s: float = 0.0
     """How long a rank waits for the others in a collective before the job fails (seconds; 0 =
     torch's default): a node that vanished without closing its connections is noticed after this long."""
@@ -192,11 +223,16 @@ def _plain(value: Any) -> Any:
 # loading
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """The config of a recipe file (or the defaults) plus ``section.field=value`` overrides."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                settings: Mapping[str, Any] | None = None) -> TrainConfig:
+    """The config of a recipe file (or the defaults), then ``section.field=value`` overrides, then
+    ``settings`` (dotted key -> value already parsed, what the command line's flags give)."""
+    path = resolve_recipe(path) if path else None
     raw = load_recipe(path) if path else {}
     for item in overrides:
         _apply_override(raw, item)
+    for dotted, value in (settings or {}).items():
+        _set(raw, dotted, value, f"--{dotted}")
     problems: list[str] = []
     config = _build(TrainConfig, raw, "", problems)
     problems += validate(config)
@@ -250,16 +286,22 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form section.field=value")
     dotted, text = item.split("=", 1)
-    keys = dotted.strip().split(".")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except (yaml.YAMLError, RecursionError) as e:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+    _set(raw, dotted.strip(), value, f"override {item!r}")
+
+
+def _set(raw: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
+    """``raw[a][b] = value`` for ``dotted`` = ``a.b``, creating sections on the way."""
+    keys = dotted.split(".")
     node = raw
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {key} is not a section")
-    try:
-        node[keys[-1]] = yaml.safe_load(text) if text.strip() else ""
-    except (yaml.YAMLError, RecursionError) as e:
-        raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"{origin}: {key} is not a section")
+    node[keys[-1]] = value
 
 
 def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:

@@ -63,8 +63,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards import reader, schema
-from trainer.examples import TrainingItem, join_samples
+from videobert.shards import reader, schema
+from videobert.trainer.example_builder import TrainingItem, join_samples
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,25 @@ from typing import Callable
 
 import torch
 
-from models.visual.codebook import CODEBOOK_FILE
-from shards.options import add_config_arguments, config_from_args
-from trainer.evaluation.evaluate import format_tables
-from trainer.run_folder import RunFolder, read_json
+from videobert.models.visual.codebook import CODEBOOK_FILE, Codebook
+from videobert.shards.fit_codebook import FitCodebookConfig, fit_codebook
+from videobert.shards.options import add_config_arguments, config_from_args
+from videobert.shards.prepare import PrepareConfig
+from videobert.shards.prepare import prepare as run_prepare
+from videobert.shards.synthetic.corpus import SynthConfig, render_corpus
+from videobert.shards.tokenize_clips import TokenizeConfig
+from videobert.shards.tokenize_clips import tokenize as run_tokenize
+from videobert.trainer.config import RECIPES_DIR, load_config, shipped_file
+from videobert.trainer.evaluation.captioning.command import caption as run_caption
+from videobert.trainer.evaluation.captioning.config import CaptionConfig
+from videobert.trainer.evaluation.evaluate import EvalConfig
+from videobert.trainer.evaluation.evaluate import evaluate as run_evaluation
+from videobert.trainer.evaluation.tables import format_tables
+from videobert.trainer.run_folder import RunFolder, read_json
+from videobert.trainer.train import train
 
-RECIPE = Path(__file__).resolve().parents[1] / "launch" / "recipes" / "demo.yaml"
-DS_CONFIG = Path(__file__).resolve().parents[1] / "ds_config.json"
+RECIPE = str(shipped_file(RECIPES_DIR) / "demo.yaml")
+"""The shipped recipe the demo trains with (``launch/recipes/demo.yaml``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,8 +115,6 @@ def cpu_seconds() -> float:
 
 
 def render(out: Path, s: DemoSettings) -> str:
-    from shards.synth import SynthConfig, render_corpus
-
     info = render_corpus(out / "corpus", SynthConfig(train_videos=s.train_videos, heldout_videos=s.heldout_videos,
                                                      seed=s.seed), workers=s.workers)
     splits = ", ".join(f"{split}: {len(ids)} videos, {info.segments[split]} segments, {info.seconds[split] / 60:.1f} min"
@@ -113,8 +123,6 @@ def render(out: Path, s: DemoSettings) -> str:
 
 
 def prepare(out: Path, s: DemoSettings, split: str, transcripts: str, name: str) -> str:
-    from shards.prepare import PrepareConfig, prepare as run_prepare
-
     corpus = out / "corpus" / split
     summary = run_prepare(PrepareConfig(
         videos=(str(corpus / "videos"),), transcripts=(str(corpus / transcripts),), out=str(out / "clips" / name),
@@ -126,9 +134,6 @@ def prepare(out: Path, s: DemoSettings, split: str, transcripts: str, name: str)
 
 
 def fit(out: Path, s: DemoSettings) -> str:
-    from models.visual.codebook import Codebook
-    from shards.fit_codebook import FitCodebookConfig, fit_codebook
-
     path = out / "codebook" / CODEBOOK_FILE
     if path.exists():
         return f"codebook {Codebook.load(path).hash} (reused)"
@@ -140,8 +145,6 @@ def fit(out: Path, s: DemoSettings) -> str:
 
 
 def tokenize(out: Path, s: DemoSettings, name: str) -> str:
-    from shards.tokenize import TokenizeConfig, tokenize as run_tokenize
-
     summary = run_tokenize(TokenizeConfig(
         clips=(str(out / "clips" / name),), codebook=str(out / "codebook" / CODEBOOK_FILE),
         out=str(out / "tokens" / name), workers=1, progress=False, keep_features=name in LABELLED,
@@ -153,7 +156,7 @@ def train_overrides(out: Path, s: DemoSettings) -> list[str]:
     overrides = [
         f"run_dir={out / 'train'}", f"data.train={out / 'tokens' / 'train'}",
         f"data.heldout={out / 'tokens' / 'heldout'}", f"data.codebook={out / 'codebook' / CODEBOOK_FILE}",
-        f"deepspeed_config={DS_CONFIG}", f"seed={s.seed}",
+        f"seed={s.seed}",
     ]
     return overrides + ([f"max_steps={s.steps}"] if s.steps else [])
 
@@ -163,11 +166,10 @@ def pretrain(out: Path, s: DemoSettings) -> str:
     if gpus > 1:
         # One process per GPU; the training process group cannot be created inside this one.
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-               "-m", "trainer.train", "--config", str(RECIPE), *train_overrides(out, s)]
+               "-m", "videobert.trainer.train", "--config", RECIPE,
+               *(f"--{o}" for o in train_overrides(out, s))]
         subprocess.run(cmd, check=True)
     else:
-        from trainer.config import load_config
-        from trainer.train import train
 
         train(load_config(RECIPE, train_overrides(out, s)))
     held = read_json(RunFolder(out / "train").heldout)
@@ -177,7 +179,6 @@ def pretrain(out: Path, s: DemoSettings) -> str:
 def evaluation_config(out: Path, s: DemoSettings):
     """What the demo evaluates: zero-shot classification of the held-out labelled segments, the
     held-out metrics (from the run's config), and pictures from the held-out labelled clips."""
-    from trainer.evaluation.evaluate import EvalConfig
 
     corpus = out / "corpus"
     return EvalConfig(model=str(out / "train"), zero_shot=(str(out / "tokens" / "eval"),),
@@ -188,7 +189,6 @@ def evaluation_config(out: Path, s: DemoSettings):
 
 def caption_config(out: Path, s: DemoSettings):
     """What the demo captions: the held-out labelled segments, captioners trained on the training ones."""
-    from trainer.evaluation.caption import CaptionConfig
 
     corpus = out / "corpus"
     return CaptionConfig(model=str(out / "train"), train=(str(out / "tokens" / "train-labelled"),),
@@ -198,16 +198,12 @@ def caption_config(out: Path, s: DemoSettings):
 
 
 def caption(out: Path, s: DemoSettings) -> str:
-    from trainer.evaluation.caption import caption as run_caption
-
     results = run_caption(caption_config(out, s))
     rows = results["rows"]
     return ", ".join(f"{row} CIDEr {r['cider']:.2f} BLEU-4 {100 * r['bleu4']:.1f}" for row, r in rows.items())
 
 
 def evaluate(out: Path, s: DemoSettings) -> str:
-    from trainer.evaluation.evaluate import evaluate as run_evaluation
-
     results = run_evaluation(evaluation_config(out, s))
     z = results["zero_shot"]
     return (f"zero-shot top-1 verb {100 * z['cross_modal_verb_top1']:.1f} %, noun {100 * z['cross_modal_noun_top1']:.1f} % "

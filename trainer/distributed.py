@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from shards.ranks import torch_variables_from_slurm
+from videobert.shards.ranks import torch_variables_from_slurm
 
 log = logging.getLogger(__name__)
 

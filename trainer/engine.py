@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from trainer.config import ConfigError, TrainConfig, batch_sizes
-from trainer.distributed import import_deepspeed
-from trainer.optim import build_optimizer, lr_multiplier
+from videobert.trainer.config import DEFAULT_DEEPSPEED_CONFIG, ConfigError, TrainConfig, batch_sizes, shipped_file
+from videobert.trainer.distributed import import_deepspeed
+from videobert.trainer.optim import build_optimizer, lr_multiplier
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,9 @@ def build_ds_config(cfg: TrainConfig, world_size: int, hidden_size: int) -> dict
     another number of ranks re-partitions the ZeRO-3 state itself (``trainer.reshard``), so DeepSpeed's
     universal-checkpoint load stays off.
     """
-    path = Path(cfg.deepspeed_config)
+    path = Path(cfg.deepspeed_config) if cfg.deepspeed_config else shipped_file(DEFAULT_DEEPSPEED_CONFIG)
     if not path.is_file():
-        raise ConfigError(f"deepspeed_config {path} does not exist (the repository ships ds_config.json)")
+        raise ConfigError(f"deepspeed_config {path} does not exist (empty: the ds_config.json installed with videobert)")
     ds = json.loads(path.read_text())
     o = cfg.optim
     sizes = batch_sizes(o, world_size)

@@ -21,9 +21,9 @@ from typing import Any, TextIO
 
 import torch
 
-from models.videobert import OBJECTIVES
-from trainer.distributed import all_reduce_
-from trainer.run_folder import RunFolder
+from videobert.models.videobert import OBJECTIVES
+from videobert.trainer.distributed import all_reduce_
+from videobert.trainer.run_folder import RunFolder
 
 PEAK_FLOPS: dict[str, float] = {
     "H200": 989e12,

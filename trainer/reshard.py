@@ -28,11 +28,13 @@ from typing import Any
 
 import torch
 
+from videobert.models.errors import VideoBertError
+
 MODEL_STATES = "zero_pp_rank_{rank}_mp_rank_00_model_states.pt"
 OPTIM_STATES = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
 
 
-class ReshardError(RuntimeError):
+class ReshardError(VideoBertError, RuntimeError):
     """The checkpoint's files do not describe this model's ZeRO-3 state (says which file and why)."""
 
 

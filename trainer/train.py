@@ -4,7 +4,7 @@
     videobert train --config launch/recipes/demo.yaml data.train=shards/train run_dir=runs/r1
   all GPUs of one node:
     deepspeed --module trainer.train --config launch/recipes/base.yaml ...
-    torchrun --nproc_per_node 8 -m trainer.train --config launch/recipes/base.yaml ...
+    torchrun --nproc_per_node 8 -m videobert.trainer.train --config launch/recipes/base.yaml ...
   several nodes: see launch/ (hostfile, torchrun elastic, SLURM).
 
 Resume: ``checkpoint.resume=auto`` (the default) continues from the newest complete checkpoint of
@@ -24,10 +24,26 @@ from typing import Any, Iterator
 
 import torch
 
-from models.videobert import MODEL_INPUTS
-from shards import schema
-from trainer.config import ConfigError, TrainConfig, batch_sizes, load_config, save_config
-from trainer.run_folder import RunFolder, write_json
+from videobert.models.errors import VideoBertError
+from videobert.models.sizing import step_flops
+from videobert.models.videobert import MODEL_INPUTS
+from videobert.models.vocab import JointVocab
+from videobert.shards import schema
+from videobert.shards.options import add_section_arguments, settings_from_args
+from videobert.trainer import build
+from videobert.trainer.audit import Audit, drop_after
+from videobert.trainer.checkpoint import (
+    Snapshot, StopSignals, TrainerState, load_checkpoint, plan_resume, save_checkpoint,
+)
+from videobert.trainer.config import ConfigError, TrainConfig, batch_sizes, load_config, save_config, shipped_recipes
+from videobert.trainer.data import SAMPLE_EPOCHS, SAMPLE_KEYS, StreamPosition, make_loader
+from videobert.trainer.distributed import all_reduce_, init_distributed, leave_distributed
+from videobert.trainer.engine import build_ds_config, build_engine
+from videobert.trainer.evaluation.heldout import engine_heldout, heldout_objectives
+from videobert.trainer.evaluation.tables import format_table, heldout_table
+from videobert.trainer.example_builder import ExampleBuilder, resolve_visual
+from videobert.trainer.metrics import TensorBoard, Window, console_summary, peak_flops
+from videobert.trainer.run_folder import RunFolder, write_json
 
 log = logging.getLogger("videobert.train")
 
@@ -35,21 +51,16 @@ EXIT_RESUMABLE = 75
 """Exit status after SIGTERM/SIGINT: a checkpoint was saved; the same command continues the run."""
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(VideoBertError, RuntimeError):
     """Training cannot go on (e.g. a run of non-finite losses); a checkpoint was written first."""
+
+    exit_status = 3
 
 
 class Trainer:
     """Owns the engine, the data and the trainer state; ``train()`` runs to ``max_steps``."""
 
     def __init__(self, cfg: TrainConfig, dist_info=None):
-        from models.vocab import JointVocab
-        from trainer import build
-        from trainer.checkpoint import Snapshot, TrainerState, plan_resume
-        from trainer.distributed import init_distributed
-        from trainer.engine import build_ds_config, build_engine
-        from trainer.examples import ExampleBuilder
-
         self.cfg = cfg
         self.dist = dist_info or init_distributed(cfg.dist_timeout_s)
         torch.manual_seed(cfg.seed + self.dist.rank)
@@ -88,15 +99,11 @@ class Trainer:
         return self.state
 
     def load_state_dict(self, state) -> None:
-        from trainer.checkpoint import Snapshot
-
         self.state = state
         self.boundary = Snapshot.take(state)
         self._batches = None
 
     def resume(self) -> bool:
-        from trainer.checkpoint import load_checkpoint
-
         if self.plan is None:
             return False
         plan = self.plan
@@ -110,8 +117,6 @@ class Trainer:
         return True
 
     def save(self) -> Path:
-        from trainer.checkpoint import save_checkpoint
-
         if self.audit is not None:
             self.audit.sync()
         folder = save_checkpoint(self.engine, self.run.checkpoints, self.boundary, self.cfg, self.model_config.to_dict(),
@@ -121,7 +126,6 @@ class Trainer:
 
     def _open_audit(self) -> None:
         """Collective (with ``data.audit``): drop the audit lines past the current step, then append."""
-        from trainer.audit import Audit, drop_after
 
         if self.dist.is_main:
             drop_after(self.run.audit_dir, self.state.step)
@@ -134,7 +138,6 @@ class Trainer:
 
     def batches(self) -> Iterator[dict[str, Any]]:
         if self._batches is None:
-            from trainer.data import make_loader
 
             d = self.cfg.data
             spec = dataclasses.replace(self.spec, history=self.state.history)
@@ -144,8 +147,6 @@ class Trainer:
         return self._batches
 
     def next_batch(self) -> tuple[dict[str, Any], float]:
-        from trainer.data import StreamPosition
-
         started = time.perf_counter()
         batch = next(self.batches())
         waited = time.perf_counter() - started
@@ -157,12 +158,10 @@ class Trainer:
 
     def model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Move a batch to the device; for clip shards, tokenize its clips and fill video positions."""
-        from trainer.data import SAMPLE_EPOCHS, SAMPLE_KEYS
 
         device = self.dist.device
         batch = {k: torch.as_tensor(v) for k, v in batch.items() if k not in (SAMPLE_KEYS, SAMPLE_EPOCHS)}
         if "clips" in batch:
-            from trainer.examples import resolve_visual
 
             with torch.no_grad():
                 ids = self.visual(batch.pop("clips").to(device, non_blocking=True))
@@ -176,9 +175,6 @@ class Trainer:
 
     def train_step(self, window) -> None:
         """One optimizer step: ``accumulation`` good micro-batches (non-finite ones are dropped)."""
-        from trainer.checkpoint import Snapshot
-        from trainer.data import SAMPLE_EPOCHS, SAMPLE_KEYS
-        from trainer.distributed import all_reduce_
 
         done, bad_in_a_row, consumed = 0, 0, []
         while done < self.sizes.accumulation:
@@ -219,8 +215,6 @@ class Trainer:
             )
 
     def _count(self, window, batch, inputs, waited: float, computed: float) -> None:
-        from models.sizing import step_flops
-
         tokens = int(inputs["attention_mask"].sum())
         samples = int(inputs["input_ids"].shape[0])
         st = self.state
@@ -235,9 +229,6 @@ class Trainer:
 
     def train(self):
         """Train to ``max_steps`` (or until SIGTERM/SIGINT); checkpoint on the way and at the end."""
-        from trainer.checkpoint import StopSignals
-        from trainer.distributed import all_reduce_
-        from trainer.metrics import TensorBoard, Window, peak_flops
 
         cfg = self.cfg
         if self.dist.is_main:
@@ -278,9 +269,6 @@ class Trainer:
 
     def evaluate_heldout(self, max_batches: int | None = None) -> dict[str, float]:
         """The held-out pass through the engine (``data.heldout``); rank 0 prints and saves it."""
-        from trainer import build
-        from trainer.evaluation.heldout import engine_heldout, format_table, heldout_objectives
-        from trainer.examples import ExampleBuilder
 
         cfg = self.cfg
         source = build.inspect_source(cfg.data.heldout, "data.heldout")
@@ -291,12 +279,10 @@ class Trainer:
                                  max_batches=max_batches)
         if self.dist.is_main:
             write_json(self.run.heldout, results)
-            print(format_table(results))
+            print(format_table(heldout_table(results)))
         return results
 
     def _log(self, window, board, bar, peak: float) -> None:
-        from trainer.metrics import console_summary
-
         values = window.reduce(self.dist.world_size, peak)
         values["lr"] = float(self.engine.get_lr()[0])
         board.scalars("train", values, self.state.step)
@@ -327,33 +313,25 @@ def _grad_norm(engine) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="recipe file (YAML or JSON), e.g. launch/recipes/demo.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="section.field=value", help="config overrides, applied last")
-    parser.add_argument("--resume", help="auto (newest complete checkpoint), none, or a step-N folder; overrides checkpoint.resume")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--config", metavar="RECIPE",
+                        help=f"recipe file (YAML or JSON) or the name of a shipped one ({', '.join(shipped_recipes())}); "
+                             "the options below are applied over it")
+    parser.add_argument("--resume", help="auto (newest complete checkpoint), none, or a step-N folder; overrides --checkpoint.resume")
+    parser.add_argument("--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
+    parser.add_argument("stray", nargs="*", help=argparse.SUPPRESS)
+    add_section_arguments(parser, TrainConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.visual.codebook import CodebookError
-    from trainer.checkpoint import CheckpointError
-    from trainer.distributed import init_distributed, leave_distributed
-
-    overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.stray:
+        flags = " ".join(f"--{a}" if "=" in a else a for a in args.stray)
+        raise ConfigError(f"unexpected argument(s) {' '.join(args.stray)}: settings are options ({flags})")
+    settings = settings_from_args(args) | ({"checkpoint.resume": args.resume} if args.resume else {})
+    cfg = load_config(args.config, settings=settings)
     dist_info, together = init_distributed(cfg.dist_timeout_s), False
     try:
         trainer = train(cfg, dist_info)
         together = True
-    except (ConfigError, CodebookError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingStopped as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
     finally:
         leave_distributed(dist_info, together)
     return EXIT_RESUMABLE if trainer.stopped_by_signal else 0
@@ -371,7 +349,7 @@ def train(cfg: TrainConfig, dist_info=None) -> Trainer:
     return trainer
 
 
-if __name__ == "__main__":  # `python -m trainer.train`, as launchers start it
-    from trainer.cli import main
+if __name__ == "__main__":  # `python -m videobert.trainer.train`, as launchers start it
+    from videobert.trainer.cli import main
 
     sys.exit(main(["train", *sys.argv[1:]]))

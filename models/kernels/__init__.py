@@ -22,9 +22,11 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
+from videobert.models.kernels.triton_support import triton_available
+
 KERNEL_SETS: dict[str, str] = {
-    "reference": "models.kernels.reference",
-    "triton": "models.kernels.triton_ops",
+    "reference": "videobert.models.kernels.reference",
+    "triton": "videobert.models.kernels.triton_ops",
 }
 """Name -> module defining ``OPS`` (a ``KernelOps``). Add a line here for each new set."""
 
@@ -70,7 +72,6 @@ def resolve_kernel_set(name: str, *, cuda: bool | None = None) -> str:
         import torch
 
         cuda = torch.cuda.is_available()
-    from models.kernels.triton_support import triton_available
 
     has_triton = triton_available()
     if name == "auto":

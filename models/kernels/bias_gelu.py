@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from models.kernels.triton_support import check_runnable, tl, triton
+from videobert.models.kernels.triton_support import check_runnable, tl, triton
 
 _BLOCK_ROWS = 16
 """Rows per tile (forward) and per inner step (backward)."""

@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.kernels.triton_support import check_runnable, tl, triton
-from models.vocab import IGNORE_INDEX
+from videobert.models.kernels.triton_support import check_runnable, tl, triton
+from videobert.models.vocab import IGNORE_INDEX
 
 CHUNK_ELEMENTS = 1 << 26
 """Logits held at once (rows x vocabulary chunk): 128 MB in bf16, a fraction of one (N, V) block."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from models.kernels.triton_support import check_runnable, tl, triton
+from videobert.models.kernels.triton_support import check_runnable, tl, triton
 
 MAX_WIDTH = 16384
 """Widest row the kernels take in one block (the ``3b`` preset's 2560 fits with room)."""

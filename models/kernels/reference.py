@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.kernels import KernelOps
-from models.vocab import IGNORE_INDEX
+from videobert.models.kernels import KernelOps
+from videobert.models.vocab import IGNORE_INDEX
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

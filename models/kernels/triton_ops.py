@@ -7,11 +7,11 @@ arguments. The kernels run on CUDA tensors, or on the CPU under ``TRITON_INTERPR
 
 from __future__ import annotations
 
-from models.kernels import KernelOps
-from models.kernels.bias_gelu import bias_gelu
-from models.kernels.cross_entropy import linear_cross_entropy
-from models.kernels.layer_norm import residual_layer_norm
-from models.kernels.triton_support import triton_available
+from videobert.models.kernels import KernelOps
+from videobert.models.kernels.bias_gelu import bias_gelu
+from videobert.models.kernels.cross_entropy import linear_cross_entropy
+from videobert.models.kernels.layer_norm import residual_layer_norm
+from videobert.models.kernels.triton_support import triton_available
 
 if not triton_available():  # get_ops("triton") then fails with the fix instead of at the first call
     raise ImportError("the 'triton' kernel set needs the triton package (pip install triton); use 'reference'")

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.visual.encoder import EncoderSpec
-from models.visual.kmeans import HierarchicalKMeans, assign_hierarchical
+from videobert.models.errors import VideoBertError
+from videobert.models.visual.encoder import EncoderSpec
+from videobert.models.visual.kmeans import HierarchicalKMeans, assign_hierarchical
 
 CODEBOOK_FORMAT = "videobert-codebook"
 CODEBOOK_VERSION = 1
@@ -34,7 +35,7 @@ CODEBOOK_FILE = "codebook.safetensors"
 _META_KEY = "codebook"
 
 
-class CodebookError(ValueError):
+class CodebookError(VideoBertError, ValueError):
     """A codebook file is missing, damaged, or does not match the clips / tokens / encoder given."""
 
 

@@ -94,4 +94,4 @@ def build_encoder(name: str, **options: Any) -> ClipEncoder:
 
 def _import_builtin_encoders() -> None:
     # Imported for their registration side effect; kept lazy so importing this module stays cheap.
-    from models.visual import s3d, synthetic  # noqa: F401
+    from videobert.models.visual import s3d, synthetic  # noqa: F401

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from models.kernels.kmeans_assign import kmeans_assign
+from videobert.models.errors import MissingFileError
+from videobert.models.kernels.kmeans_assign import kmeans_assign
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,7 +113,7 @@ class FeatureSource:
         if isinstance(features, (str, Path)):
             path = Path(features)
             if not path.is_file():
-                raise FileNotFoundError(f"feature file {path} does not exist")
+                raise MissingFileError(f"feature file {path} does not exist")
             features = np.load(path, mmap_mode="r", allow_pickle=False)
         if features.ndim != 2 or features.shape[0] < 1:
             raise ValueError(f"features must be a non-empty (N, D) array, got shape {tuple(features.shape)}")

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.visual.encoder import ClipEncoder, EncoderSpec, register_encoder
+from videobert.models.errors import VideoBertError
+from videobert.models.visual.encoder import ClipEncoder, EncoderSpec, register_encoder
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
@@ -44,7 +45,7 @@ _BLOCKS = {
 }
 
 
-class S3DWeightsError(ValueError):
+class S3DWeightsError(VideoBertError, ValueError):
     """The S3D weights file is missing, unreadable, or not an S3D checkpoint."""
 
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.visual.encoder import ClipEncoder, EncoderSpec, register_encoder
+from videobert.models.visual.encoder import ClipEncoder, EncoderSpec, register_encoder
 
 COLOUR_DIM, SHAPE_DIM, MOTION_DIM = 7, 5, 17
 FEATURE_BLOCKS: dict[str, slice] = {

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.visual.codebook import Codebook
-from models.visual.encoder import ENCODERS, ClipEncoder, build_encoder
-from models.visual.kmeans import assign_hierarchical
+from videobert.models.visual.codebook import Codebook
+from videobert.models.visual.encoder import ENCODERS, ClipEncoder, _import_builtin_encoders, build_encoder
+from videobert.models.visual.kmeans import assign_hierarchical
 
 
 class VisualTokenizer(nn.Module):
@@ -84,8 +84,6 @@ class VisualTokenizer(nn.Module):
 
 
 def _spec_options(codebook: Codebook, options: dict[str, Any]) -> dict[str, Any]:
-    from models.visual.encoder import _import_builtin_encoders
-
     _import_builtin_encoders()
     factory = ENCODERS.get(codebook.spec.name)
     if factory is None:

@@ -47,7 +47,7 @@ def planted_hierarchy(n: int, dim: int, branching: int, depth: int, seed: int) -
 
 def fit_ours(path: Path, depth: int, branching: int, seed: int) -> tuple[Seconds, np.ndarray, np.ndarray]:
     """((wall, CPU) seconds, leaf centroids, leaf id per feature)."""
-    from models.visual.kmeans import assign_hierarchical, fit_hierarchical_kmeans
+    from videobert.models.visual.kmeans import assign_hierarchical, fit_hierarchical_kmeans
 
     started = time.perf_counter(), time.process_time()
     fit = fit_hierarchical_kmeans(path, depth=depth, branching=branching, seed=seed, device="cpu")
@@ -92,7 +92,7 @@ def inertia(features: np.ndarray, leaves: np.ndarray, ids: np.ndarray) -> float:
 
 def assignment_throughput(features: np.ndarray, depth: int, branching: int, device: str, backend: str) -> float:
     """Features per second of a full descent through a random tree of the given shape."""
-    from models.kernels.kmeans_assign import kmeans_assign
+    from videobert.models.kernels.kmeans_assign import kmeans_assign
 
     gen = torch.Generator().manual_seed(0)
     x = torch.from_numpy(features).to(device)

@@ -67,7 +67,7 @@ def _size(path: Path, skip: str = "") -> int:
 
 
 def measure(preset: str, ranks: int, work: Path, inputs: Path) -> dict[str, float]:
-    from trainer.run_folder import CheckpointFolder
+    from videobert.trainer.run_folder import CheckpointFolder
 
     written = {}
     for writers in (ranks, 1):
@@ -83,9 +83,9 @@ def measure(preset: str, ranks: int, work: Path, inputs: Path) -> dict[str, floa
 
 def worker(mode: str, overrides: list[str]) -> None:
     """Inside the job: train (writes step-1), or build the trainer and time its resume."""
-    from trainer.config import load_config
-    from trainer.distributed import init_distributed, leave_distributed
-    from trainer.train import Trainer
+    from videobert.trainer.config import load_config
+    from videobert.trainer.distributed import init_distributed, leave_distributed
+    from videobert.trainer.train import Trainer
 
     cfg = load_config(ROOT / "launch/recipes/debug.yaml", overrides)
     info = init_distributed()

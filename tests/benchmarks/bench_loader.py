@@ -31,11 +31,11 @@ sys.path.insert(0, str(ROOT / "tests" / "trainer"))
 
 from shard_factory import write_clip_shards, write_token_shards  # noqa: E402
 
-from models.vocab import JointVocab  # noqa: E402
-from shards import reader  # noqa: E402
-from trainer.config import ObjectivesConfig  # noqa: E402
-from trainer.data import BatchStream, StreamPosition, StreamSpec, make_loader  # noqa: E402
-from trainer.examples import ExampleBuilder  # noqa: E402
+from videobert.models.vocab import JointVocab  # noqa: E402
+from videobert.shards import reader  # noqa: E402
+from videobert.trainer.config import ObjectivesConfig  # noqa: E402
+from videobert.trainer.data import BatchStream, StreamPosition, StreamSpec, make_loader  # noqa: E402
+from videobert.trainer.example_builder import ExampleBuilder  # noqa: E402
 
 BATCH = 32
 

@@ -28,10 +28,10 @@ import time
 import torch
 from transformers import BertConfig, BertForPreTraining
 
-from models.config import preset
-from models.hf_interop import bert_config_for
-from models.videobert import VideoBertForPreTraining
-from models.vocab import IGNORE_INDEX, JointVocab
+from videobert.models.config import preset
+from videobert.models.hf_interop import bert_config_for
+from videobert.models.videobert import VideoBertForPreTraining
+from videobert.models.vocab import IGNORE_INDEX, JointVocab
 
 GOAL_RATIO = 0.8
 

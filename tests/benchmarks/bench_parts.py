@@ -56,7 +56,7 @@ def timed(commands: list[list[str]]) -> tuple[float, float]:
 
 
 def stage(name: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "shards.cli", name, *args]
+    return [sys.executable, "-m", "videobert.trainer.cli", "shards", name, *args]
 
 
 def prepare_commands(videos: Path, transcript: Path, out: Path, workers: int, split: bool) -> list[list[str]]:

@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.decode import DecodeOptions, ffmpeg_command
-from shards.ffmpeg_bin import ffmpeg_exe
-from shards.prepare import PrepareConfig, prepare
+from videobert.shards.decode import DecodeOptions, ffmpeg_command
+from videobert.shards.ffmpeg_bin import ffmpeg_exe
+from videobert.shards.prepare import PrepareConfig, prepare
 
 
 def render(folder: Path, kind: str, count: int, seconds: float, size: str, workers: int) -> list[Path]:

@@ -34,9 +34,9 @@ import ffmpeg
 import numpy as np
 import torch
 
-from models.visual.synthetic import SyntheticEncoder
-from shards import synth
-from shards.ffmpeg_bin import ffmpeg_exe
+from videobert.models.visual.synthetic import SyntheticEncoder
+from videobert.shards.ffmpeg_bin import ffmpeg_exe
+from videobert.shards.synthetic import corpus as synth
 
 FPS, SIZE, CLIP_LEN = 10.0, 64, 15
 

@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_common import Table, environment_line, synchronize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +49,7 @@ MASKED_FRACTION = 0.15
 
 def bert_vocab(num_visual_tokens: int = 20736, text_vocab_size: int = 30522):
     """bert-base-uncased's ids ([CLS] 101, [SEP] 102, [MASK] 103), then [>] and the visual words."""
-    from models.vocab import JointVocab
+    from videobert.models.vocab import JointVocab
 
     return JointVocab(text_vocab_size=text_vocab_size, num_visual_tokens=num_visual_tokens,
                       cls_id=101, sep_id=102, mask_id=103, pad_id=0, unk_id=100)
@@ -64,7 +63,7 @@ def row_lengths(batch: int, seq_len: int, mode: str, gen: torch.Generator) -> li
 
 def make_batch(vocab, lengths: list[int], seq_len: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Joint rows (half text, half video), padded to ``seq_len``, 15 % of real positions masked."""
-    from models.vocab import IGNORE_INDEX
+    from videobert.models.vocab import IGNORE_INDEX
 
     gen = torch.Generator().manual_seed(seed)
     ids = torch.full((len(lengths), seq_len), vocab.pad_id)
@@ -86,13 +85,13 @@ def make_batch(vocab, lengths: list[int], seq_len: int, seed: int = 0) -> dict[s
 
 def step_flops(config, batch: dict[str, torch.Tensor]) -> float:
     """Model FLOPs of one training step: each row at its own length (``models.sizing``)."""
-    from models.sizing import step_flops as flops
+    from videobert.models.sizing import step_flops as flops
 
     return flops(config, batch["attention_mask"], batch["mlm_labels"])
 
 
 def train_config(batch: int, precision: str):
-    from trainer.config import OptimConfig, TrainConfig
+    from videobert.trainer.config import OptimConfig, TrainConfig
 
     return TrainConfig(deepspeed_config=str(ROOT / "ds_config.json"),
                        optim=OptimConfig(micro_batch_size=batch, precision=precision, warmup_steps=0))
@@ -100,8 +99,8 @@ def train_config(batch: int, precision: str):
 
 def build_engine_for(config, variant: str, cfg, device):
     """The trainer's ZeRO-3 engine around a freshly built (partitioned) model on ``variant``'s kernels."""
-    from models.videobert import VideoBertForPreTraining
-    from trainer.engine import build_ds_config, build_engine, zero_init_context
+    from videobert.models.videobert import VideoBertForPreTraining
+    from videobert.trainer.engine import build_ds_config, build_engine, zero_init_context
 
     ds = build_ds_config(cfg, 1, config.hidden_size)
     with zero_init_context(ds, enabled=True):
@@ -193,10 +192,10 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available() and not args.smoke:
         print("no CUDA device: run with --smoke to check the script on the CPU", file=sys.stderr)
         return 2
-    from models.config import preset
-    from trainer.distributed import init_distributed
-    from trainer.engine import resolve_precision
-    from trainer.metrics import peak_flops
+    from videobert.models.config import preset
+    from videobert.trainer.distributed import init_distributed
+    from videobert.trainer.engine import resolve_precision
+    from videobert.trainer.metrics import peak_flops
 
     device = init_distributed().device
     precision = resolve_precision("auto")

@@ -63,8 +63,8 @@ def measure(kind: str, path: Path, parts: int) -> dict:
 
 def child(kind: str, path: str, parts: int) -> None:
     """Inside the measuring process: import first, then read, then report."""
-    from shards.parts import Part
-    from shards.transcripts import read_transcripts
+    from videobert.shards.parts import Part
+    from videobert.shards.transcripts import read_transcripts
 
     before = _rss_now()
     started, cpu = time.perf_counter(), time.process_time()

@@ -18,7 +18,6 @@ import json
 import os
 
 import pytest
-
 from fuzzing import SCALE, TALLY, Tally
 
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import json
 
-import torch
 import pytest
+import torch
+from fuzzing import READ, REFUSED, TEST_SECONDS, fuzz_settings, time_limit
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from fuzzing import READ, REFUSED, TEST_SECONDS, fuzz_settings, time_limit
-from models.visual.codebook import Codebook, CodebookError
-from models.visual.encoder import EncoderSpec
+from videobert.models.visual.codebook import Codebook, CodebookError
+from videobert.models.visual.encoder import EncoderSpec
 
 VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**65, 2**65) | st.floats() | st.text(max_size=10),
                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),

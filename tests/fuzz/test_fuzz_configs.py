@@ -8,13 +8,13 @@ import dataclasses
 import typing
 from pathlib import Path
 
-import yaml
 import pytest
+import yaml
+from fuzzing import READ, REFUSED, TEST_SECONDS, fuzz_settings, time_limit
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzzing import READ, REFUSED, TEST_SECONDS, fuzz_settings, time_limit
-from trainer.config import ConfigError, TrainConfig, load_config
+from videobert.trainer.config import ConfigError, TrainConfig, load_config
 
 RECIPES = Path(__file__).resolve().parents[2] / "launch" / "recipes"
 REQUIRED = ["data.train=shards/", "data.codebook=codebook.safetensors"]

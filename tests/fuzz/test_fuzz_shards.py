@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fuzzing import CHANGED, LISTED, READ, REFUSED, TEST_SECONDS, fuzz_settings, time_limit
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzzing import CHANGED, LISTED, READ, REFUSED, TEST_SECONDS, fuzz_settings, time_limit
-from models.visual.codebook import Codebook
-from models.visual.encoder import EncoderSpec
-from models.visual.synthetic import FEATURE_DIM
-from shards import reader, schema
+from videobert.models.visual.codebook import Codebook
+from videobert.models.visual.encoder import EncoderSpec
+from videobert.models.visual.synthetic import FEATURE_DIM
+from videobert.shards import reader, schema
 
 FPS, CLIP_LEN, SIZE = 10.0, 3, (8, 8)
 
@@ -235,7 +235,7 @@ def test_shard_readers_list_bad_samples_and_keep_the_good(tmp_path_factory, tall
 
 def _loader_path(path: Path, expected: list[schema.Sample], what: str) -> None:
     """What a training loader worker runs: light samples (metadata only), then arrays per item."""
-    from trainer.data import ReadErrors, _light_samples
+    from videobert.trainer.data import ReadErrors, _light_samples
 
     errors = ReadErrors()
     decoded = {}
@@ -251,7 +251,7 @@ def _loader_path(path: Path, expected: list[schema.Sample], what: str) -> None:
 @given(data=st.data())
 @fuzz_settings(25)
 def test_tokenize_lists_bad_samples_and_writes_the_good(tmp_path_factory, tally, codebook_path, data):
-    from shards.tokenize import TokenizeConfig, tokenize
+    from videobert.shards.tokenize_clips import TokenizeConfig, tokenize
 
     originals = data.draw(samples(schema.CLIP_KIND))
     members = [m for s in originals for m in members_of(s)]

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from fuzzing import LISTED, READ, REFUSED, TEST_SECONDS, fuzz_settings, time_limit
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzzing import LISTED, READ, REFUSED, TEST_SECONDS, fuzz_settings, time_limit
-from shards.transcripts import FORMATS, HOWTO100M, JSONL, SRT, VTT, YOUCOOK2, read_transcripts
+from videobert.shards.transcript_entries import FORMATS, HOWTO100M, JSONL, SRT, VTT, YOUCOOK2
+from videobert.shards.transcripts import read_transcripts
 
 WORDS = st.text(alphabet=st.sampled_from("abcdefghij klmnopqrstuvwxyzé✓ -"), min_size=1, max_size=24).filter(
     lambda t: t.strip() and "-->" not in t)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.vocab import JointVocab
+from videobert.models.vocab import JointVocab
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +19,7 @@ def small_vocab() -> JointVocab:
 
 @pytest.fixture(scope="session")
 def minilm_tokenizer(minilm_dir):
-    from models.hf_interop import load_text_tokenizer
+    from videobert.models.hf_interop import load_text_tokenizer
 
     return load_text_tokenizer(minilm_dir)
 

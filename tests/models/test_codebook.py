@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.visual.codebook import CODEBOOK_FILE, Codebook, CodebookError
-from models.visual.encoder import EncoderSpec
-from models.visual.kmeans import fit_hierarchical_kmeans
-from models.visual.s3d import S3D
-from models.visual.tokenizer import VisualTokenizer
+from videobert.models.visual.codebook import CODEBOOK_FILE, Codebook, CodebookError
+from videobert.models.visual.encoder import EncoderSpec
+from videobert.models.visual.kmeans import fit_hierarchical_kmeans
+from videobert.models.visual.s3d import S3D
+from videobert.models.visual.tokenizer import VisualTokenizer
 
 SPEC = EncoderSpec(name="s3d", fps=10.0, clip_len=8, frame_size=(24, 32), feature_dim=1024)
 
@@ -139,7 +139,7 @@ def random_clips(n, seed):
 
 
 def test_tokenizer_from_codebook(s3d_weights, tmp_path):
-    from models.visual.encoder import build_encoder
+    from videobert.models.visual.encoder import build_encoder
 
     encoder = build_encoder("s3d", weights=str(s3d_weights), fps=10, clip_len=8, frame_size=(24, 32))
     features = encoder(random_clips(12, seed=0))
@@ -157,7 +157,7 @@ def test_tokenizer_from_codebook(s3d_weights, tmp_path):
 
 
 def test_tokenizer_refuses_another_encoder(codebook, s3d_weights):
-    from models.visual.encoder import build_encoder
+    from videobert.models.visual.encoder import build_encoder
 
     encoder = build_encoder("s3d", weights=str(s3d_weights), fps=10, clip_len=10, frame_size=(24, 32))
     with pytest.raises(CodebookError, match="10 frames.*does not match codebook"):

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertForPreTraining, BertTokenizerFast
 
-from models.hf_interop import (
+from videobert.models.hf_interop import (
     bert_key_table, export_pretrained, from_pretrained_bert, normalize_bert_keys, videobert_to_bert_state,
 )
-from models.vocab import IGNORE_INDEX, VIDEO_SEP_TOKEN
+from videobert.models.vocab import IGNORE_INDEX, VIDEO_SEP_TOKEN
 
 SENTENCES = [
     "now let me show you how to cut the onion",
@@ -105,7 +105,7 @@ def test_new_word_rows_follow_the_pretrained_rows(ours, minilm_vocab):
 
 
 def test_absent_heads_are_initialised_and_logged(minilm_dir, minilm_vocab, caplog):
-    with caplog.at_level(logging.INFO, logger="models.hf_interop"):
+    with caplog.at_level(logging.INFO, logger="videobert.models.hf_interop"):
         model = from_pretrained_bert(minilm_dir, minilm_vocab, hidden_dropout_prob=0.0)
     assert "mlm_head.dense.weight" in caplog.text and "alignment_head.classifier.weight" in caplog.text
     assert "alignment_head.pooler" not in caplog.text  # MiniLM ships a pooler

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.kernels import KernelOps, available_kernel_sets, get_ops
-from models.vocab import IGNORE_INDEX
+from videobert.models.kernels import KernelOps, available_kernel_sets, get_ops
+from videobert.models.vocab import IGNORE_INDEX
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from models.config import preset
-from models.kernels.triton_support import triton_available
-from models.videobert import VideoBertForPreTraining
-from models.vocab import IGNORE_INDEX, JointVocab
+from videobert.models.config import preset
+from videobert.models.kernels.triton_support import triton_available
+from videobert.models.videobert import VideoBertForPreTraining
+from videobert.models.vocab import IGNORE_INDEX, JointVocab
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 STEPS = 3
@@ -150,7 +150,7 @@ def _zero3_worker(rank: int, world: int, port: int, init_state: dict, out_file: 
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
-    from trainer.engine import unlink_shm_buffer
+    from videobert.trainer.engine import unlink_shm_buffer
 
     unlink_shm_buffer()  # DeepSpeed's CPU op would leave its buffer in /dev/shm
     results = {}

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.kernels import get_ops, resolve_kernel_set
-from models.kernels.triton_support import triton_available
-from models.vocab import IGNORE_INDEX
+from videobert.models.kernels import get_ops, resolve_kernel_set
+from videobert.models.kernels.triton_support import triton_available
+from videobert.models.vocab import IGNORE_INDEX
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 FP32 = dict(rtol=1e-5, atol=1e-5)

@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.visual.kmeans import (
-    FeatureSource,
-    KMeansConfig,
-    _lloyd_pass,
-    _update_centroids,
-    assign_hierarchical,
-    fit_hierarchical_kmeans,
+from videobert.models.visual.kmeans import (
+    FeatureSource, KMeansConfig, _lloyd_pass, _update_centroids, assign_hierarchical, fit_hierarchical_kmeans,
 )
 
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.kernels.kmeans_assign import (
-    kmeans_assign,
-    kmeans_assign_reference,
-    kmeans_assign_triton,
-    triton_available,
+from videobert.models.kernels.kmeans_assign import (
+    kmeans_assign, kmeans_assign_reference, kmeans_assign_triton, triton_available,
 )
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")

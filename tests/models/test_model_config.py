@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from models.config import PRESETS, VideoBertConfig, config_from_bert_dir, preset
+from videobert.models.config import PRESETS, VideoBertConfig, config_from_bert_dir, preset
 
 
 def test_round_trip_through_json(small_vocab, tmp_path):

@@ -8,11 +8,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertForPreTraining
 
-from models.config import PRESETS, preset
-from models.hf_interop import bert_config_for
-from models.sizing import count_parameters, flops_per_token, step_flops
-from models.videobert import VideoBertForPreTraining
-from models.vocab import IGNORE_INDEX, JointVocab
+from videobert.models.config import PRESETS, preset
+from videobert.models.hf_interop import bert_config_for
+from videobert.models.sizing import count_parameters, flops_per_token, step_flops
+from videobert.models.videobert import VideoBertForPreTraining
+from videobert.models.vocab import IGNORE_INDEX, JointVocab
 
 # bert-base-uncased / bert-large-uncased as BertForPreTraining (encoder, pooler, MLM transform and
 # bias, next-sentence classifier; the decoder is tied to the word table).

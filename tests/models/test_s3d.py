@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from models.visual.encoder import build_encoder
-from models.visual.s3d import KINETICS_MEAN, KINETICS_STD, S3D, S3DWeightsError, pool_features
+from videobert.models.visual.encoder import build_encoder
+from videobert.models.visual.s3d import KINETICS_MEAN, KINETICS_STD, S3D, S3DWeightsError, pool_features
 
 SMALL = {"clip_len": 8, "frame_size": (24, 32)}
 

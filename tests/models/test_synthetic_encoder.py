@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from models.visual import encoder as encoder_module
-from models.visual.synthetic import FEATURE_BLOCKS, FEATURE_DIM, SyntheticEncoder
-from shards import synth
+from videobert.models.visual import encoder as encoder_module
+from videobert.models.visual.synthetic import FEATURE_BLOCKS, FEATURE_DIM, SyntheticEncoder
+from videobert.shards.synthetic import corpus as synth
 
 CORPUS = synth.SynthConfig(train_videos=10, heldout_videos=6, seed=21, segments=(4, 5), segment_seconds=(3.0, 4.0))
 
 
 def decode(path: Path, fps: float, size: int) -> np.ndarray:
     """Frames (n, size, size, 3) uint8 at ``fps``, decoded by ffmpeg as the prepare stage does."""
-    from shards.ffmpeg_bin import ffmpeg_exe
+    from videobert.shards.ffmpeg_bin import ffmpeg_exe
 
     out, _ = (
         ffmpeg.input(str(path)).filter("fps", fps=fps).filter("scale", size, size)

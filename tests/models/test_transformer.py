@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from models.config import preset
-from models.transformer import NormalEmbedding, NormalLinear, SelfAttention
-from models.videobert import VideoBertForPreTraining
-from models.vocab import IGNORE_INDEX
+from videobert.models.config import preset
+from videobert.models.transformer import NormalEmbedding, NormalLinear, SelfAttention
+from videobert.models.videobert import VideoBertForPreTraining
+from videobert.models.vocab import IGNORE_INDEX
 
 
 def _model(vocab, **overrides) -> VideoBertForPreTraining:

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.attention import varlen_attention, varlen_backend
-from models.config import preset
-from models.transformer import SelfAttention, TokenLayout
-from models.videobert import VideoBertForPreTraining
-from models.vocab import IGNORE_INDEX
+from videobert.models.attention import varlen_attention, varlen_backend
+from videobert.models.config import preset
+from videobert.models.transformer import SelfAttention, TokenLayout
+from videobert.models.videobert import VideoBertForPreTraining
+from videobert.models.vocab import IGNORE_INDEX
 
 LENGTHS = (5, 9, 3, 9)
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.config import preset
-from models.videobert import PreTrainingOutput, VideoBertForPreTraining
-from models.vocab import IGNORE_INDEX
+from videobert.models.config import preset
+from videobert.models.videobert import PreTrainingOutput, VideoBertForPreTraining
+from videobert.models.vocab import IGNORE_INDEX
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from models.config import preset
-from models.videobert import VideoBertForPreTraining
-from models.vocab import IGNORE_INDEX, JointVocab
+from videobert.models.config import preset
+from videobert.models.videobert import VideoBertForPreTraining
+from videobert.models.vocab import IGNORE_INDEX, JointVocab
 
 STEPS = 2
 DS_CONFIG = {
@@ -49,7 +49,7 @@ def _worker(rank: int, port: int, init_state: dict, out_file: str) -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo")
-    from trainer.engine import unlink_shm_buffer
+    from videobert.trainer.engine import unlink_shm_buffer
 
     unlink_shm_buffer()  # DeepSpeed's CPU op would leave its buffer in /dev/shm
     config = _config()

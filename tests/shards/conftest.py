@@ -10,7 +10,7 @@ import ffmpeg
 import numpy as np
 import pytest
 
-from shards.ffmpeg_bin import ffmpeg_exe
+from videobert.shards.ffmpeg_bin import ffmpeg_exe
 
 LEVEL_STEP = 4  # gray level step between consecutive frames of a time-coded video
 
@@ -106,7 +106,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def corpus_config(corpus: Path, out: Path, **overrides):
-    from shards.prepare import PrepareConfig
+    from videobert.shards.prepare import PrepareConfig
 
     options = dict(videos=(str(corpus / "videos"),), transcripts=(str(corpus / "caption.json"),), out=str(out),
                    fps=10.0, size=32, clip_len=5, max_samples=2, workers=2, progress=False)
@@ -117,7 +117,7 @@ def corpus_config(corpus: Path, out: Path, **overrides):
 @pytest.fixture(scope="session")
 def prepared(corpus: Path, tmp_path_factory) -> Path:
     """The corpus prepared at 10 fps, 32x32, clips of 5 frames, 2 samples per shard."""
-    from shards.prepare import prepare
+    from videobert.shards.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "shards"
     prepare(corpus_config(corpus, out))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from shards import reader, schema
-from shards.prepare import PrepareConfig, prepare
+from videobert.shards import reader, schema
+from videobert.shards.prepare import PrepareConfig, prepare
 
 GOOD = [  # (start, end, text) for good.mp4 (3 s), in file order (entries 4 and 5 out of time order)
     (0.0, 1.0, "one"),  # 0: written, 2 clips

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from shards.clips import ClipConfig, frame_index, frame_range, plan_clips, too_short_reason
+from videobert.shards.clips import ClipConfig, frame_index, frame_range, plan_clips, too_short_reason
 
 
 def owned(start: float, end: float, fps: float) -> list[int]:

@@ -7,11 +7,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from shards.decode import (
+from videobert.shards.decode import (
     EMPTY, MISSING, NO_VIDEO, UNREADABLE, DecodeError, DecodeOptions, VideoDecoder, ffmpeg_command, iter_frames,
     parse_crop,
 )
-from shards.ffmpeg_bin import ffmpeg_exe
+from videobert.shards.ffmpeg_bin import ffmpeg_exe
 
 
 def decode(path, fps=20.0, size=32, crop=(32, 32)) -> np.ndarray:

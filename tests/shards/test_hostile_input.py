@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shards import reader, schema
-from shards.decode import STALLED, TOO_LARGE, UNREADABLE, DecodeError, DecodeOptions, VideoDecoder, iter_frames
-from shards.ffmpeg_bin import ffmpeg_exe
-from shards.prepare import PrepareConfig, prepare
+from videobert.shards import reader, schema
+from videobert.shards.decode import (
+    STALLED, TOO_LARGE, UNREADABLE, DecodeError, DecodeOptions, VideoDecoder, iter_frames,
+)
+from videobert.shards.ffmpeg_bin import ffmpeg_exe
+from videobert.shards.prepare import PrepareConfig, prepare
 
 OPTIONS = DecodeOptions(fps=10, size=32, crop=(32, 32))
 
@@ -50,7 +52,7 @@ CONTAINERS = {".mp4": "libx264", ".m4v": "libx264", ".mkv": "libx264", ".webm": 
 
 
 def test_every_video_extension_passes_the_demuxer_whitelist(tmp_path):
-    from shards.transcripts import VIDEO_EXTENSIONS
+    from videobert.shards.transcript_entries import VIDEO_EXTENSIONS
 
     assert set(CONTAINERS) == set(VIDEO_EXTENSIONS)
     for extension, codec in CONTAINERS.items():

@@ -7,14 +7,14 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from shards import inspect as shard_inspect
-from shards import schema
-from shards.cli import main as shards_main
-from shards.writer import ShardWriter
+from videobert.shards import inspect_shards as shard_inspect
+from videobert.shards import schema
+from videobert.shards.writer import ShardWriter
+from videobert.trainer import cli
 
 
 def test_clip_shards_schema_counts_and_sample(prepared, capsys):
-    assert shards_main(["inspect", str(prepared), "--sample", "1"]) == 0
+    assert cli.main(["shards", "inspect", str(prepared), "--sample", "1"]) == 0
     out = capsys.readouterr().out
     assert "kind clips, format version 1" in out
     assert "<key>.frames.npy    uint8 (n_clips, clip_len=5, height=32, width=32, 3) RGB" in out
@@ -25,7 +25,7 @@ def test_clip_shards_schema_counts_and_sample(prepared, capsys):
 
 def test_frames_png_shows_each_clip_in_order(prepared, tmp_path, capsys, media):
     png = tmp_path / "grid.png"
-    assert shards_main(["inspect", str(prepared), "--key", "alpha-s00001", "--frames", str(png)]) == 0
+    assert cli.main(["shards", "inspect", str(prepared), "--key", "alpha-s00001", "--frames", str(png)]) == 0
     assert f"frames saved to {png}" in capsys.readouterr().out
     image = np.asarray(Image.open(png).convert("RGB"))
     rows, per_row, step = 3, 5, shard_inspect.THUMB_HEIGHT + shard_inspect._MARGIN
@@ -49,7 +49,7 @@ def test_token_shards_have_no_frames_to_draw(tmp_path, capsys):
     with ShardWriter(tmp_path / "tokens") as writer:
         writer.write(sample, (0, 0))
     png = tmp_path / "none.png"
-    assert shards_main(["inspect", str(tmp_path / "tokens"), "--frames", str(png)]) == 0
+    assert cli.main(["shards", "inspect", str(tmp_path / "tokens"), "--frames", str(png)]) == 0
     out = capsys.readouterr().out
     assert "kind tokens" in out and "<key>.tokens.npy    int32 (n_clips,) visual-token ids" in out
     assert "token ids: [   17 20735]" in out and '"codebook_hash": "c0ffee"' in out
@@ -58,12 +58,12 @@ def test_token_shards_have_no_frames_to_draw(tmp_path, capsys):
 
 def test_counts_by_reading_when_stats_are_missing(prepared, tmp_path, capsys):
     shutil.copy(prepared / "shard-000001.tar", tmp_path / "loose.tar")
-    assert shards_main(["inspect", str(tmp_path / "loose.tar")]) == 0
+    assert cli.main(["shards", "inspect", str(tmp_path / "loose.tar")]) == 0
     assert "counts (reading the shards): 1 shard, 2 samples, 3 clips" in capsys.readouterr().out
 
 
 def test_missing_sample_and_bad_path(prepared, tmp_path, capsys):
-    assert shards_main(["inspect", str(prepared), "--key", "nope"]) == 1
+    assert cli.main(["shards", "inspect", str(prepared), "--key", "nope"]) == 1
     assert "no key 'nope'" in capsys.readouterr().err
-    assert shards_main(["inspect", str(tmp_path / "nothing-here")]) == 2
+    assert cli.main(["shards", "inspect", str(tmp_path / "nothing-here")]) == 2
     assert "no shards found" in capsys.readouterr().err

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from shards import reader, schema
-from shards.cli import main as shards_main
-from shards.parts import Part, parse_part, resolve_part, split_status, video_part
-from shards.prepare import PrepareConfig, prepare
-from shards.ranks import torch_variables_from_slurm
+from videobert.shards import reader, schema
+from videobert.shards.parts import Part, parse_part, resolve_part, split_status, video_part
+from videobert.shards.prepare import PrepareConfig, prepare
+from videobert.shards.ranks import torch_variables_from_slurm
+from videobert.trainer import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTS = 3
@@ -56,7 +56,7 @@ def _config(corpus: Path, out: Path, **overrides) -> PrepareConfig:
 
 
 def _command(corpus: Path, out: Path, part: str, *more: str) -> list[str]:
-    return [sys.executable, "-m", "shards.cli", "prepare", "--videos", str(corpus / "videos"), "--transcripts",
+    return [sys.executable, "-m", "videobert.trainer.cli", "shards", "prepare", "--videos", str(corpus / "videos"), "--transcripts",
             str(corpus / "transcripts"), "--out", str(out), "--fps", "10", "--size", "32", "--clip-len", "5",
             "--workers", "1", "--no-progress", "--part", part, *more]
 
@@ -67,7 +67,7 @@ def split_run(split_corpus, tmp_path_factory):
     script), each taking its part from RANK and WORLD_SIZE."""
     root = tmp_path_factory.mktemp("split_run")
     prepare(_config(split_corpus, root / "whole"))
-    options = _command(split_corpus, root / "split", "0/1")[4:-2]  # the stage's options, without --part
+    options = _command(split_corpus, root / "split", "0/1")[5:-2]  # the stage's options, without --part
     env = {**os.environ, "NPROC": str(PARTS), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(["bash", str(ROOT / "launch/shards_torchrun.sh"), "prepare", *options, "--max-samples", "2"],
                             env=env, capture_output=True, text=True, timeout=300)
@@ -113,13 +113,13 @@ def test_parts_write_what_one_run_writes(split_run):
 
 
 def test_status_names_missing_and_unfinished_parts(split_run, tmp_path, capsys):
-    assert shards_main(["status", str(split_run["split"]), "--no-write"]) == 0
+    assert cli.main(["shards", "status", str(split_run["split"]), "--no-write"]) == 0
     assert "3 finished, 0 unfinished, 0 missing" in capsys.readouterr().out
     damaged = tmp_path / "damaged"
     shutil.copytree(split_run["split"], damaged)
     shutil.rmtree(schema.part_folder(damaged, 1))
     (schema.part_folder(damaged, 2) / schema.SUMMARY_FILE).unlink()
-    assert shards_main(["status", str(damaged)]) == 1
+    assert cli.main(["shards", "status", str(damaged)]) == 1
     out = capsys.readouterr().out
     assert "1 finished, 1 unfinished, 1 missing" in out and "missing (never started): parts 1" in out
     assert "re-run parts 1-2 with the same arguments" in out
@@ -132,11 +132,11 @@ def test_status_names_missing_and_unfinished_parts(split_run, tmp_path, capsys):
 def test_a_part_with_other_options_is_refused(split_corpus, split_run, capsys):
     out = split_run["split"]
     before = sorted(p.name for p in out.rglob("*"))
-    assert shards_main(_command(split_corpus, out, "1/3", "--fps", "20")[3:]) == 2
+    assert cli.main(_command(split_corpus, out, "1/3", "--fps", "20")[3:]) == 2
     assert "--fps was 10.0, now 20.0" in capsys.readouterr().err
-    assert shards_main(_command(split_corpus, out, "1/4")[3:]) == 2
+    assert cli.main(_command(split_corpus, out, "1/4")[3:]) == 2
     assert "split into 3 parts, this part is one of 4" in capsys.readouterr().err
-    assert shards_main(_command(split_corpus, out, "0/1")[3:]) == 2  # a run of one part into a split folder
+    assert cli.main(_command(split_corpus, out, "0/1")[3:]) == 2  # a run of one part into a split folder
     assert "split into 3 parts" in capsys.readouterr().err
     assert sorted(p.name for p in out.rglob("*")) == before
 
@@ -199,7 +199,7 @@ def test_the_slurm_script_gives_each_task_its_part(tmp_path):
            "PARTS": "4", "SLURM_ARRAY_TASK_ID": "3", "SLURM_SUBMIT_DIR": str(ROOT)}
     result = subprocess.run(["bash", str(ROOT / "launch/shards.sbatch"), "prepare", "--out", "a folder/with space"],
                             env=env, capture_output=True, text=True, check=True)
-    assert result.stdout.splitlines() == ["-m", "shards.cli", "prepare", "--out", "a folder/with space", "--part", "7/8"]
+    assert result.stdout.splitlines() == ["-m", "videobert.trainer.cli", "shards", "prepare", "--out", "a folder/with space", "--part", "7/8"]
 
 
 def test_the_trainer_reads_slurm_tasks_through_the_same_module():
@@ -212,7 +212,7 @@ def test_the_trainer_reads_slurm_tasks_through_the_same_module():
 
 
 def test_available_cpus_without_sched_getaffinity(monkeypatch):
-    from shards.ranks import available_cpus
+    from videobert.shards.ranks import available_cpus
 
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # as on macOS and Windows
     assert available_cpus() == (os.cpu_count() or 1)

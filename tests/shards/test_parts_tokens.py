@@ -11,15 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from models.visual.codebook import CODEBOOK_FILE, Codebook
-from shards import reader, schema
-from shards.cli import main as shards_main
-from shards.fit_codebook import FEATURES_FOLDER, FitCodebookConfig, extract_features, fit_codebook
-from shards.parts import Part
-from shards.tokenize import TokenizeConfig, tokenize
 from test_tokenize import clip_sample, write_shards
-from trainer.run_folder import RunFolder
+
+from videobert.models.visual.codebook import CODEBOOK_FILE, Codebook
+from videobert.shards import reader, schema
+from videobert.shards.fit_codebook import FEATURES_FOLDER, FitCodebookConfig, extract_features, fit_codebook
+from videobert.shards.parts import Part
+from videobert.shards.tokenize_clips import TokenizeConfig, tokenize
+from videobert.trainer import cli
+from videobert.trainer.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,10 +65,10 @@ def test_a_codebook_fitted_from_parts_has_the_hash_of_one_run(clips, codebook, t
     assert first.shards == 3 and not (out / CODEBOOK_FILE).exists()
     with pytest.raises(Exception, match=r"parts \[1\] are not finished"):
         fit_codebook(_fit_config(clips, out))
-    assert shards_main(["fit-codebook", "--clips", str(clips), "--out", str(out), "--encoder", "synthetic",
+    assert cli.main(["shards", "fit-codebook", "--clips", str(clips), "--out", str(out), "--encoder", "synthetic",
                         "--depth", "2", "--branching", "3", "--num-clips", "25", "--batch-size", "4",
                         "--no-progress", "--part", "1/2"]) == 0
-    assert shards_main(["status", str(out / FEATURES_FOLDER), "--no-write"]) == 0
+    assert cli.main(["shards", "status", str(out / FEATURES_FOLDER), "--no-write"]) == 0
     summary = fit_codebook(_fit_config(clips, out))
     assert summary.codebook_hash == Codebook.load(codebook).hash
     assert summary.clips_used == 25 and summary.shards == 5
@@ -124,7 +124,7 @@ def test_a_shard_that_fails_is_listed_the_run_goes_on_and_a_rerun_retries_it(cli
         schema.stats_path(out / schema.shard_name(index)).unlink()
     blocker = schema.stats_path(out / schema.shard_name(1))
     blocker.mkdir()  # the shard's stats file cannot be written: a failure no sample check foresaw
-    code = shards_main(["tokenize", "--clips", str(clips), "--codebook", str(codebook), "--out", str(out),
+    code = cli.main(["shards", "tokenize", "--clips", str(clips), "--codebook", str(codebook), "--out", str(out),
                         "--workers", "2", "--no-progress"])
     assert code == 1 and "1 shards FAILED" in capsys.readouterr().out
     summary = json.loads((out / schema.SUMMARY_FILE).read_text())
@@ -156,12 +156,12 @@ def test_training_runs_on_token_shards_written_by_parts(clips, codebook, tmp_pat
     for k in range(2):
         _tokenize(clips, codebook, tmp_path / "train", part=f"{k}/2")
     run = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "trainer.train", "--config", str(ROOT / "launch/recipes/debug.yaml"), f"run_dir={run}",
+    command = [sys.executable, "-m", "videobert.trainer.train", "--config", "debug"] + [f"--{s}" for s in (
+        f"run_dir={run}",
         f"data.train={tmp_path / 'train'}", f"data.codebook={codebook}", f"deepspeed_config={ROOT / 'ds_config.json'}",
         "model.init=", "model.preset=tiny", "data.text_model=minilm", "data.num_workers=0", "logging.every_steps=1",
         "logging.progress=false", "max_steps=2", "optim.micro_batch_size=4", "checkpoint.every_steps=100",
-    ]
+    )]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -17,12 +17,10 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from shards import reader, schema
-from shards.cli import main as shards_main
-from shards.prepare import ArgumentsError, PrepareConfig, prepare
-from shards.writer import (
-    ResumeError, ShardStats, ShardWriter, encode_members, resume_point, tar_writer,
-)
+from videobert.shards import reader, schema
+from videobert.shards.prepare import ArgumentsError, PrepareConfig, prepare
+from videobert.shards.writer import ResumeError, ShardStats, ShardWriter, encode_members, resume_point, tar_writer
+from videobert.trainer import cli
 
 # What the corpus fixture's captions become at 10 fps, clips of 5 frames, partial clips of >= 3 frames:
 # (video, segment index, first frame, frames used, clips, padded frames)
@@ -159,12 +157,12 @@ def test_config_collects_every_problem(tmp_path):
 def test_command_line_exit_codes_and_printed_summary(corpus, tmp_path, capsys):
     common = ["prepare", "--transcripts", str(corpus / "caption.json"), "--fps", "10", "--size", "32",
               "--clip-len", "5", "--workers", "1", "--no-progress"]
-    assert shards_main(common + ["--videos", str(corpus / "videos"), "--out", str(tmp_path / "ok")]) == 0
+    assert cli.main(["shards", *common, "--videos", str(corpus / "videos"), "--out", str(tmp_path / "ok")]) == 0
     printed = capsys.readouterr().out
     assert "segments  read 6 = written 6 + skipped 0" in printed and "shards 1, samples 6, clips 15" in printed
-    assert shards_main(common + ["--videos", str(tmp_path / "none.mp4"), "--out", str(tmp_path / "empty")]) == 1
+    assert cli.main(["shards", *common, "--videos", str(tmp_path / "none.mp4"), "--out", str(tmp_path / "empty")]) == 1
     assert "nothing could be written" in capsys.readouterr().out
-    assert shards_main(common + ["--videos", str(corpus / "videos"), "--out", str(tmp_path / "bad"), "--fps", "-1"]) == 2
+    assert cli.main(["shards", *common, "--videos", str(corpus / "videos"), "--out", str(tmp_path / "bad"), "--fps", "-1"]) == 2
     assert "--fps must be positive" in capsys.readouterr().err
 
 
@@ -216,7 +214,7 @@ def test_resume_after_a_real_kill(corpus, corpus_config_for, tmp_path):
     (tmp_path / "caption.json").write_text(json.dumps(captions))
     config = corpus_config_for(corpus, tmp_path / "killed", videos=(str(videos),),
                                transcripts=(str(tmp_path / "caption.json"),), max_samples=1)
-    command = [sys.executable, "-m", "shards.cli", "prepare", "--videos", str(videos), "--transcripts",
+    command = [sys.executable, "-m", "videobert.trainer.cli", "shards", "prepare", "--videos", str(videos), "--transcripts",
                str(tmp_path / "caption.json"), "--out", config.out, "--fps", "10", "--size", "32",
                "--clip-len", "5", "--max-samples", "1", "--workers", "2", "--no-progress"]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -372,7 +370,7 @@ def test_a_downloaders_folder_as_videos_and_transcripts(media, tmp_path):
 
 def test_spooled_members_are_the_bytes_webdataset_writes(tmp_path):
     """Workers write frames straight from their arrays (no copy into one bytes object): same bytes."""
-    from shards.writer import SampleSpool
+    from videobert.shards.writer import SampleSpool
 
     samples = [make_sample(i, n_clips=1 + i % 3) for i in range(4)]
     spool = SampleSpool(tmp_path / "spool.tar")

@@ -11,7 +11,10 @@ import ffmpeg
 import numpy as np
 import pytest
 
-from shards import cli, synth, synth_scene, synth_speech
+from videobert.shards.synthetic import corpus as synth
+from videobert.shards.synthetic import scene as synth_scene
+from videobert.shards.synthetic import speech as synth_speech
+from videobert.trainer import cli
 
 TINY = synth.SynthConfig(
     train_videos=3, heldout_videos=2, seed=3, size=64, fps=10, segments=(3, 4), segment_seconds=(2.0, 3.0),
@@ -20,7 +23,7 @@ TINY = synth.SynthConfig(
 
 def decode(path: Path, size: int) -> np.ndarray:
     """All frames of a video as (n, size, size, 3) uint8, decoded by ffmpeg."""
-    from shards.ffmpeg_bin import ffmpeg_exe
+    from videobert.shards.ffmpeg_bin import ffmpeg_exe
 
     out, _ = (
         ffmpeg.input(str(path)).output("pipe:", format="rawvideo", pix_fmt="rgb24")
@@ -189,14 +192,14 @@ def test_cli_renders_reuses_and_refuses_other_options(tmp_path, capsys):
     out = tmp_path / "corpus"
     args = ["synth", "--out", str(out), "--train-videos", "1", "--heldout-videos", "1", "--size", "32",
             "--fps", "5", "--segments", "1", "1", "--segment-seconds", "2", "2", "--workers", "1"]
-    assert cli.main(args) == 0
+    assert cli.main(["shards", *args]) == 0
     assert "rendered" in capsys.readouterr().out
-    assert cli.main(args) == 0
+    assert cli.main(["shards", *args]) == 0
     assert "reused" in capsys.readouterr().out
-    assert cli.main([*args[:-2], "--seed", "5", "--workers", "1"]) == 2
+    assert cli.main(["shards", *args[:-2], "--seed", "5", "--workers", "1"]) == 2
     err = capsys.readouterr().err
     assert "seed 0 -> 5" in err and "--overwrite" in err
-    assert cli.main([*args, "--seed", "5", "--overwrite"]) == 0
+    assert cli.main(["shards", *args, "--seed", "5", "--overwrite"]) == 0
     assert read_json(out / "corpus.json")["config"]["seed"] == 5
 
 

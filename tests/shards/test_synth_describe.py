@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from shards import synth, synth_describe, synth_scene
-from trainer.evaluation.labels import LabelVocabulary, words_of_sentence
+from videobert.shards.synthetic import corpus as synth
+from videobert.shards.synthetic import describe as synth_describe
+from videobert.shards.synthetic import scene as synth_scene
+from videobert.trainer.evaluation.labels import LabelVocabulary, words_of_sentence
 
 PLANS = synth.plan_corpus(synth.SynthConfig(train_videos=40, heldout_videos=10))
 

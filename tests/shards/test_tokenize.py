@@ -19,12 +19,13 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from models.visual.codebook import Codebook
-from models.visual.encoder import EncoderSpec
-from models.visual.tokenizer import VisualTokenizer
-from shards import cli, reader, schema
-from shards.fit_codebook import plan_sample
-from shards.writer import ShardWriter
+from videobert.models.visual.codebook import Codebook
+from videobert.models.visual.encoder import EncoderSpec
+from videobert.models.visual.tokenizer import VisualTokenizer
+from videobert.shards import reader, schema
+from videobert.shards.fit_features import plan_sample
+from videobert.shards.writer import ShardWriter
+from videobert.trainer import cli
 
 FPS, CLIP_LEN, SIZE = 10.0, 15, (64, 64)  # the synthetic encoder's spec
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 70, 220), (230, 210, 40)]
@@ -63,7 +64,7 @@ def write_shards(folder: Path, samples: list[schema.Sample], per_shard: int, **s
 
 
 def shards_cli(*argv) -> int:
-    return cli.main([str(a) for a in argv])
+    return cli.main(["shards", *map(str, argv)])
 
 
 def tokenize_cli(clips, codebook, out, *more) -> int:
@@ -280,7 +281,7 @@ def test_resume_after_a_real_kill(codebook_dir, tmp_path):
     samples = [clip_sample(f"video{v}", 0, n_clips=1 + v % 2, seed=v) for v in range(16)]
     write_shards(tmp_path / "clips", samples, per_shard=1)
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    command = [sys.executable, "-m", "shards.cli", "tokenize", "--clips", str(tmp_path / "clips"), "--codebook",
+    command = [sys.executable, "-m", "videobert.trainer.cli", "shards", "tokenize", "--clips", str(tmp_path / "clips"), "--codebook",
                str(codebook_dir), "--out", str(killed), "--workers", "2", "--no-progress"]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120

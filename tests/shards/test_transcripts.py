@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from shards.transcripts import (
-    CLIPPED, FORMATS, HOWTO100M, JSONL, SKIPPED, SORTED, SRT, TRIMMED, VTT, YOUCOOK2, Transcripts, detect_format,
-    read_transcripts, video_id_of,
+from videobert.shards.transcript_entries import (
+    CLIPPED, FORMATS, HOWTO100M, JSONL, SKIPPED, SORTED, SRT, TRIMMED, VTT, YOUCOOK2, video_id_of,
 )
+from videobert.shards.transcripts import Transcripts, detect_format, read_transcripts
 
 
 def spans(result: Transcripts, video_id: str) -> list[tuple[int, float, float, str]]:
@@ -281,7 +281,7 @@ def test_every_format_name_can_be_forced(tmp_path, fmt):
 def test_the_command_line_offers_exactly_these_formats():
     import argparse
 
-    from shards.prepare import add_arguments
+    from videobert.shards.prepare import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -347,7 +347,7 @@ def test_structure_breaks_name_line_and_column_and_cost_the_file(tmp_path):
 
 
 def test_caption_json_is_read_as_a_stream(tmp_path):
-    from shards import json_members
+    from videobert.shards import json_members
 
     captions = {f"v{i}": {"start": [0.0, 1.5], "end": [1.5, 3.0], "text": [f"a {{{i}", "b ]\"]"]} for i in range(3000)}
     captions["nested"] = {"start": [0], "end": [1], "text": ["x"], "extra": {"deeper": [{"deepest": 1}]}}
@@ -363,7 +363,7 @@ def test_caption_json_is_read_as_a_stream(tmp_path):
 
 
 def test_a_part_reads_only_its_videos_and_the_parts_add_up(tmp_path):
-    from shards.parts import Part, video_part
+    from videobert.shards.parts import Part, video_part
 
     data = {f"video-{i}": {"start": [0, 2], "end": [1, 3], "text": ["one", "" if i % 5 else "two"]} for i in range(40)}
     (tmp_path / "caption.json").write_text(json.dumps(data))

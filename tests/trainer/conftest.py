@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from shard_factory import write_codebook, write_token_shards
 
 

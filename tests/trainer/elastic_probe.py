@@ -23,9 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from trainer.config import load_config  # noqa: E402
-from trainer.distributed import import_deepspeed, init_distributed, leave_distributed  # noqa: E402
-from trainer.train import Trainer  # noqa: E402
+from videobert.trainer.config import load_config  # noqa: E402
+from videobert.trainer.distributed import import_deepspeed, init_distributed, leave_distributed  # noqa: E402
+from videobert.trainer.train import Trainer  # noqa: E402
 
 
 def engine_state(trainer: Trainer) -> dict:

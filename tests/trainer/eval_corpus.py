@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from shards import schema
+from videobert.shards import schema
 
 VERBS = ("stir", "shake", "roll", "flip")
 NOUNS = ("tomato", "lemon", "bread", "cheese")
@@ -29,9 +29,9 @@ def write_codebook(path: Path, seed: int = 0):
     """A 4 x 4 codebook over the synthetic encoder's features (random centroids)."""
     import torch
 
-    from models.visual.codebook import Codebook
-    from models.visual.encoder import EncoderSpec
-    from models.visual.synthetic import FEATURE_DIM
+    from videobert.models.visual.codebook import Codebook
+    from videobert.models.visual.encoder import EncoderSpec
+    from videobert.models.visual.synthetic import FEATURE_DIM
 
     g = torch.Generator().manual_seed(seed)
     spec = EncoderSpec(name="synthetic", fps=FPS, clip_len=CLIP_LEN, frame_size=(SIZE, SIZE), feature_dim=FEATURE_DIM)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.audit import read_audit
-from trainer.run_folder import RunFolder
+from videobert.trainer.audit import read_audit
+from videobert.trainer.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("elastic_probe.py")
@@ -39,8 +39,10 @@ def train_command(run_dir: Path, inputs: Path, nproc: int, overrides: list[str],
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     if nproc == 0:
         launcher = [sys.executable]
-    program = [str(PROBE), str(probe)] if probe else ["-m", "trainer.train", "--config", str(ROOT / "launch/recipes/debug.yaml")]
-    return [*launcher, *program, *trainer_args(run_dir, inputs, overrides)]
+    settings = trainer_args(run_dir, inputs, overrides)
+    if probe:
+        return [*launcher, str(PROBE), str(probe), *settings]
+    return [*launcher, "-m", "videobert.trainer.train", "--config", "debug", *(f"--{s}" for s in settings)]
 
 
 def launch(run_dir: Path, inputs: Path, *overrides: str, nproc: int = 2, probe: Path | None = None) -> subprocess.Popen:

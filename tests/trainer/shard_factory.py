@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shards import schema
-from shards.writer import ShardWriter
+from videobert.shards import schema
+from videobert.shards.writer import ShardWriter
 
 WORDS = "cut stir pour shake roll flip press lift".split()
 NOUNS = "tomato egg carrot onion cheese bread lemon potato".split()
@@ -49,8 +49,8 @@ def write_codebook(path: Path, *, branching: int = 8, depth: int = 2, feature_di
     """A codebook file (random centroids: the trainer only needs its vocabulary size and hash)."""
     import torch
 
-    from models.visual.codebook import Codebook
-    from models.visual.encoder import EncoderSpec
+    from videobert.models.visual.codebook import Codebook
+    from videobert.models.visual.encoder import EncoderSpec
 
     g = torch.Generator().manual_seed(seed)
     spec = EncoderSpec(name="synthetic", fps=10.0, clip_len=15, frame_size=(64, 64), feature_dim=feature_dim)
@@ -89,10 +89,10 @@ def fit_codebook_on(clip_folder: Path, path: Path, *, branching: int = 4, depth:
     """A real codebook: the synthetic encoder's features of the clips, hierarchical k-means."""
     import torch
 
-    from models.visual.codebook import Codebook
-    from models.visual.kmeans import fit_hierarchical_kmeans
-    from models.visual.synthetic import SyntheticEncoder
-    from shards import reader
+    from videobert.models.visual.codebook import Codebook
+    from videobert.models.visual.kmeans import fit_hierarchical_kmeans
+    from videobert.models.visual.synthetic import SyntheticEncoder
+    from videobert.shards import reader
 
     samples = list(reader.iter_samples(reader.resolve_shards(clip_folder)))
     first = samples[0].meta

@@ -14,7 +14,7 @@ import math
 
 import pytest
 
-from trainer.evaluation.caption_metrics import CaptionScorer, format_score, java_available
+from videobert.trainer.evaluation.captioning.metrics import CaptionScorer, format_score, java_available
 
 needs_java = pytest.mark.skipif(not java_available(), reason="METEOR and the PTB tokenizer need a Java runtime")
 

@@ -6,18 +6,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import eval_corpus
 import numpy as np
 import pytest
+import tiny_videobert
 import torch
 from PIL import Image
 
-import eval_corpus
-import tiny_videobert
-from trainer import cli
-from trainer.evaluation.caption_training import CaptionerSettings, CaptionTrainingError, train_captioner
-from trainer.evaluation.captioner import CaptionWords
-from trainer.evaluation.features import CAPTION_TEMPLATE, feature_prompt, prompt_rows, videobert_features
-from trainer.evaluation.probes import ProbeLabels, run_probes
+from videobert.trainer import cli
+from videobert.trainer.evaluation.captioning.captioner import CaptionWords
+from videobert.trainer.evaluation.captioning.config import CaptionConfig
+from videobert.trainer.evaluation.captioning.features import (
+    CAPTION_TEMPLATE, feature_prompt, prompt_rows, videobert_features,
+)
+from videobert.trainer.evaluation.captioning.probes import ProbeLabels, run_probes
+from videobert.trainer.evaluation.captioning.rows import decode
+from videobert.trainer.evaluation.captioning.training import CaptionerSettings, CaptionTrainingError, train_captioner
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +60,7 @@ def test_the_feature_template_and_where_its_masks_are(minilm_dir):
 
 
 def test_videobert_features_are_the_means_at_the_video_and_at_the_masks(untrained):
-    from trainer.evaluation.load import load_model
+    from videobert.trainer.evaluation.load import load_model
 
     loaded = load_model(untrained)
     vocab, model = loaded.vocab, loaded.model
@@ -85,8 +89,6 @@ def _planted(n: int, seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
 
 
 def test_a_captioner_names_the_verb_only_when_it_reads_the_features(tmp_path):
-    from trainer.evaluation.caption import CaptionConfig, decode
-
     train_x, train_captions, _ = _planted(240, seed=0)
     test_x, _, test_verbs = _planted(60, seed=1)
     words = CaptionWords.from_captions(train_captions)
@@ -198,7 +200,7 @@ def test_two_processes_share_the_rows_and_write_the_table_of_one(corpus, untrain
     _, one, _ = captioned
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "trainer.evaluation.caption", *_caption_args(corpus, untrained, tmp_path / "two")[1:]]
+               "-m", "videobert.trainer.evaluation.captioning.command", *_caption_args(corpus, untrained, tmp_path / "two")[1:]]
     done = subprocess.run(command, cwd=tiny_videobert.ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "results.json").read_text())

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shards import reader, schema
-from trainer.data import (
-    SAMPLE_EPOCHS, SAMPLE_KEYS, BatchStream, StreamPosition, StreamSpec, epoch_items, epoch_shards, make_loader,
-    ReadErrors, repartition, stream_items,
+from videobert.shards import reader, schema
+from videobert.trainer.data import (
+    SAMPLE_EPOCHS, SAMPLE_KEYS, BatchStream, ReadErrors, StreamPosition, StreamSpec, epoch_items, epoch_shards,
+    make_loader, repartition, stream_items,
 )
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from shards import schema
-from trainer.run_folder import COMPLETE, RunFolder, step_dirs
+from videobert.shards import schema
+from videobert.trainer.run_folder import COMPLETE, RunFolder, step_dirs
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ SMALL = ["--train-videos", "4", "--heldout-videos", "2", "--steps", "4", "--dept
 def demo(out: Path) -> str:
     """The demo's console output (stdout and the log)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, "-m", "trainer.cli", "demo", "--out", str(out), *SMALL], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "videobert.trainer.cli", "demo", "--out", str(out), *SMALL], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-5000:]
     return done.stdout

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from jobs import ROOT, audit_by_epoch, finish, kill_tree, launch, metrics, start, tail, trainer_args, wait_for
 from shard_factory import write_codebook, write_token_shards
-from trainer.checkpoint import CheckpointError, consolidated_model, plan_resume, seed_new_rank
-from trainer.run_folder import CheckpointFolder, RunFolder, latest_complete
+
+from videobert.trainer.checkpoint import CheckpointError, consolidated_model, plan_resume, seed_new_rank
+from videobert.trainer.run_folder import CheckpointFolder, RunFolder, latest_complete
 
 pytestmark = pytest.mark.slow
 
@@ -178,14 +178,14 @@ def test_three_ranks_resume_on_two(three, inputs):
 
 
 def _audit_lines(run: Path, rank: int) -> list[dict]:
-    from trainer.audit import read_audit
+    from videobert.trainer.audit import read_audit
 
     path = RunFolder(run).audit(rank)
     return read_audit(path) if path.exists() else []
 
 
 def test_a_checkpoint_missing_an_old_ranks_file_is_refused_before_the_engine_is_built(saved, inputs, tmp_path):
-    from models.visual.codebook import Codebook
+    from videobert.models.visual.codebook import Codebook
 
     root = tmp_path / "checkpoints"
     shutil.copytree(saved[0] / "checkpoints" / "step-4", root / "step-4")
@@ -198,7 +198,7 @@ def test_a_checkpoint_missing_an_old_ranks_file_is_refused_before_the_engine_is_
 
 
 def test_a_damaged_old_rank_file_is_named(saved, tmp_path):
-    from trainer.reshard import ReshardError, _OldRank
+    from videobert.trainer.reshard import ReshardError, _OldRank
 
     folder = shutil.copytree(saved[0] / "checkpoints" / "step-4", tmp_path / "step-4")
     victim = next(folder.glob("*zero_pp_rank_1_*optim_states.pt"))
@@ -208,8 +208,8 @@ def test_a_damaged_old_rank_file_is_named(saved, tmp_path):
 
 
 def test_a_checkpoint_of_another_model_or_codebook_is_refused_before_loading(saved, inputs, tmp_path):
-    from models.visual.codebook import Codebook
-    from trainer.config import ConfigError
+    from videobert.models.visual.codebook import Codebook
+    from videobert.trainer.config import ConfigError
 
     root = saved[0] / "checkpoints"
     codebook = Codebook.load(inputs / "codebook.safetensors")
@@ -259,7 +259,7 @@ def test_torchrun_agents_shrink_the_job_when_a_node_dies_and_grow_it_when_one_jo
     host, guest = dict(env, RDZV_CONF=f"{rdzv},is_host=true"), dict(env, RDZV_CONF=f"{rdzv},is_host=false")
     overrides = [*COMMON, "max_steps=100000", "checkpoint.every_steps=2", "data.num_workers=0", "dist_timeout_s=60"]
     command = ["bash", str(ROOT / "launch/train_torchrun_elastic.sh"), str(ROOT / "launch/recipes/debug.yaml"),
-               *trainer_args(run, inputs, overrides)]
+               *(f"--{s}" for s in trainer_args(run, inputs, overrides))]
     agents = {"a": start(command, run / "node-a.log", **host), "b": start(command, run / "node-b.log", **guest)}
     try:
         wait_for(lambda: _complete(run, 2, after=4) is not None, agents["a"], run, log="node-a.log")

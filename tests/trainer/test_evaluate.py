@@ -18,19 +18,19 @@ import sys
 import time
 from pathlib import Path
 
+import eval_corpus
 import numpy as np
 import pytest
+import tiny_videobert
 import torch
 import yaml
 from PIL import Image
 
-import eval_corpus
-import tiny_videobert
-from shards import reader
-from trainer import cli
-from trainer.evaluation.evaluate import EvalConfig, evaluate
-from trainer.evaluation.load import ModelLoadError, load_model
-from trainer.run_folder import EXPORT_CONFIG, EXPORT_INFO
+from videobert.shards import reader
+from videobert.trainer import cli
+from videobert.trainer.evaluation.evaluate import EvalConfig, evaluate
+from videobert.trainer.evaluation.load import ModelLoadError, load_model
+from videobert.trainer.run_folder import EXPORT_CONFIG, EXPORT_INFO
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -89,7 +89,7 @@ def test_roc_auc_is_the_mann_whitney_statistic():
     """Checked against scikit-learn on scores with ties, and at its ends."""
     from sklearn.metrics import roc_auc_score
 
-    from trainer.evaluation.heldout import roc_auc
+    from videobert.trainer.evaluation.heldout import roc_auc
 
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 20, 300) / 20.0  # many ties
@@ -121,7 +121,7 @@ def test_report_files_and_pictures(evaluated):
 def test_two_processes_give_the_numbers_of_one(corpus, trained, evaluated, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "trainer.evaluation.evaluate", *_eval_args(corpus, trained, tmp_path)]
+               "-m", "videobert.trainer.evaluation.evaluate", *_eval_args(corpus, trained, tmp_path)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     two = json.loads((tmp_path / "results.json").read_text())
@@ -140,10 +140,12 @@ def checkpoint_run(corpus, tmp_path_factory) -> Path:
     """A 4-step DeepSpeed run of the tiny preset with one checkpoint (its config names the held-out shards)."""
     run = tmp_path_factory.mktemp("checkpoint-run") / "run"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "trainer.train", "--config", str(tiny_videobert.RECIPE), f"run_dir={run}",
-               f"data.train={corpus['train']}", f"data.heldout={corpus['heldout']}", f"data.codebook={corpus['codebook']}",
-               f"deepspeed_config={ROOT / 'ds_config.json'}", "max_steps=4", "checkpoint.every_steps=4",
-               "logging.every_steps=1", "logging.progress=false", "data.num_workers=0", *tiny_videobert.TRAINING]
+    settings = [f"run_dir={run}", f"data.train={corpus['train']}", f"data.heldout={corpus['heldout']}",
+                f"data.codebook={corpus['codebook']}", f"deepspeed_config={ROOT / 'ds_config.json'}", "max_steps=4",
+                "checkpoint.every_steps=4", "logging.every_steps=1", "logging.progress=false", "data.num_workers=0",
+                *tiny_videobert.TRAINING]
+    command = [sys.executable, "-m", "videobert.trainer.train", "--config", str(tiny_videobert.RECIPE),
+               *(f"--{s}" for s in settings)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return run
@@ -211,7 +213,7 @@ def test_an_interrupted_export_leaves_the_previous_one_whole(checkpoint_run, tmp
     assert cli.main(["export", str(checkpoint_run), "--out", str(out)]) == 0
     before = _files(out)
     partial = tmp_path / ".export.partial"
-    job = subprocess.Popen([sys.executable, "-m", "trainer.cli", "export", str(checkpoint_run), "--out", str(out)],
+    job = subprocess.Popen([sys.executable, "-m", "videobert.trainer.cli", "export", str(checkpoint_run), "--out", str(out)],
                            cwd=ROOT, env={**os.environ, "DS_ACCELERATOR": "cpu"}, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -251,7 +253,7 @@ def test_eval_reads_only_complete_safetensors_exports(trained, tmp_path, capsys)
     assert cli.main(["export", str(trained), "--out", str(tmp_path / "again")]) == 2
     assert "is already an exported directory" in capsys.readouterr().err
     loaded = load_model(trained)
-    from trainer.evaluation.export import write_export
+    from videobert.trainer.export import write_export
 
     with pytest.raises(ModelLoadError, match="holds files that are not a VideoBERT export"):
         write_export(loaded.model, loaded.tokenizer, loaded.cfg, mine, step=1, checkpoint=None, codebook_hash="x")

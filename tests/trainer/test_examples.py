@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from transformers import BertTokenizerFast
 
-from models.vocab import IGNORE_INDEX, TEXT_TYPE, VIDEO_TYPE, JointVocab
-from trainer.config import ObjectivesConfig
-from trainer.examples import ALIGNED, JOINT, MISALIGNED, TEXT_ONLY, VIDEO_ONLY, ExampleBuilder, TrainingItem, resolve_visual
+from videobert.models.vocab import IGNORE_INDEX, TEXT_TYPE, VIDEO_TYPE, JointVocab
+from videobert.trainer.config import ObjectivesConfig
+from videobert.trainer.example_builder import (
+    ALIGNED, JOINT, MISALIGNED, TEXT_ONLY, VIDEO_ONLY, ExampleBuilder, TrainingItem, resolve_visual,
+)
 
 NUM_VISUAL = 40
 

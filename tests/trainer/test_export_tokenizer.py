@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import eval_corpus
 import numpy as np
 import pytest
+import tiny_videobert
 import torch
 
-import eval_corpus
-import tiny_videobert
-from models.vocab import JointVocab
-from shards import reader
+from videobert.models.vocab import JointVocab
+from videobert.shards import reader
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def trained(corpus, tmp_path_factory) -> Path:
 def test_visual_words_stay_one_id_and_the_pair_is_laid_out_as_trained(trained):
     from transformers import AutoTokenizer, BertTokenizerFast
 
-    from trainer.evaluation.load import load_model
+    from videobert.trainer.evaluation.load import load_model
 
     vocab = load_model(trained).vocab
     tokenizer = AutoTokenizer.from_pretrained(str(trained))

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
+import eval_corpus
 import numpy as np
 import pytest
 import torch
 
-import eval_corpus
-from models.config import preset
-from models.videobert import VideoBertForPreTraining
-from models.visual.codebook import Codebook
-from models.visual.encoder import build_encoder
-from models.visual.tokenizer import VisualTokenizer
-from models.vocab import JointVocab
-from shards import reader
-from trainer.evaluation import generate
+from videobert.models.config import preset
+from videobert.models.videobert import VideoBertForPreTraining
+from videobert.models.visual.codebook import Codebook
+from videobert.models.visual.encoder import build_encoder
+from videobert.models.visual.tokenizer import VisualTokenizer
+from videobert.models.vocab import JointVocab
+from videobert.shards import reader
+from videobert.trainer.evaluation import generate
 
 
 @pytest.fixture(scope="module")
 def tokenizer(minilm_dir):
-    from models.hf_interop import load_text_tokenizer
+    from videobert.models.hf_interop import load_text_tokenizer
 
     return load_text_tokenizer(minilm_dir)
 

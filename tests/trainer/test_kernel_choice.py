@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from trainer.build import resolve_kernels
-from trainer.checkpoint import consolidated_model
-from trainer.config import ConfigError, load_config
-from trainer.run_folder import MODEL_CONFIG, latest_complete
+from videobert.trainer.build import resolve_kernels
+from videobert.trainer.checkpoint import consolidated_model
+from videobert.trainer.config import ConfigError, load_config
+from videobert.trainer.run_folder import MODEL_CONFIG, latest_complete
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ["data.train=shards/train", "data.codebook=codebook.safetensors"]
@@ -41,13 +41,12 @@ def test_triton_without_a_gpu_or_the_interpreter_is_refused_with_the_fix(monkeyp
 
 
 def _train(run_dir: Path, inputs: Path, kernels: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable, "-m", "trainer.train", "--config", str(ROOT / "launch/recipes/debug.yaml"),
+    command = [sys.executable, "-m", "videobert.trainer.train", "--config", "debug"] + [f"--{s}" for s in (
         f"run_dir={run_dir}", f"data.train={inputs / 'train'}", f"data.codebook={inputs / 'codebook.safetensors'}",
         f"deepspeed_config={ROOT / 'ds_config.json'}", "model.init=", "model.preset=tiny", "data.text_model=minilm",
         "max_steps=3", "data.num_workers=0", "optim.micro_batch_size=4", "objectives.video_mask_prob=0.5",
         "logging.every_steps=1", "logging.progress=false", "checkpoint.every_steps=3", f"model.kernels={kernels}",
-    ]
+    )]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
 

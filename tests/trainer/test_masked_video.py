@@ -3,16 +3,15 @@ pass over real shards (every visual token a target once, baselines computed from
 
 from __future__ import annotations
 
-
+import eval_corpus
 import numpy as np
 import pytest
+import tiny_videobert
 import torch
 
-import eval_corpus
-import tiny_videobert
-from models.vocab import JointVocab
-from shards import reader
-from trainer.evaluation.masked_video import InTurnTally, evaluate_in_turn, masked_rows, train_counts
+from videobert.models.vocab import JointVocab
+from videobert.shards import reader
+from videobert.trainer.evaluation.masked_video import InTurnTally, evaluate_in_turn, masked_rows, train_counts
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +57,7 @@ def corpus(tmp_path_factory):
 
 
 def test_the_pass_over_held_out_shards(corpus, tmp_path):
-    from trainer.evaluation.load import load_model
+    from videobert.trainer.evaluation.load import load_model
 
     loaded = load_model(tiny_videobert.exported_tiny(corpus, tmp_path / "export", steps=0))
     urls = reader.resolve_shards([str(corpus["heldout"])])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.videobert import VideoBertForPreTraining
-from models.vocab import JointVocab
-from trainer import build
-from trainer.config import ConfigError, load_config
+from videobert.models.videobert import VideoBertForPreTraining
+from videobert.models.vocab import JointVocab
+from videobert.trainer import build
+from videobert.trainer.config import ConfigError, load_config
 
 DATA = ["data.train=shards/train", "data.codebook=codebook.safetensors", "data.text_model=minilm"]
 PAPER_VOCAB = JointVocab(text_vocab_size=30522, num_visual_tokens=20736, cls_id=101, sep_id=102, mask_id=103,

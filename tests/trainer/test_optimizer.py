@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.hf_interop import from_pretrained_bert, load_text_tokenizer
-from models.vocab import JointVocab
-from trainer.build import resolve_bert_dir
-from trainer.config import load_config
-from trainer.optim import build_optimizer, lr_multiplier
+from videobert.models.hf_interop import from_pretrained_bert, load_text_tokenizer
+from videobert.models.vocab import JointVocab
+from videobert.trainer.build import resolve_bert_dir
+from videobert.trainer.config import load_config
+from videobert.trainer.optim import build_optimizer, lr_multiplier
 
 RECIPE = Path(__file__).resolve().parents[2] / "launch" / "recipes" / "debug.yaml"
 
@@ -59,8 +59,8 @@ def test_the_schedule_scales_every_group_alike(minilm):
 
 
 def test_a_model_from_a_preset_has_one_learning_rate(tmp_path):
-    from models.config import preset
-    from models.videobert import VideoBertForPreTraining
+    from videobert.models.config import preset
+    from videobert.models.videobert import VideoBertForPreTraining
 
     vocab = JointVocab.from_tokenizer(load_text_tokenizer(resolve_bert_dir("minilm")), 16)
     model = VideoBertForPreTraining(preset("tiny", vocab))

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from trainer.reshard import _new_piece
+from videobert.trainer.reshard import _new_piece
 
 
 class _Pieces:

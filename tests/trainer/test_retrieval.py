@@ -7,16 +7,17 @@ import json
 from math import comb
 from pathlib import Path
 
+import eval_corpus
 import numpy as np
 import pytest
+import tiny_videobert
 import torch
 from PIL import Image
 
-import eval_corpus
-import tiny_videobert
-from trainer import cli
-from trainer.evaluation.retrieval import (aligned_probabilities, first_correct_ranks, pair_rows, retrieval_metrics,
-                                          score_matrix)
+from videobert.trainer import cli
+from videobert.trainer.evaluation.retrieval import (
+    aligned_probabilities, first_correct_ranks, pair_rows, retrieval_metrics, score_matrix,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +68,7 @@ def untrained(corpus, tmp_path_factory) -> Path:
 
 
 def test_every_pair_is_one_joint_sequence_whatever_the_batch(untrained):
-    from trainer.evaluation.load import load_model
+    from videobert.trainer.evaluation.load import load_model
 
     loaded = load_model(untrained)
     captions = ["now stir the tomato", "roll the bread", "flip it over now please"]
@@ -85,10 +86,10 @@ def test_every_pair_is_one_joint_sequence_whatever_the_batch(untrained):
 
 
 def test_masked_words_score_each_caption_by_its_own_verb_and_noun(corpus, untrained):
-    from trainer.evaluation.labels import read_vocabulary
-    from trainer.evaluation.load import load_model
-    from trainer.evaluation.retrieval import masked_word_scores
-    from trainer.evaluation.zeroshot import ZeroShotClassifier
+    from videobert.trainer.evaluation.labels import read_vocabulary
+    from videobert.trainer.evaluation.load import load_model
+    from videobert.trainer.evaluation.retrieval import masked_word_scores
+    from videobert.trainer.evaluation.zeroshot import ZeroShotClassifier
 
     loaded = load_model(untrained)
     labels = read_vocabulary(corpus["vocabulary"])

@@ -8,9 +8,9 @@ import shutil
 
 from PIL import Image
 
-from trainer.evaluation import report
-from trainer.metrics import TensorBoard
-from trainer.run_folder import RunFolder
+from videobert.trainer.evaluation import report
+from videobert.trainer.metrics import TensorBoard
+from videobert.trainer.run_folder import RunFolder
 
 
 def test_a_cut_metrics_line_is_dropped_when_the_run_resumes(tmp_path):

@@ -8,11 +8,13 @@ import os
 import signal
 
 import pytest
+from jobs import finish, kill_tree, launch, metrics
+from jobs import tail as _tail
+from jobs import wait_for
 
-from jobs import finish, kill_tree, launch, metrics, tail as _tail, wait_for
-from trainer.audit import read_audit
-from trainer.checkpoint import consolidated_model, recover_interrupted_saves
-from trainer.run_folder import COMPLETE, CheckpointFolder, RunFolder, latest_complete, staged_dirs, step_dirs
+from videobert.trainer.audit import read_audit
+from videobert.trainer.checkpoint import consolidated_model, recover_interrupted_saves
+from videobert.trainer.run_folder import COMPLETE, CheckpointFolder, RunFolder, latest_complete, staged_dirs, step_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -137,8 +139,9 @@ def test_an_interrupted_save_is_finished_or_undone_never_lost(tmp_path, left, ex
 
 def test_clip_shards_train_exactly_like_their_token_shards(tmp_path):
     """Clips tokenized inside the step give the same run as tokens made by `shards tokenize`."""
-    from shards.tokenize import TokenizeConfig, tokenize
     from shard_factory import fit_codebook_on, write_clip_shards
+
+    from videobert.shards.tokenize_clips import TokenizeConfig, tokenize
 
     inputs = tmp_path / "inputs"
     write_clip_shards(inputs / "clips", videos=12, segments=3, shards=3)

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.config import BatchSizes, ConfigError, TrainConfig, batch_sizes, load_config, save_config
-from trainer.engine import build_ds_config
-from trainer.optim import lr_multiplier
+from videobert.trainer.config import (
+    RECIPES_DIR, BatchSizes, ConfigError, TrainConfig, batch_sizes, load_config, resolve_recipe, save_config,
+    shipped_file, shipped_recipes,
+)
+from videobert.trainer.engine import build_ds_config
+from videobert.trainer.optim import lr_multiplier
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "launch" / "recipes").glob("*.yaml"))
@@ -30,6 +33,9 @@ OWNED_BY_THE_MODEL = {"model.gradient_checkpointing", "objectives.text_mlm_weigh
 """Keys whose unset value is now None (the model's or the preset's own value) instead of a copy of it."""
 ADDED_SINCE = {"model.kernels": "auto", "data.audit": False, "optim.global_batch_size": 0, "dist_timeout_s": 0.0}
 """Keys the config gained after that snapshot, with the defaults that keep the recorded behaviour."""
+SAME_MEANING = {"deepspeed_config": ("ds_config.json", "")}
+"""Keys whose default is spelt otherwise now, with the same effect: (before, now). An empty
+``deepspeed_config`` is the ds_config.json installed with the package, the file the relative name found."""
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -45,6 +51,9 @@ def test_recipes_resolve_as_before(name):
     now = _flat(load_config(ROOT / "launch" / "recipes" / f"{name}.yaml", ["data.train=SHARDS", "data.codebook=CODEBOOK"]).to_dict())
     assert {k: now.pop(k) for k in ADDED_SINCE} == ADDED_SINCE
     assert now.keys() == before.keys()
+    for key, (old, new) in SAME_MEANING.items():
+        assert (before[key], now[key]) == (old, new)
+        before[key] = now[key]
     changed = {k for k in now if now[k] != before[k]}
     assert changed <= OWNED_BY_THE_MODEL, {k: (before[k], now[k]) for k in changed - OWNED_BY_THE_MODEL}
     for key in changed:  # the values the model now supplies are the ones the recipes used to restate
@@ -179,3 +188,15 @@ def test_deepspeed_universal_load_stays_off(tmp_path):
     cfg.deepspeed_config = str(tmp_path / "ds.json")
     with pytest.raises(ConfigError, match="checkpoint.load_universal is True there"):
         build_ds_config(cfg, world_size=3, hidden_size=64)
+
+
+def test_a_recipe_is_named_by_path_or_by_its_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert {"demo", "debug"} <= set(shipped_recipes())
+    assert resolve_recipe("demo") == shipped_file(RECIPES_DIR) / "demo.yaml"
+    (tmp_path / "demo").mkdir()  # a folder of that name (a run folder, say) does not hide the recipe
+    assert resolve_recipe("demo") == shipped_file(RECIPES_DIR) / "demo.yaml"
+    (tmp_path / "mine").write_text("max_steps: 3\n")
+    assert resolve_recipe("mine") == Path("mine")  # a file of that name is a path
+    with pytest.raises(ConfigError, match="neither a file nor a shipped recipe"):
+        resolve_recipe("no-such-recipe")

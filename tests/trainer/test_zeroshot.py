@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.config import preset
-from models.videobert import VideoBertForPreTraining
-from models.vocab import JointVocab
-from trainer.evaluation.heldout import roc_auc
-from trainer.evaluation.labels import LabelError, LabelVocabulary, read_labels, read_vocabulary, words_of_sentence
-from trainer.evaluation.zeroshot import (
+from videobert.models.config import preset
+from videobert.models.videobert import VideoBertForPreTraining
+from videobert.models.vocab import JointVocab
+from videobert.trainer.evaluation.heldout import roc_auc
+from videobert.trainer.evaluation.labels import (
+    LabelError, LabelVocabulary, read_labels, read_vocabulary, words_of_sentence,
+)
+from videobert.trainer.evaluation.zeroshot import (
     ZeroShotClassifier, ZeroShotError, ZeroShotTally, build_prompt, label_pieces, mask_log_probs, prompt_sequences,
 )
 
@@ -24,7 +26,7 @@ THE = 1996
 
 @pytest.fixture(scope="module")
 def tokenizer(minilm_dir):
-    from models.hf_interop import load_text_tokenizer
+    from videobert.models.hf_interop import load_text_tokenizer
 
     return load_text_tokenizer(minilm_dir)
 

@@ -26,7 +26,7 @@ TRAINING = [
 
 
 def run_config(corpus: dict, steps: int, extra: tuple[str, ...] = ()):
-    from trainer.config import load_config
+    from videobert.trainer.config import load_config
 
     return load_config(RECIPE, [f"data.train={corpus['train']}", f"data.heldout={corpus['heldout']}",
                                 f"data.codebook={corpus['codebook']}", f"max_steps={steps}", *TRAINING, *extra])
@@ -34,14 +34,14 @@ def run_config(corpus: dict, steps: int, extra: tuple[str, ...] = ()):
 
 def exported_tiny(corpus: dict, out: Path, steps: int, seed: int = 0, extra: tuple[str, ...] = ()) -> Path:
     """The tiny preset trained ``steps`` steps (0: as initialised) on the corpus, exported to ``out``."""
-    from models.videobert import MODEL_INPUTS, VideoBertForPreTraining
-    from models.visual.codebook import Codebook
-    from models.vocab import JointVocab
-    from trainer import build
-    from trainer.data import BatchStream, StreamPosition
-    from trainer.distributed import DistInfo
-    from trainer.evaluation.export import write_export
-    from trainer.examples import ExampleBuilder
+    from videobert.models.videobert import MODEL_INPUTS, VideoBertForPreTraining
+    from videobert.models.visual.codebook import Codebook
+    from videobert.models.vocab import JointVocab
+    from videobert.trainer import build
+    from videobert.trainer.data import BatchStream, StreamPosition
+    from videobert.trainer.distributed import DistInfo
+    from videobert.trainer.example_builder import ExampleBuilder
+    from videobert.trainer.export import write_export
 
     torch.manual_seed(seed)
     cfg = run_config(corpus, max(steps, 1), extra)

@@ -4,7 +4,7 @@ video-to-text, and a report with tables and pictures.
   videobert eval runs/demo/train \\
       --zero-shot runs/demo/tokens/eval --labels runs/demo/corpus/heldout/annotations.json \\
       --vocabulary runs/demo/corpus/vocabulary.json --clips runs/demo/clips/eval
-  torchrun --nproc_per_node 2 -m trainer.evaluation.evaluate runs/demo/train ...   # ranks split the shards
+  torchrun --nproc_per_node 2 -m videobert.trainer.evaluation.evaluate runs/demo/train ...   # ranks split the shards
   videobert eval runs/demo/export ...                                    # a `videobert export` directory
 
 MODEL is a run folder (its newest complete checkpoint), a step-N checkpoint folder, or an exported
@@ -39,10 +39,25 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from shards.options import Flag, add_config_arguments, config_from_args
-from trainer import distributed
-from trainer.evaluation.zeroshot import PAPER_TEMPLATE
-from trainer.run_folder import CaptionFolder, RunFolder, read_json
+from videobert.models.errors import VideoBertError
+from videobert.models.visual.codebook import check_hash
+from videobert.shards import reader, schema
+from videobert.shards.options import Flag, add_config_arguments, config_from_args
+from videobert.trainer import distributed
+from videobert.trainer.config import ObjectivesConfig
+from videobert.trainer.evaluation import generate, report
+from videobert.trainer.evaluation.captioning.features import read_segments
+from videobert.trainer.evaluation.heldout import evaluate_model, sample_tokens
+from videobert.trainer.evaluation.labels import read_labels, read_vocabulary
+from videobert.trainer.evaluation.load import load_model, visual_tokenizer_for
+from videobert.trainer.evaluation.masked_video import evaluate_in_turn, train_counts
+from videobert.trainer.evaluation.retrieval import examples as retrieval_examples
+from videobert.trainer.evaluation.retrieval import masked_word_scores, retrieval_metrics, score_matrix
+from videobert.trainer.evaluation.tables import format_tables
+from videobert.trainer.evaluation.zeroshot import (
+    PAPER_TEMPLATE, EvalSegment, ZeroShotClassifier, build_prompt, evaluate_zeroshot,
+)
+from videobert.trainer.run_folder import CaptionFolder, RunFolder, read_json
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,7 +123,6 @@ class Context:
 
 def evaluate(config: EvalConfig) -> dict[str, Any] | None:
     """Run every job whose inputs are given; rank 0 writes the report and returns the results."""
-    from trainer.evaluation.load import load_model
 
     started = time.perf_counter()
     dist_info = distributed.init_distributed()
@@ -148,26 +162,6 @@ def _visual_tokenizer(ctx: Context):
     return visual_tokenizer_for(ctx.loaded, ctx.config.codebook, ctx.config.encoder_weights, ctx.device)
 
 
-def visual_tokenizer_for(loaded: Any, codebook: str | None, encoder_weights: str | None, device: torch.device):
-    """The visual tokenizer of ``codebook`` (default: the run's ``data.codebook``), checked against the
-    model's codebook; None when no codebook is known."""
-    from models.visual.tokenizer import VisualTokenizer
-
-    cfg = loaded.cfg
-    path = codebook or (cfg.data.codebook if cfg else None)
-    if not path:
-        return None
-    weights = encoder_weights or (cfg.data.encoder_weights if cfg else "")
-    visual = VisualTokenizer.from_codebook(path, **({"weights": weights} if weights else {})).to(device).eval()
-    if loaded.codebook_hash:
-        visual.codebook.check_hash(loaded.codebook_hash, f"the model (name its codebook with --codebook, not {path})")
-    return visual
-
-
-class EvalError(ValueError):
-    """Inputs that do not fit together; the message names them and the fix."""
-
-
 # ---------------------------------------------------------------------------------------------
 # jobs
 
@@ -180,8 +174,6 @@ def _resolve(spec: Sequence[str], what: str, ctx: Context, *, from_model: bool =
     """Shard URLs of a spec; token shards must come from the model's codebook. ``from_model``: the spec
     was read from the model's own config, which is not the user's: it may name local shards only
     unless the user trusts it (README: trust)."""
-    from models.visual.codebook import check_hash
-    from shards import reader, schema
 
     untrusted = from_model and not ctx.config.trust_model_config
     urls = reader.resolve_shards(
@@ -189,26 +181,23 @@ def _resolve(spec: Sequence[str], what: str, ctx: Context, *, from_model: bool =
         allow=f"name the shards yourself with {what} SHARDS, or add {TRUST_FLAG} if you trust that file",
     )
     if not urls:
-        raise EvalError(f"{what}: {list(spec)} names no complete shard")
+        raise VideoBertError(f"{what}: {list(spec)} names no complete shard")
     # Unreadable samples are the job's to list (it reads them all); here only the kind of the first readable one counts.
     first = next(iter(reader.iter_samples(urls, decode_arrays=False, on_error=lambda url, e: None)), None)
     known = ctx.loaded.codebook_hash
     if first is not None and first.meta.kind == schema.TOKEN_KIND and known:
         check_hash(known, first.meta.codebook_hash, f"{what}: the token shards (the model knows codebook {known}'s words)")
     if first is not None and first.meta.kind == schema.CLIP_KIND and ctx.visual is None:
-        raise EvalError(f"{what}: clip shards need the codebook to tokenize them: name it with --codebook")
+        raise VideoBertError(f"{what}: clip shards need the codebook to tokenize them: name it with --codebook")
     return urls
 
 
 def zero_shot_job(ctx: Context, results: dict[str, Any]) -> bool:
-    from trainer.evaluation.labels import read_labels, read_vocabulary
-    from trainer.evaluation.zeroshot import ZeroShotClassifier, build_prompt, evaluate_zeroshot
-
     config = ctx.config
     if not config.zero_shot:
         return False
     if not (config.labels and config.vocabulary):
-        raise EvalError("--zero-shot needs --labels (per-segment verb and noun) and --vocabulary (the classes)")
+        raise VideoBertError("--zero-shot needs --labels (per-segment verb and noun) and --vocabulary (the classes)")
     vocabulary = read_vocabulary(config.vocabulary)
     labels = read_labels(config.labels, vocabulary)
     urls = _resolve(config.zero_shot, "--zero-shot", ctx)
@@ -232,10 +221,6 @@ def zero_shot_job(ctx: Context, results: dict[str, Any]) -> bool:
 
 
 def _eval_segments(urls: Sequence[str], visual: Any, on_error) -> Iterator[list]:
-    from shards import reader
-    from trainer.evaluation.heldout import sample_tokens
-    from trainer.evaluation.zeroshot import EvalSegment
-
     rank, world_size = distributed.world()
     for shard in distributed.share(urls, rank, world_size):
         yield [EvalSegment(key=s.key, video=s.meta.video_id, start=s.meta.start, end=s.meta.end,
@@ -243,9 +228,6 @@ def _eval_segments(urls: Sequence[str], visual: Any, on_error) -> Iterator[list]
 
 
 def heldout_job(ctx: Context, results: dict[str, Any]) -> bool:
-    from trainer.config import ObjectivesConfig
-    from trainer.evaluation.heldout import evaluate_model
-
     cfg, config = ctx.loaded.cfg, ctx.config
     spec = config.heldout if config.heldout is not None else tuple(cfg.data.heldout if cfg else ())
     if not spec:
@@ -266,8 +248,6 @@ def _video_in_turn(ctx: Context, urls: list[str]) -> dict[str, float]:
     unigram of the run's training tokens (token shards; without them, a uniform one)."""
     import numpy as np
 
-    from shards import reader
-    from trainer.evaluation.masked_video import evaluate_in_turn, train_counts
 
     r = ctx.loaded
     counts = np.zeros(r.vocab.num_visual_tokens)
@@ -285,9 +265,6 @@ def _video_in_turn(ctx: Context, urls: list[str]) -> dict[str, float]:
 def retrieval_job(ctx: Context, results: dict[str, Any]) -> bool:
     import numpy as np
 
-    from trainer.evaluation.features import read_segments
-    from trainer.evaluation.retrieval import examples as retrieval_examples
-    from trainer.evaluation.retrieval import retrieval_metrics, score_matrix
 
     config, r = ctx.config, ctx.loaded
     if not config.retrieval:
@@ -295,7 +272,7 @@ def retrieval_job(ctx: Context, results: dict[str, Any]) -> bool:
     urls = _resolve(config.retrieval, "--retrieval", ctx)
     segments = read_segments(urls, ctx.visual, limit=config.retrieval_segments)
     if len(segments) < 2:
-        raise EvalError(f"--retrieval: {list(config.retrieval)} holds {len(segments)} segment(s); ranking needs two or more")
+        raise VideoBertError(f"--retrieval: {list(config.retrieval)} holds {len(segments)} segment(s); ranking needs two or more")
     captions = [s.caption for s in segments]
     scores = score_matrix(r.model, r.tokenizer, r.vocab, captions, [s.tokens for s in segments], max_seq_len=ctx.max_seq_len,
                           device=ctx.device, batch_size=config.batch_size)
@@ -305,9 +282,6 @@ def retrieval_job(ctx: Context, results: dict[str, Any]) -> bool:
     results["retrieval"]["examples"] = retrieval_examples(scores, captions, keys)
     results["retrieval"]["examples_ranking"] = "alignment head"
     if config.vocabulary:
-        from trainer.evaluation.labels import read_vocabulary
-        from trainer.evaluation.retrieval import masked_word_scores
-        from trainer.evaluation.zeroshot import ZeroShotClassifier
 
         classifier = ZeroShotClassifier(r.model, r.tokenizer, r.vocab, read_vocabulary(config.vocabulary),
                                         template=config.template, max_seq_len=ctx.max_seq_len, device=ctx.device)
@@ -320,8 +294,6 @@ def retrieval_job(ctx: Context, results: dict[str, Any]) -> bool:
 
 def retrieval_picture(ctx: Context, results: dict[str, Any], out: Path) -> bool:
     """retrieval.png: a few captions and the first clips of the videos they retrieve (rank 0)."""
-    from shards import reader
-    from trainer.evaluation import generate
 
     shown = results.get("retrieval", {}).get("examples")
     if not shown or not ctx.config.clips:
@@ -336,8 +308,6 @@ def retrieval_picture(ctx: Context, results: dict[str, Any], out: Path) -> bool:
 
 def generation_job(ctx: Context, results: dict[str, Any], out: Path) -> dict[str, bool]:
     """Text-to-video and video-to-text with their pictures (rank 0 only)."""
-    from shards import reader
-    from trainer.evaluation import generate
 
     config, r = ctx.config, ctx.loaded
     if not config.clips or ctx.visual is None:
@@ -363,7 +333,6 @@ def generation_job(ctx: Context, results: dict[str, Any], out: Path) -> dict[str
 
 def _default_prompts(ctx: Context) -> list[str]:
     """The template filled with each verb of the vocabulary, nouns taken in turn."""
-    from trainer.evaluation.labels import read_vocabulary
 
     if not ctx.config.vocabulary:
         return []
@@ -383,8 +352,6 @@ def _out_dir(ctx: Context) -> Path:
 
 
 def _write(ctx: Context, results: dict[str, Any], pictures: dict[str, bool]) -> dict[str, Any]:
-    from trainer.evaluation import report
-
     out = _out_dir(ctx)
     if ctx.zero_shot_rows is not None:
         records, problems, label_problems, vocabulary = ctx.zero_shot_rows
@@ -408,21 +375,6 @@ def _add_captioning(folder: CaptionFolder, out: Path, results: dict[str, Any]) -
         results["captioning"] = captioning
 
 
-def format_tables(results: dict[str, Any]) -> str:
-    """The zero-shot, held-out, retrieval and captioning tables as plain text (what ``eval`` and ``demo`` print)."""
-    from trainer.evaluation.caption import format_table as caption_table
-    from trainer.evaluation.heldout import format_table as heldout_table
-    from trainer.evaluation.masked_video import format_table as in_turn_table
-    from trainer.evaluation.retrieval import format_table as retrieval_table
-    from trainer.evaluation.zeroshot import format_table as zeroshot_table
-
-    parts = [zeroshot_table(results["zero_shot"])] if "zero_shot" in results else []
-    parts += [heldout_table(results["heldout"])] if "heldout" in results else []
-    parts += [in_turn_table(results["heldout_video_in_turn"])] if "heldout_video_in_turn" in results else []
-    parts += [retrieval_table(results["retrieval"])] if "retrieval" in results else []
-    parts += [caption_table(results["captioning"])] if "captioning" in results else []
-    return "\n\n".join(parts)
-
 
 # ---------------------------------------------------------------------------------------------
 # command line
@@ -443,29 +395,18 @@ FLAGS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, EvalConfig, FLAGS)
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.visual.codebook import CodebookError
-    from shards.reader import ShardSpecError
-    from trainer.config import ConfigError
-    from trainer.evaluation.labels import LabelError
-    from trainer.evaluation.load import ModelLoadError
-    from trainer.evaluation.zeroshot import ZeroShotError
-
-    try:
-        results = evaluate(config_from_args(EvalConfig, args))
-    except (EvalError, LabelError, ModelLoadError, ZeroShotError, ConfigError, CodebookError, ShardSpecError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    results = evaluate(config_from_args(EvalConfig, args))
     if results is not None:
         print(format_tables(results))
         print(f"\nreport: {results['report']}")
     return 0
 
 
-if __name__ == "__main__":  # `python -m trainer.evaluation.evaluate`, as launchers start it
-    from trainer.cli import main
+if __name__ == "__main__":  # `python -m videobert.trainer.evaluation.evaluate`, as launchers start it
+    from videobert.trainer.cli import main
 
     sys.exit(main(["eval", *sys.argv[1:]]))

@@ -12,7 +12,7 @@ and the most likely words at the masks of the zero-shot template are listed, ove
 vocabulary (whole words only: no ``[...]`` special tokens, no ``##`` word continuations).
 ``video_to_text_grid`` draws each clip beside its caption and the predicted words; ``caption_grid``
 draws held-out segments beside their reference and each captioner's sentence
-(``trainer.evaluation.caption``), ``retrieval_grid`` captions beside the videos they retrieve
+(``trainer.evaluation.captioning.command``), ``retrieval_grid`` captions beside the videos they retrieve
 (``trainer.evaluation.retrieval``).
 """
 
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from models.vocab import JointVocab
-from shards import reader, schema
-from trainer.evaluation.zeroshot import PAPER_TEMPLATE, build_prompt, mask_log_probs
+from videobert.models.vocab import JointVocab
+from videobert.shards import reader, schema
+from videobert.trainer.evaluation.zeroshot import PAPER_TEMPLATE, build_prompt, mask_log_probs
 
 THUMB = 64
 """Side of a frame thumbnail, in pixels."""

@@ -26,12 +26,13 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from models.vocab import IGNORE_INDEX, JointVocab
-from shards import reader, schema
-from models.videobert import MODEL_INPUTS, OBJECTIVES
-from trainer import distributed
-from trainer.config import ObjectivesConfig
-from trainer.examples import ExampleBuilder, TrainingItem
+from videobert.models.videobert import MODEL_INPUTS, OBJECTIVES
+from videobert.models.vocab import IGNORE_INDEX, JointVocab
+from videobert.shards import reader, schema
+from videobert.trainer import distributed
+from videobert.trainer.config import ObjectivesConfig
+from videobert.trainer.data import positional_rng
+from videobert.trainer.example_builder import ExampleBuilder, TrainingItem
 
 _HELDOUT_BATCHES = 11
 """Purpose part of the seed of the held-out batches' random choices."""
@@ -72,7 +73,6 @@ def shard_segments(url: str, visual: Any = None, on_error: Callable[[str, Except
 def heldout_batches(urls: Sequence[str], shard_ids: Sequence[int], builder: ExampleBuilder, batch_size: int, seed: int,
                     visual: Any = None, on_error: Callable | None = None) -> Iterator[dict[str, Any]]:
     """Batches of the given shards, each from one shard, randomness from (seed, shard, batch)."""
-    from trainer.data import positional_rng
 
     for shard in shard_ids:
         segments = shard_segments(urls[shard], visual, on_error)
@@ -226,12 +226,3 @@ TABLE_ROWS = (("alignment accuracy", "alignment_acc", "alignment_chance", "align
               ("masked video accuracy", "video_mlm_acc", "video_mlm_chance", "video_mlm_count"),
               ("masked video perplexity", "video_mlm_perplexity", "video_mlm_perplexity_chance", "video_mlm_count"))
 """(label, value key, chance key, count key) of each held-out figure, in the order tables show them."""
-
-
-def format_table(results: dict[str, float]) -> str:
-    """Held-out figures beside their chance levels, as plain text."""
-    lines = [f"{'held-out':<25}{'model':>9}{'chance':>9}{'targets':>9}", "-" * 52]
-    for label, value, chance, count in TABLE_ROWS:
-        if value in results:
-            lines.append(f"{label:<25}{results[value]:>9.3f}{results[chance]:>9.3f}{int(results[count]):>9d}")
-    return "\n".join(lines)

@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from videobert.models.errors import VideoBertError
+
 MIN_OVERLAP = 0.5
 """Share of the shorter span that a sample and a labelled segment must share."""
 
 
-class LabelError(ValueError):
+class LabelError(VideoBertError, ValueError):
     """A labels or vocabulary file that cannot be used; the message names the file and the fix."""
 
 

@@ -20,12 +20,19 @@ from typing import Any
 
 import torch
 
-from models.vocab import EXTRA_TOKENS, ROW_MULTIPLE, VIDEO_SEP_TOKEN, VISUAL_TOKEN_PATTERN, JointVocab
-from trainer.config import TrainConfig, load_config
-from trainer.run_folder import COMPLETE, EXPORT_CONFIG, EXPORT_INFO, CheckpointFolder, RunFolder, latest_complete, read_json
+from videobert.models.errors import VideoBertError
+from videobert.models.hf_interop import from_pretrained_bert, load_text_tokenizer
+from videobert.models.visual.tokenizer import VisualTokenizer
+from videobert.models.vocab import EXTRA_TOKENS, ROW_MULTIPLE, VIDEO_SEP_TOKEN, VISUAL_TOKEN_PATTERN, JointVocab
+from videobert.trainer.build import build_tokenizer
+from videobert.trainer.checkpoint import consolidated_model
+from videobert.trainer.config import TrainConfig, load_config
+from videobert.trainer.run_folder import (
+    COMPLETE, EXPORT_CONFIG, EXPORT_INFO, CheckpointFolder, RunFolder, latest_complete, read_json,
+)
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(VideoBertError, ValueError):
     """A path that holds no model ``videobert eval`` can read; the message says what it expected."""
 
 
@@ -69,9 +76,6 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
 
 
 def _from_checkpoint(ckpt: CheckpointFolder) -> LoadedModel:
-    from trainer.build import build_tokenizer
-    from trainer.checkpoint import consolidated_model
-
     cfg = load_config(ckpt.config)
     model = consolidated_model(ckpt.path)
     codebook_hash = ckpt.read_trainer_state(0).get("codebook_hash") or None
@@ -85,8 +89,6 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 def _from_export(folder: Path) -> LoadedModel:
-    from models.hf_interop import from_pretrained_bert, load_text_tokenizer
-
     info = export_info(folder)
     if not (folder / WEIGHTS_FILE).is_file():
         raise ModelLoadError(f"{folder} has no {WEIGHTS_FILE}: exports are read from safetensors only (never pickle)")
@@ -132,3 +134,18 @@ def joint_vocab_of_export(folder: Path, tokenizer: Any) -> JointVocab:
         if vocab.size_padded == rows:
             return vocab
     raise ModelLoadError(f"{folder}: config.json has {rows} word rows but vocab.txt lays out {vocab.size}")
+
+
+def visual_tokenizer_for(loaded: Any, codebook: str | None, encoder_weights: str | None, device: torch.device):
+    """The visual tokenizer of ``codebook`` (default: the run's ``data.codebook``), checked against the
+    model's codebook; None when no codebook is known."""
+
+    cfg = loaded.cfg
+    path = codebook or (cfg.data.codebook if cfg else None)
+    if not path:
+        return None
+    weights = encoder_weights or (cfg.data.encoder_weights if cfg else "")
+    visual = VisualTokenizer.from_codebook(path, **({"weights": weights} if weights else {})).to(device).eval()
+    if loaded.codebook_hash:
+        visual.codebook.check_hash(loaded.codebook_hash, f"the model (name its codebook with --codebook, not {path})")
+    return visual

@@ -23,10 +23,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from models.vocab import JOINT_SPECIAL_COUNT, JointVocab, fit_lengths
-from shards import reader
-from trainer import distributed
-from trainer.evaluation.heldout import shard_segments
+from videobert.models.vocab import JOINT_SPECIAL_COUNT, JointVocab, fit_lengths
+from videobert.shards import reader
+from videobert.trainer import distributed
+from videobert.trainer.evaluation.heldout import shard_segments
 
 _SUMS = ("targets", "correct_visual", "nll_visual", "correct_all", "nll_all", "nll_train_unigram", "correct_neighbour",
          "correct_train_unigram")
@@ -144,11 +144,3 @@ TABLE_ROWS = (
     ("copy a neighbouring clip's word", "neighbour_accuracy", None),
 )
 """(label, accuracy key, perplexity key) of each row, in table order."""
-
-
-def format_table(results: dict[str, float]) -> str:
-    lines = [f"{'video tokens masked in turn':<36}{'accuracy':>10}{'perplexity':>12}", "-" * 58]
-    for label, acc, ppl in TABLE_ROWS:
-        lines.append(f"{label:<36}{results[acc]:>10.3f}" + (f"{results[ppl]:>12.2f}" if ppl else f"{'-':>12}"))
-    lines.append(f"({int(results['targets'])} held-out visual tokens, each masked once)")
-    return "\n".join(lines)

@@ -26,9 +26,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.vocab import JointVocab
-from trainer.evaluation.heldout import TABLE_ROWS
-from trainer.run_folder import REPORT_FILE, RESULTS_FILE, RunFolder, write_json, write_text_atomic
+from videobert.models.vocab import JointVocab
+from videobert.shards.folders import read_json_lines
+from videobert.trainer.evaluation.tables import (
+    caption_table, heldout_table, in_turn_table, markdown_table, probe_table, retrieval_table, zeroshot_table,
+)
+from videobert.trainer.run_folder import REPORT_FILE, RESULTS_FILE, RunFolder, write_json, write_text_atomic
 
 CURVES = {
     "loss": ("loss", "text_mlm_loss", "video_mlm_loss", "alignment_loss"),
@@ -61,8 +64,6 @@ def _tensorboard_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def _jsonl_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
-    from shards.writer import read_json_lines  # skips a line a killed run left cut short
-
     curves: dict[str, list[tuple[int, float]]] = {}
     for row in read_json_lines(path):
         if row.get("split") == "train" and isinstance(row.get("step"), int):
@@ -136,22 +137,14 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 # markdown
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f} %"
-
-
 def zeroshot_markdown(z: dict[str, Any], summary: dict[str, Any]) -> list[str]:
-    rows = [("chance (uniform guess)", "chance"), ("best constant guess", "constant"),
-            ("language prior (no video)", "language_prior"), ("cross-modal (with video)", "cross_modal")]
     lines = ["## Zero-shot action classification", "",
              f"Template: `[CLS] {summary['template_masked']} [>] video tokens [SEP]`; the verb is read at the "
              "first mask and the noun at the second, restricted to the label vocabulary "
              f"({summary['verbs']} verbs, {summary['nouns']} nouns). The language prior is the same model "
              "given the sentence alone; the best constant guess is the share of the most frequent true labels.", "",
-             "| | verb top-1 | verb top-5 | noun top-1 | noun top-5 |", "|---|---:|---:|---:|---:|"]
-    for label, prefix in rows:
-        cells = " | ".join(_pct(z[f"{prefix}_{s}_top{k}"]) for s in ("verb", "noun") for k in (1, 5))
-        lines.append(f"| {label} | {cells} |")
+             ]
+    lines += markdown_table(zeroshot_table(z))
     prior = z.get("language_prior_top", {})
     lines += ["", f"{int(z['segments'])} labelled segments classified; {summary['read']} read, "
               f"{summary['unlabelled']} without a label and {summary['unreadable']} unreadable "
@@ -170,47 +163,30 @@ def heldout_markdown(h: dict[str, float], source: str) -> list[str]:
              "at random as in training: on a small set that leaves few video targets, whose own frequencies "
              "make a chance perplexity no real prediction reaches; the next table masks every held-out video "
              "token instead.", "",
-             "| | model | chance | targets |", "|---|---:|---:|---:|"]
-    for label, value, chance, count in TABLE_ROWS:
-        if value in h:
-            lines.append(f"| {label} | {h[value]:.3f} | {h[chance]:.3f} | {int(h[count])} |")
-    return lines + [""]
+             ]
+    return lines + markdown_table(heldout_table(h)) + [""]
 
 
 def in_turn_markdown(r: dict[str, float]) -> list[str]:
-    from trainer.evaluation.masked_video import TABLE_ROWS as IN_TURN_ROWS
-
     unigram = (f"{int(r['train_tokens'])} training tokens, add-one smoothed" if r.get("train_tokens")
                else "no training tokens found: uniform")
     lines = ["## Held-out video tokens, each masked once", "",
              f"Every visual token of the held-out segments is masked in turn ({int(r['targets'])} targets) and "
              "predicted from the segment's text and its other clips. The training unigram "
              f"({unigram}) is the best prediction that ignores the segment; the oracle unigram is fitted on "
-             "these very targets.", "", "| | accuracy | perplexity |", "|---|---:|---:|"]
-    for label, acc, ppl in IN_TURN_ROWS:
-        lines.append(f"| {label} | {r[acc]:.3f} | {f'{r[ppl]:.2f}' if ppl else '-'} |")
-    return lines + [""]
+             "these very targets.", ""]
+    return lines + markdown_table(in_turn_table(r)) + [""]
 
 
 def retrieval_markdown(r: dict[str, Any], picture: bool = False) -> list[str]:
-    from trainer.evaluation.retrieval import RANKINGS, RECALL_AT
-
     lines = ["## Text-video retrieval (zero-shot)", "",
              f"{r['segments']} held-out segments of `{r.get('source', '')}` ({r['distinct_captions']} distinct captions), "
              "every caption read with every video; ranked by the alignment head's probability of \"aligned\". A "
              "retrieval is correct when it finds the query's own segment or one with an identical caption. "
              "Chance (a random ranking) in brackets.", "",
              "The masked-words ranking reads each video once after the zero-shot template and scores a caption by "
-             "the log-probability of its own verb and noun at the masks.", "",
-             "| direction, ranked by | " + " | ".join(f"R@{k}" for k in RECALL_AT) + " | median rank |",
-             "|---|" + "---:|" * (len(RECALL_AT) + 1)]
-    for label, key in RANKINGS:
-        ranking = r if key is None else r.get(key)
-        for direction in ("text_to_video", "video_to_text") if ranking else ():
-            d = ranking[direction]
-            cells = " | ".join(f"{_pct(d[f'r{k}'])} ({_pct(d[f'r{k}_chance'])})" for k in RECALL_AT)
-            lines.append(f"| {direction.replace('_', ' ')}, {label} | {cells} | {d['median_rank']:.1f} "
-                         f"({d['median_rank_chance']:.1f}) |")
+             "the log-probability of its own verb and noun at the masks.", ""]
+    lines += markdown_table(retrieval_table(r))
     if picture:
         lines += ["", f"Text to video for a few captions, ranked by the {r.get('examples_ranking', 'alignment head')}, best first "
                   "(green: correct; p: the ranking's score as a probability):", "", "![retrieval](retrieval.png)"]
@@ -237,7 +213,6 @@ def generation_markdown(t2v: list[dict[str, Any]], v2t: list[dict[str, Any]]) ->
 def caption_markdown(c: dict[str, Any], pictures: str = "") -> list[str]:
     """The captioning table (the paper's Table 3 layout), the probes and the examples; ``pictures``:
     the folder of ``caption_examples.png`` relative to the report, or None when there is none."""
-    from trainer.evaluation.caption_metrics import METRIC_LABELS, METRICS, format_score
 
     rows = c["rows"]
     tokenizer = next(iter(rows.values()))["tokenizer"] if rows else ""
@@ -247,10 +222,8 @@ def caption_markdown(c: dict[str, Any], pictures: str = "") -> list[str]:
              f"{c['steps']} steps per row, {c['decoding']} decoding, scored on {c['heldout_segments']} held-out segments "
              f"({c['distinct_references']} distinct reference sentences). VideoBERT features: the frozen model reads "
              f"`{c['template']}` before the video tokens; its outputs at the video tokens and at the masks are "
-             f"averaged and concatenated. Tokens: {tokenizer}. BLEU, METEOR and ROUGE-L in %.", "",
-             "| features | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
-    for row, scores in rows.items():
-        lines.append(f"| {c['row_labels'][row]} | " + " | ".join(format_score(m, scores[m]) for m in METRICS) + " |")
+             f"averaged and concatenated. Tokens: {tokenizer}. BLEU, METEOR and ROUGE-L in %.", ""]
+    lines += markdown_table(caption_table(c))
     if c.get("skipped_rows"):
         lines += ["", f"Rows without their features (no encoder features in the shards): {', '.join(c['skipped_rows'])}."]
     lines.append("")
@@ -271,12 +244,8 @@ def _probe_markdown(probes: dict[str, Any]) -> list[str]:
         return []
     lines = ["### Linear probes", "",
              f"Logistic regression on standardised frozen features, fitted on {probes['train_segments']} labelled "
-             f"training segments, held-out accuracy on {probes['heldout_segments']}.", "",
-             "| features | verb | noun |", "|---|---:|---:|"]
-    for name, label in (("constant", "best constant guess"), ("encoder", "clip encoder"), ("videobert", "VideoBERT")):
-        if name in accuracy:
-            lines.append(f"| {label} | {_pct(accuracy[name]['verb'])} | {_pct(accuracy[name]['noun'])} |")
-    return lines + [""]
+             f"training segments, held-out accuracy on {probes['heldout_segments']}.", ""]
+    return lines + markdown_table(probe_table(accuracy)) + [""]
 
 
 def write_caption_report(folder: Any, results: dict[str, Any], pictures: dict[str, bool]) -> Path:

@@ -29,8 +29,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from models.vocab import JOINT_SPECIAL_COUNT, JointVocab, fit_lengths
-from trainer import distributed
+from videobert.models.vocab import JOINT_SPECIAL_COUNT, JointVocab, fit_lengths
+from videobert.trainer import distributed
+from videobert.trainer.evaluation.labels import words_of_sentence
 
 RECALL_AT = (1, 5, 10)
 DIRECTIONS = ("text_to_video", "video_to_text")
@@ -79,7 +80,6 @@ def masked_word_scores(classifier: Any, captions: Sequence[str], videos: Sequenc
                        batch_size: int = 32) -> np.ndarray:
     """(S, S) log P(caption i's verb) + log P(its noun) at the template's masks given video j;
     ``classifier``: a ``ZeroShotClassifier``. -inf for a caption without a vocabulary verb or noun."""
-    from trainer.evaluation.labels import words_of_sentence
 
     labels = classifier.labels
     columns = {"verb": [], "noun": []}
@@ -144,19 +144,3 @@ def examples(scores: np.ndarray, captions: Sequence[str], keys: Sequence[str], c
 
 RANKINGS = (("alignment head", None), ("masked words", "masked_words"))
 """(label, key of its metrics in the results; None: the top level) of each ranking."""
-
-
-def format_table(results: dict[str, Any]) -> str:
-    """Both directions of each ranking beside chance, as plain text."""
-    head = f"{'retrieval':<32}" + "".join(f"{'R@' + str(k):>14}" for k in RECALL_AT) + f"{'median rank':>16}"
-    lines = [head, "-" * len(head)]
-    for label, key in RANKINGS:
-        ranking = results if key is None else results.get(key)
-        for direction in DIRECTIONS if ranking else ():
-            r = ranking[direction]
-            cells = "".join(f"{100 * r[f'r{k}']:>6.1f}% ({100 * r[f'r{k}_chance']:4.1f}%)" for k in RECALL_AT)
-            name = f"{direction.replace('_', ' ')}, {label}"
-            lines.append(f"{name:<32}{cells}{r['median_rank']:>8.1f} ({r['median_rank_chance']:5.1f})")
-    lines.append(f"({results['segments']} held-out segments, {results['distinct_captions']} distinct captions; "
-                 "chance in brackets)")
-    return "\n".join(lines)

@@ -28,9 +28,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from models.vocab import JOINT_SPECIAL_COUNT, JointVocab, fit_lengths
-from trainer import distributed
-from trainer.evaluation.labels import LabelIndex, LabelVocabulary
+from videobert.models.errors import VideoBertError
+from videobert.models.vocab import JOINT_SPECIAL_COUNT, JointVocab, fit_lengths
+from videobert.trainer import distributed
+from videobert.trainer.evaluation.labels import LabelIndex, LabelVocabulary
 
 PAPER_TEMPLATE = "now let me show you how to {verb} the {noun}"
 TOP_K = (1, 5)
@@ -39,7 +40,7 @@ SLOTS = ("verb", "noun")
 _SLOT = re.compile(r"(\{verb\}|\{noun\})")
 
 
-class ZeroShotError(ValueError):
+class ZeroShotError(VideoBertError, ValueError):
     """A template, label vocabulary or sequence length that zero-shot classification cannot use."""
 
 
@@ -261,16 +262,3 @@ def _record(seg: EvalSegment, label, scores: dict[str, torch.Tensor], row: int, 
 
 def _top(scores: torch.Tensor, names: Sequence[str], k: int) -> list[str]:
     return [names[i] for i in torch.argsort(scores, descending=True)[:k].tolist()]
-
-
-def format_table(results: dict[str, Any]) -> str:
-    """The paper's Table 1 layout, in percent, as plain text."""
-    rows = [("chance (uniform guess)", "chance"), ("best constant guess", "constant"),
-            ("language prior", "language_prior"), ("cross-modal", "cross_modal")]
-    head = f"{'zero-shot classification':<26}" + "".join(f"{s + ' top-' + str(k):>12}" for s in SLOTS for k in TOP_K)
-    lines = [head, "-" * len(head)]
-    for label, prefix in rows:
-        cells = "".join(f"{100 * results[f'{prefix}_{s}_top{k}']:>11.1f}%" for s in SLOTS for k in TOP_K)
-        lines.append(f"{label:<26}{cells}")
-    lines.append(f"({int(results['segments'])} labelled held-out segments)")
-    return "\n".join(lines)

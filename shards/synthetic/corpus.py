@@ -4,7 +4,7 @@ Each video is a sequence of segments; each segment shows one action (a verb: a m
 orbiting, shaking, rolling, flipping, lifting or splitting in two) applied to one object (a noun: a
 shape in a colour), over a background, lighting and noise that change from video to video. A
 speech-like transcript per video mentions the verbs and nouns in varied phrasings, with filler
-sentences and ASR-like timing (see ``shards.synth_speech``); the true segment boundaries and labels
+sentences and ASR-like timing (see ``shards.synthetic.speech``); the true segment boundaries and labels
 are written separately for evaluation.
 
 Layout of OUT:
@@ -19,7 +19,7 @@ Layout of OUT:
 ``captions.json`` is in the HowTo100M form {video_id: {"start": [...], "end": [...], "text": [...]}};
 ``annotations.json`` is in the YouCook2 form {"database": {video_id: {"subset", "duration",
 "annotations": [{"id", "segment": [start, end], "sentence", "verb", "noun"}]}}}; each sentence
-describes what the segment shows in six or more words (``shards.synth_describe``), the reference
+describes what the segment shows in six or more words (``shards.synthetic.describe``), the reference
 captions of both splits (the training split's train a captioner, the held-out split's score it).
 
 Everything is a function of the seed: the same options give the same bytes of every JSON file and
@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,12 +52,13 @@ import ffmpeg
 import numpy as np
 from tqdm import tqdm
 
-from shards import synth_describe, synth_scene, synth_speech
-from shards.ffmpeg_bin import ffmpeg_exe
-from shards.options import Flag, add_config_arguments, config_from_args
+from videobert.models.errors import VideoBertError
+from videobert.shards.ffmpeg_bin import ffmpeg_exe
+from videobert.shards.options import Flag, add_config_arguments, config_from_args
+from videobert.shards.synthetic import describe, scene, speech
 
 CORPUS_FORMAT_VERSION = 2
-"""2: annotation sentences describe the segment (``shards.synth_describe``); older corpora are rendered anew."""
+"""2: annotation sentences describe the segment (``shards.synthetic.describe``); older corpora are rendered anew."""
 SPLITS = ("train", "heldout")
 SUBSETS = {"train": "training", "heldout": "validation"}
 """YouCook2's names for the splits, used in annotations.json."""
@@ -73,7 +73,7 @@ CORPUS_FILE = "corpus.json"
 _CHUNK_FRAMES = 32  # frames drawn at once: bounds memory, keeps the NumPy arrays large enough
 
 
-class SynthError(ValueError):
+class SynthError(VideoBertError, ValueError):
     """Bad options or an output folder that holds something else."""
 
 
@@ -142,7 +142,7 @@ class SegmentPlan:
     index: int
     start: float
     end: float
-    action: synth_scene.Action
+    action: scene.Action
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class VideoPlan:
     video_id: str
     split: str
     duration: float
-    background: synth_scene.Background
+    background: scene.Background
     segments: tuple[SegmentPlan, ...]
     entropy: tuple[int, ...]
     """Seed material of this video's random streams (independent of the worker that renders it)."""
@@ -213,7 +213,7 @@ def plan_corpus(config: SynthConfig) -> list[VideoPlan]:
 
 def _plan_video(video_id: str, split: str, entropy: tuple[int, ...], config: SynthConfig) -> VideoPlan:
     rng = np.random.default_rng(np.random.SeedSequence([*entropy, 0]))
-    verbs, nouns = list(synth_scene.VERBS), list(synth_scene.NOUNS)
+    verbs, nouns = list(scene.VERBS), list(scene.NOUNS)
     n_segments = int(rng.integers(config.segments[0], config.segments[1] + 1))
     lo, hi = (int(round(s * 10)) for s in config.segment_seconds)
     segments, start, previous = [], 0.0, None
@@ -223,21 +223,21 @@ def _plan_video(video_id: str, split: str, entropy: tuple[int, ...], config: Syn
         while pair == previous:  # the same step twice in a row would read as one long segment
             pair = (verbs[rng.integers(len(verbs))], nouns[rng.integers(len(nouns))])
         verb, noun = pair
-        action = synth_scene.sample_action(rng, verb, noun)
+        action = scene.sample_action(rng, verb, noun)
         end = round(start + length, 2)
         segments.append(SegmentPlan(index, start, end, action))
         start, previous = end, (verb, noun)
     return VideoPlan(
         video_id=video_id, split=split, duration=start,
-        background=synth_scene.sample_background(rng), segments=tuple(segments), entropy=entropy,
+        background=scene.sample_background(rng), segments=tuple(segments), entropy=entropy,
     )
 
 
-def spoken(plan: VideoPlan) -> list[synth_speech.Sentence]:
+def spoken(plan: VideoPlan) -> list[speech.Sentence]:
     """The transcript of a planned video."""
     rng = np.random.default_rng(np.random.SeedSequence([*plan.entropy, 2]))
-    segments = [synth_speech.SpokenSegment(s.start, s.end, s.action.verb, s.action.noun) for s in plan.segments]
-    return synth_speech.transcript(segments, plan.duration, rng)
+    segments = [speech.SpokenSegment(s.start, s.end, s.action.verb, s.action.noun) for s in plan.segments]
+    return speech.transcript(segments, plan.duration, rng)
 
 
 # ---------------------------------------------------------------------------------------- rendering
@@ -250,7 +250,7 @@ def frame_count(plan: VideoPlan, fps: int) -> int:
 def iter_frames(plan: VideoPlan, size: int, fps: int) -> Iterator[np.ndarray]:
     """The video's frames in chunks of (n, size, size, 3) uint8; frame k shows time k / fps."""
     rng = np.random.default_rng(np.random.SeedSequence([*plan.entropy, 1]))
-    canvas = synth_scene.make_canvas(plan.background, size, rng)
+    canvas = scene.make_canvas(plan.background, size, rng)
     times = np.arange(frame_count(plan, fps)) / fps
     ends = np.array([s.end for s in plan.segments])
     owner = np.minimum(np.searchsorted(ends, times, side="right"), len(ends) - 1)
@@ -259,7 +259,7 @@ def iter_frames(plan: VideoPlan, size: int, fps: int) -> Iterator[np.ndarray]:
         for chunk in np.array_split(frames, max(1, -(-len(frames) // _CHUNK_FRAMES))):
             if len(chunk):
                 local = times[chunk] - segment.start
-                yield synth_scene.render_frames(segment.action, local, canvas, rng)
+                yield scene.render_frames(segment.action, local, canvas, rng)
 
 
 def render_video(plan: VideoPlan, path: Path, config: SynthConfig) -> int:
@@ -324,9 +324,9 @@ def captions_json(plans: list[VideoPlan]) -> dict[str, dict[str, list]]:
 
 
 def described(plan: VideoPlan) -> list[str]:
-    """The reference sentence of each of a planned video's segments (``shards.synth_describe``)."""
+    """The reference sentence of each of a planned video's segments (``shards.synthetic.describe``)."""
     rng = np.random.default_rng(np.random.SeedSequence([*plan.entropy, 3]))
-    return [synth_describe.describe(s.action, plan.background, rng) for s in plan.segments]
+    return [describe.describe(s.action, plan.background, rng) for s in plan.segments]
 
 
 def annotations_json(plans: list[VideoPlan]) -> dict[str, Any]:
@@ -354,7 +354,7 @@ def label_rows(plans: list[VideoPlan]) -> list[dict[str, Any]]:
 
 
 def vocabulary() -> dict[str, list[str]]:
-    return {"verbs": list(synth_scene.VERBS), "nouns": list(synth_scene.NOUNS)}
+    return {"verbs": list(scene.VERBS), "nouns": list(scene.NOUNS)}
 
 
 def _dump(path: Path, obj: Any) -> None:
@@ -383,7 +383,7 @@ def _write_metadata(out: Path, plans: list[VideoPlan], config: SynthConfig) -> C
 def _info(out: Path, plans: list[VideoPlan], config: SynthConfig, reused: bool = False) -> CorpusInfo:
     by_split = {split: [p for p in plans if p.split == split] for split in SPLITS}
     return CorpusInfo(
-        out=out, config=config, verbs=tuple(synth_scene.VERBS), nouns=tuple(synth_scene.NOUNS),
+        out=out, config=config, verbs=tuple(scene.VERBS), nouns=tuple(scene.NOUNS),
         videos={s: tuple(p.video_id for p in ps) for s, ps in by_split.items()},
         segments={s: sum(len(p.segments) for p in ps) for s, ps in by_split.items()},
         seconds={s: round(sum(p.duration for p in ps), 2) for s, ps in by_split.items()},
@@ -483,12 +483,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    try:
-        config = config_from_args(SynthConfig, args)
-        info = render_corpus(args.out, config, workers=args.workers, overwrite=args.overwrite)
-    except SynthError as e:
-        print(f"videobert shards synth: {e}", file=sys.stderr)
-        return 2
+    config = config_from_args(SynthConfig, args)
+    info = render_corpus(args.out, config, workers=args.workers, overwrite=args.overwrite)
     _print_summary(info, time.perf_counter() - started)
     return 0
 

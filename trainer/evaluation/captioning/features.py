@@ -23,16 +23,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from models.vocab import JOINT_SPECIAL_COUNT, JointVocab, fit_lengths
-from shards import reader, schema
-from trainer.evaluation.heldout import sample_tokens
+from videobert.models.errors import VideoBertError
+from videobert.models.vocab import JOINT_SPECIAL_COUNT, JointVocab, fit_lengths
+from videobert.shards import reader, schema
+from videobert.trainer.evaluation.heldout import sample_tokens
 
 CAPTION_TEMPLATE = "now let's [MASK] the [MASK] to the [MASK], and then [MASK] the [MASK]."
 """The paper's sentence for captioning features."""
-
-
-class FeatureError(ValueError):
-    """A template or set of segments features cannot be taken from; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +46,7 @@ def feature_prompt(tokenizer: Any, mask_id: int, template: str = CAPTION_TEMPLAT
     ids = tuple(tokenizer(template, add_special_tokens=False)["input_ids"])
     mask_at = tuple(i for i, t in enumerate(ids) if t == mask_id)
     if not mask_at:
-        raise FeatureError(f"the feature template {template!r} holds no [MASK]")
+        raise VideoBertError(f"the feature template {template!r} holds no [MASK]")
     return FeaturePrompt(text_ids=ids, mask_at=mask_at)
 
 
@@ -101,7 +98,7 @@ def prompt_rows(vocab: JointVocab, prompt: FeaturePrompt, video: np.ndarray, max
     """(ids, token types, video tokens kept) of ``[CLS] template [>] video [SEP]``; only the video is cut."""
     n_text, n_video = fit_lengths(len(prompt.text_ids), len(video), max_seq_len - JOINT_SPECIAL_COUNT)
     if n_text < len(prompt.text_ids) or n_video < 1:
-        raise FeatureError(f"max_seq_len {max_seq_len} cannot hold the feature template ({len(prompt.text_ids)} "
+        raise VideoBertError(f"max_seq_len {max_seq_len} cannot hold the feature template ({len(prompt.text_ids)} "
                            "tokens) and a video token: raise it")
     ids, types = vocab.joint_sequence(prompt.text_ids, [int(v) for v in video[:n_video]])
     return ids, types, n_video

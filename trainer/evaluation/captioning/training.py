@@ -24,15 +24,18 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.evaluation.captioner import PAD, Captioner, CaptionWords, caption_loss
-from trainer.run_folder import (CAPTIONER_STATE, CAPTIONER_WEIGHTS, OPTIMIZER_STATE, CheckpointFolder, latest_complete,
-                                step_dirs, write_json)
+from videobert.models.errors import VideoBertError
+from videobert.trainer.data import positional_rng
+from videobert.trainer.evaluation.captioning.captioner import PAD, Captioner, CaptionWords, caption_loss
+from videobert.trainer.run_folder import (
+    CAPTIONER_STATE, CAPTIONER_WEIGHTS, OPTIMIZER_STATE, CheckpointFolder, latest_complete, step_dirs, write_json,
+)
 
 _CAPTION_BATCHES = 23
 """Purpose part of the seed of the captioner's batches."""
 
 
-class CaptionTrainingError(ValueError):
+class CaptionTrainingError(VideoBertError, ValueError):
     """A checkpoint that does not belong to the requested training; the message names the fix."""
 
 
@@ -149,7 +152,6 @@ def _train(row, row_index, features, slot_dims, captions, words, settings, check
 
 def _step(model: Captioner, optimizer, x: torch.Tensor, y: torch.Tensor, row_index: int, step: int,
           s: CaptionerSettings) -> float:
-    from trainer.data import positional_rng
 
     rng = positional_rng(s.seed, _CAPTION_BATCHES, row_index, step)
     picks = torch.from_numpy(rng.choice(len(x), size=min(s.batch_size, len(x)), replace=False)).to(x.device)
@@ -195,14 +197,3 @@ def _resume(model: Captioner, optimizer, checkpoints: Path, state: dict[str, Any
     model.load_state_dict(load_file(newest / CAPTIONER_WEIGHTS, device=str(device)))
     optimizer.load_state_dict(torch.load(newest / OPTIMIZER_STATE, map_location=device, weights_only=True))
     return int(saved["step"])
-
-
-def load_captioner(checkpoints: Path) -> tuple[Captioner, CaptionWords, int]:
-    """The newest complete captioner under ``checkpoints``, its words and step."""
-    newest = latest_complete(checkpoints)
-    if newest is None:
-        raise CaptionTrainingError(f"{checkpoints} holds no complete captioner checkpoint")
-    saved = json.loads((newest / CAPTIONER_STATE).read_text(encoding="utf-8"))
-    model = Captioner(**saved["arguments"])
-    model.load_state_dict(load_file(newest / CAPTIONER_WEIGHTS))
-    return model.eval(), CaptionWords(tuple(saved["words"])), int(saved["step"])

@@ -28,9 +28,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.vocab import IGNORE_INDEX, JOINT_SPECIAL_COUNT, SINGLE_SPECIAL_COUNT, JointVocab, fit_lengths
-from shards import schema
-from trainer.config import ObjectivesConfig
+from videobert.models.vocab import IGNORE_INDEX, JOINT_SPECIAL_COUNT, SINGLE_SPECIAL_COUNT, JointVocab, fit_lengths
+from videobert.shards import schema
+from videobert.trainer.config import ObjectivesConfig
 
 JOINT, TEXT_ONLY, VIDEO_ONLY = 0, 1, 2
 KIND_NAMES = ("joint", "text", "video")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from shards import reader, schema
+from videobert.shards import reader, schema
 
 FRAMES_PER_ROW = 8
 THUMB_HEIGHT = 128
@@ -165,11 +165,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        urls = reader.resolve_shards(args.path)
-    except reader.ShardSpecError as e:
-        print(f"videobert shards inspect: error: {e}", file=sys.stderr)
-        return 2
+    urls = reader.resolve_shards(args.path)
     sample = find_sample(urls, index=args.sample, key=args.key)
     if sample is None:
         wanted = f"key {args.key!r}" if args.key is not None else f"sample {args.sample}"

@@ -20,16 +20,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 from pathlib import Path
 
-from trainer.config import TrainConfig, save_config
-from trainer.run_folder import EXPORT_CONFIG, EXPORT_INFO, write_json
+from videobert.models.hf_interop import export_pretrained
+from videobert.trainer.config import TrainConfig, save_config
+from videobert.trainer.evaluation.load import ModelLoadError, load_model
+from videobert.trainer.run_folder import EXPORT_CONFIG, EXPORT_INFO, write_json
 
 
 def export_checkpoint(path: str | Path, out: str | Path) -> Path:
     """Write the checkpoint at ``path`` (a run folder or a step-N folder) to the directory ``out``."""
-    from trainer.evaluation.load import ModelLoadError, load_model
 
     loaded = load_model(path)
     if loaded.run_dir is None or loaded.cfg is None:
@@ -42,7 +42,6 @@ def write_export(model, tokenizer, cfg: TrainConfig, out: str | Path, *, step: i
                  codebook_hash: str | None) -> Path:
     """``model`` as a transformers directory, with the run's config and identity beside it (see the
     module doc for how it is put in place)."""
-    from models.hf_interop import export_pretrained
 
     out = Path(out)
     _check_replaceable(out)
@@ -61,8 +60,6 @@ _PREVIOUS = ".previous"
 
 
 def _check_replaceable(out: Path) -> None:
-    from trainer.evaluation.load import ModelLoadError
-
     if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_INFO).is_file():
         raise ModelLoadError(f"--out {out} holds files that are not a VideoBERT export; choose an empty or new folder")
     if out.exists() and not out.is_dir():
@@ -103,12 +100,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.evaluation.load import ModelLoadError
-
-    try:
-        out = export_checkpoint(args.checkpoint, args.out)
-    except (ModelLoadError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = export_checkpoint(args.checkpoint, args.out)
     print(f"exported {args.checkpoint} to {out}")
     return 0

@@ -51,20 +51,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.visual.codebook import Codebook, CodebookError
-from models.visual.tokenizer import VisualTokenizer
-from shards import reader, schema
-from shards.options import Flag, add_config_arguments, config_from_args
-from shards.fit_features import encoder_options, process_device
-from shards.parts import Part, PartOption, SummaryRules, claim_part, finish_part
-from shards.ranks import available_cpus
-from shards.writer import ErrorLog, ShardStats, ShardWriter, tar_size, write_json_atomic
+from videobert.models.errors import VideoBertError
+from videobert.models.visual.codebook import Codebook, CodebookError
+from videobert.models.visual.tokenizer import VisualTokenizer
+from videobert.shards import reader, schema
+from videobert.shards.fit_features import encoder_options, process_device
+from videobert.shards.folders import ErrorLog, write_json_atomic
+from videobert.shards.options import Flag, add_config_arguments, config_from_args
+from videobert.shards.parts import PartOption, SummaryRules, claim_part, finish_part
+from videobert.shards.ranks import available_cpus
+from videobert.shards.writer import ShardStats, ShardWriter, tar_size
 
 STAGE = "tokenize"
-
-
-class TokenizeError(ValueError):
-    """The run cannot start as asked (bad arguments, a folder holding another run)."""
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -111,7 +109,7 @@ class TokenizeConfig(PartOption):
             (not Path(self.out).is_file(), f"--out {self.out} is a file; give a folder"),
         ] if not ok] + self.part_problems()
         if problems:
-            raise TokenizeError("; ".join(problems))
+            raise VideoBertError("; ".join(problems))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -378,9 +376,9 @@ class Failure:
 
 def tokenize(config: TokenizeConfig) -> TokenizeSummary:
     """Run the stage, or this process's part of it (library entry point; ``run`` is the command line's).
-    Raises ``TokenizeError``."""
+    Raises ``VideoBertError``."""
     started = time.perf_counter()
-    part = config_part(config)
+    part = config.resolve_part()
     urls, codebook = _inputs(config)
     device = process_device(config.device, part)
     precision = resolve_precision(config.precision, device)
@@ -389,7 +387,7 @@ def tokenize(config: TokenizeConfig) -> TokenizeSummary:
     record = {"stage": STAGE, "format_version": schema.FORMAT_VERSION, "arguments": {
         "clips": urls, "codebook_hash": codebook.hash, "keep_features": config.keep_features, "precision": precision}}
     folder, _ = claim_part(out, record, part, overwrite=config.overwrite, stage=STAGE,
-                           argument_differences=_argument_differences, error=TokenizeError)
+                           argument_differences=_argument_differences, error=VideoBertError)
     mine = [i for i in range(len(urls)) if part.owns_shard(i)]
     kept = finished_shards(folder, mine)
     jobs = [
@@ -406,13 +404,6 @@ def tokenize(config: TokenizeConfig) -> TokenizeSummary:
     return summary
 
 
-def config_part(config: TokenizeConfig) -> Part:
-    try:
-        return config.resolve_part()
-    except ValueError as e:
-        raise TokenizeError(str(e)) from None
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto``: bf16 on a CUDA GPU that has it, else fp32."""
     if precision != "auto":
@@ -424,7 +415,7 @@ def _inputs(config: TokenizeConfig) -> tuple[list[str], Codebook]:
     try:
         return reader.resolve_shards(list(config.clips)), Codebook.load(config.codebook)
     except (reader.ShardSpecError, CodebookError) as e:
-        raise TokenizeError(str(e)) from None
+        raise VideoBertError(str(e)) from None
 
 
 def _build_first(jobs: list[ShardJob], config: TokenizeConfig) -> None:
@@ -435,7 +426,7 @@ def _build_first(jobs: list[ShardJob], config: TokenizeConfig) -> None:
     try:
         _tokenizer(job)
     except (ValueError, TypeError, CodebookError) as e:  # unknown encoder or option, missing or wrong weights
-        raise TokenizeError(f"cannot build the encoder codebook {config.codebook} names: {e}") from None
+        raise VideoBertError(f"cannot build the encoder codebook {config.codebook} names: {e}") from None
 
 
 def _workers(config: TokenizeConfig, device: torch.device) -> tuple[int, list[str] | None]:
@@ -575,15 +566,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(TokenizeConfig, args)
-        part = config_part(config)
-        if not part.whole:
-            print(f"videobert shards tokenize: part {part} (from {part.source})", file=sys.stderr)
-        summary = tokenize(config)
-    except TokenizeError as e:
-        print(f"videobert shards tokenize: error: {e}", file=sys.stderr)
-        return 2
+    config = config_from_args(TokenizeConfig, args)
+    part = config.resolve_part()
+    if not part.whole:
+        print(f"videobert shards tokenize: part {part} (from {part.source})", file=sys.stderr)
+    summary = tokenize(config)
     print(format_summary(summary, part.folder(args.out)))
     nothing_to_do = summary.shards_read == 0  # a part of a run with fewer shards than parts
     return 0 if (summary.samples_written > 0 or nothing_to_do) and not summary.shards_failed else 1

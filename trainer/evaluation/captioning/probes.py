@@ -2,7 +2,7 @@
 
 A probe is scikit-learn's ``LogisticRegression`` (multinomial, L2) on standardised features, fitted on
 the labelled training segments and scored on the held-out ones, one per (features, label slot). The
-rows compare the clip encoder's features with VideoBERT's (``trainer.evaluation.features``) on the
+rows compare the clip encoder's features with VideoBERT's (``trainer.evaluation.captioning.features``) on the
 same segments; beside them, the best constant guess (the held-out share of the most frequent label).
 Segments without a label (``trainer.evaluation.labels.LabelIndex.find``) are left out and counted.
 """
@@ -14,8 +14,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from trainer.evaluation.features import LabelledSegment
-from trainer.evaluation.labels import LabelIndex, LabelVocabulary
+from videobert.trainer.evaluation.captioning.features import LabelledSegment
+from videobert.trainer.evaluation.labels import LabelIndex, LabelVocabulary
 
 SLOTS = ("verb", "noun")
 

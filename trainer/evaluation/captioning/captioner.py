@@ -2,7 +2,7 @@
 
 Its input is a few feature "slots" per segment, each a vector from one source (VideoBERT's mean
 output at the video tokens, its mean output at the template's masks, the clip encoder's mean
-feature; ``trainer.evaluation.features``). Each slot is standardised with the training set's mean and
+feature; ``trainer.evaluation.captioning.features``). Each slot is standardised with the training set's mean and
 spread, projected to the model width and tagged with its own slot embedding; the encoder attends
 over the slots and the decoder writes the caption word by word. With no slot at all (the no-video
 baseline) the encoder reads one learned vector: the decoder is then a language model of the
@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from trainer.evaluation.caption_metrics import plain_tokens
+from videobert.trainer.evaluation.captioning.metrics import plain_tokens
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIAL_WORDS = ("<pad>", "<bos>", "<eos>", "<unk>")

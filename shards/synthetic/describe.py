@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shards.synth_scene import NOUNS, VERB_RANGES, Action, Background
+from videobert.shards.synthetic.scene import NOUNS, VERB_RANGES, Action, Background
 
 MOTION = {
     "stir": ("in circles", "around in a circle", "round and round"),
@@ -23,13 +23,13 @@ MOTION = {
     "lift": ("up and down", "up off the table", "up and put it down"),
     "slice": ("into two halves", "in half", "into two pieces"),
 }
-"""How each verb's motion reads in words (``shards.synth_scene.motion_track`` draws it)."""
+"""How each verb's motion reads in words (``shards.synthetic.scene.motion_track`` draws it)."""
 
 FAST = ("quickly", "fast", "briskly")
 SLOW = ("slowly", "gently", "calmly")
 
 BACKGROUND_NAMES = ("grey blue", "light grey", "slate", "pale steel", "dusk blue", "white", "charcoal", "mid grey")
-"""Names of ``shards.synth_scene.BACKGROUNDS``, in its order."""
+"""Names of ``shards.synthetic.scene.BACKGROUNDS``, in its order."""
 TEXTURE_NAMES = {"plain": "plain", "stripes": "striped", "checker": "checkered", "blotches": "blotchy"}
 
 FORMS = (

@@ -1,0 +1,136 @@
+"""The evaluation tables, laid out once: each is built as a ``Table`` from the results and then
+printed as aligned plain text (``format_table``: what ``eval``, ``caption``, ``train`` and ``demo``
+print) or written as markdown (``markdown_table``: ``report.md``), so both show the same cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from videobert.trainer.evaluation.captioning.metrics import METRIC_LABELS, METRICS, format_score
+from videobert.trainer.evaluation.heldout import TABLE_ROWS as HELDOUT_ROWS
+from videobert.trainer.evaluation.masked_video import TABLE_ROWS as IN_TURN_ROWS
+from videobert.trainer.evaluation.retrieval import DIRECTIONS, RANKINGS, RECALL_AT
+from videobert.trainer.evaluation.zeroshot import SLOTS, TOP_K
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows of cells under column headers; the first column holds each row's label."""
+
+    title: str
+    """The label column's header in plain text (the table's name)."""
+    columns: Sequence[str]
+    rows: Sequence[tuple[str, Sequence[str]]]
+    note: str = ""
+    """One line under the plain-text table (markdown tables carry it in their section's prose)."""
+    label_header: str = ""
+    """The label column's header in markdown."""
+    numeric: bool = True
+    """Cells right-aligned (figures) rather than left-aligned (text)."""
+
+
+def format_table(table: Table) -> str:
+    """Aligned plain text: a header, a rule, the rows and the note in brackets."""
+    label_width = max([len(table.title)] + [len(label) for label, _ in table.rows]) + 2
+    widths = [max([len(c)] + [len(cells[i]) for _, cells in table.rows]) + 2 for i, c in enumerate(table.columns)]
+    align = str.rjust if table.numeric else str.ljust
+    head = table.title.ljust(label_width) + "".join(align(c, w) for c, w in zip(table.columns, widths))
+    lines = [head, "-" * len(head)]
+    lines += [label.ljust(label_width) + "".join(align(c, w) for c, w in zip(cells, widths)) for label, cells in table.rows]
+    if table.note:
+        lines.append(f"({table.note})")
+    return "\n".join(lines)
+
+
+def markdown_table(table: Table) -> list[str]:
+    """The same table as markdown lines."""
+    rule = "---:|" if table.numeric else "---|"
+    lines = [f"| {table.label_header} | " + " | ".join(table.columns) + " |", "|---|" + rule * len(table.columns)]
+    return lines + [f"| {label} | " + " | ".join(cells) + " |" for label, cells in table.rows]
+
+
+def percent(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+# ---------------------------------------------------------------------------------------------
+# the tables
+
+
+ZEROSHOT_ROWS = (("chance (uniform guess)", "chance"), ("best constant guess", "constant"),
+                 ("language prior (no video)", "language_prior"), ("cross-modal (with video)", "cross_modal"))
+
+
+def zeroshot_table(z: dict[str, Any]) -> Table:
+    """The paper's Table 1 layout, in percent."""
+    rows = [(label, [percent(z[f"{prefix}_{s}_top{k}"]) for s in SLOTS for k in TOP_K]) for label, prefix in ZEROSHOT_ROWS]
+    return Table("zero-shot classification", [f"{s} top-{k}" for s in SLOTS for k in TOP_K], rows,
+                 note=f"{int(z['segments'])} labelled held-out segments")
+
+
+def heldout_table(h: dict[str, float]) -> Table:
+    """Held-out figures beside their chance levels."""
+    rows = [(label, [f"{h[value]:.3f}", f"{h[chance]:.3f}", str(int(h[count]))])
+            for label, value, chance, count in HELDOUT_ROWS if value in h]
+    return Table("held-out", ["model", "chance", "targets"], rows)
+
+
+def in_turn_table(r: dict[str, float]) -> Table:
+    """Every held-out video token masked once: the model against unigrams and copying a neighbour."""
+    rows = [(label, [f"{r[acc]:.3f}", f"{r[ppl]:.2f}" if ppl else "-"]) for label, acc, ppl in IN_TURN_ROWS]
+    return Table("video tokens masked in turn", ["accuracy", "perplexity"], rows,
+                 note=f"{int(r['targets'])} held-out visual tokens, each masked once")
+
+
+def retrieval_table(r: dict[str, Any]) -> Table:
+    """Both directions of each ranking, chance in brackets."""
+    rows = []
+    for label, key in RANKINGS:
+        ranking = r if key is None else r.get(key)
+        for direction in DIRECTIONS if ranking else ():
+            d = ranking[direction]
+            cells = [f"{percent(d[f'r{k}'])} ({percent(d[f'r{k}_chance'])})" for k in RECALL_AT]
+            rows.append((f"{direction.replace('_', ' ')}, {label}",
+                         cells + [f"{d['median_rank']:.1f} ({d['median_rank_chance']:.1f})"]))
+    return Table("retrieval", [f"R@{k}" for k in RECALL_AT] + ["median rank"], rows, label_header="direction, ranked by",
+                 note=f"{r['segments']} held-out segments, {r['distinct_captions']} distinct captions; chance in brackets")
+
+
+def caption_table(c: dict[str, Any]) -> Table:
+    """The captioning table (the paper's Table 3 layout)."""
+    rows = [(c["row_labels"][row], [format_score(m, scores[m]) for m in METRICS]) for row, scores in c["rows"].items()]
+    tokenizer = next(iter(c["rows"].values()))["tokenizer"] if c["rows"] else ""
+    return Table("captioning", [METRIC_LABELS[m] for m in METRICS], rows, label_header="features",
+                 note=f"{c['heldout_segments']} held-out segments, {c['distinct_references']} distinct references; "
+                      f"{c['decoding']} decoding; tokens: {tokenizer}; BLEU, METEOR, ROUGE-L in %")
+
+
+PROBE_ROWS = (("constant", "best constant guess"), ("encoder", "clip encoder features"), ("videobert", "VideoBERT features"))
+
+
+def probe_table(accuracy: dict[str, dict[str, float]]) -> Table:
+    """Linear probes' held-out accuracy by features."""
+    rows = [(label, [percent(accuracy[name]["verb"]), percent(accuracy[name]["noun"])])
+            for name, label in PROBE_ROWS if name in accuracy]
+    return Table("linear probe (held-out accuracy)", ["verb", "noun"], rows, label_header="features")
+
+
+def format_caption_tables(c: dict[str, Any]) -> str:
+    """The captioning table and, when they ran, the probes."""
+    parts = [format_table(caption_table(c))]
+    probes = c.get("probes", {}).get("accuracy")
+    if probes:
+        parts.append(format_table(probe_table(probes)))
+    return "\n\n".join(parts)
+
+
+def format_tables(results: dict[str, Any]) -> str:
+    """The zero-shot, held-out, retrieval and captioning tables (what ``eval`` and ``demo`` print)."""
+    builders = (("zero_shot", zeroshot_table), ("heldout", heldout_table), ("heldout_video_in_turn", in_turn_table),
+                ("retrieval", retrieval_table))
+    parts = [format_table(build(results[key])) for key, build in builders if key in results]
+    if "captioning" in results:
+        parts.append(format_caption_tables(results["captioning"]))
+    return "\n\n".join(parts)
