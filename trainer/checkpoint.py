@@ -27,6 +27,7 @@ had resumes its saved generators; a rank it did not have seeds them from (seed, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -51,7 +52,10 @@ from videobert.models.visual.codebook import CodebookError
 from videobert.trainer.build import MODEL_KEYS
 from videobert.trainer.config import ConfigError, TrainConfig, save_config
 from videobert.trainer.data import EpochPhase, History, StreamPosition, repartition
-from videobert.trainer.distributed import gather_lists, import_deepspeed
+from videobert.trainer.distributed import gather_lists, import_deepspeed, world
+from videobert.trainer.integrity import (
+    checksums, describe_write_failure, problems_in_share, recorded, share_of,
+)
 from videobert.trainer.reshard import ReshardError, load_resharded, optimizer_files
 from videobert.trainer.run_folder import (
     COMPLETE, LATEST, PARTIAL, REPLACED, CheckpointFolder, files_under, fsync_file, fsync_folder, latest_complete,
@@ -134,8 +138,9 @@ def _barrier() -> None:
 
 
 def save_checkpoint(engine, root: Path, snapshot: Snapshot, config: TrainConfig, model_config: dict[str, Any],
-                    rank: int, keep_last: int) -> Path:
-    """Collective: every rank calls it. Returns the completed folder."""
+                    rank: int, keep_last: int, stopped: str = "") -> Path:
+    """Collective: every rank calls it. Returns the completed folder. ``stopped``: why training could
+    not go on when this save was made (recorded in the marker; a resume reports it)."""
     step = snapshot.state.step
     staged = CheckpointFolder(root / CheckpointFolder.staged_name_of(step, PARTIAL))
     if rank == 0:
@@ -143,23 +148,42 @@ def save_checkpoint(engine, root: Path, snapshot: Snapshot, config: TrainConfig,
         recover_interrupted_saves(root)
         shutil.rmtree(staged.path, ignore_errors=True)
     _barrier()
-    engine.save_checkpoint(str(root), tag=staged.path.name, save_latest=False)
-    staged.trainer_state(rank).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(staged.trainer_state(rank), snapshot.state.to_json())
-    torch.save(snapshot.rng, staged.rng_state(rank))
-    _fsync_own_files(staged, rank)
+    with _naming_write_failures(staged.path):
+        engine.save_checkpoint(str(root), tag=staged.path.name, save_latest=False)
+        staged.trainer_state(rank).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(staged.trainer_state(rank), snapshot.state.to_json())
+        torch.save(snapshot.rng, staged.rng_state(rank))
+        if rank == 0:
+            save_config(config, staged.config)
+            write_json(staged.model_config, model_config)
+        _fsync_own_files(staged, rank)
     _barrier()
+    files = recorded(gather_lists(checksums(staged.path, share_of(staged.path, rank, world()[1]))))
     if rank == 0:
-        save_config(config, staged.config)
-        write_json(staged.model_config, model_config)
-        _fsync_tree(staged.path)
-        write_json(staged.complete_marker, {"step": step, "world_size": snapshot.state.world_size,
-                                            "num_streams": snapshot.state.num_streams, "time": time.time()})
-        install(root, step)
-        write_text_atomic(root / LATEST, CheckpointFolder.name_of(step))
+        with _naming_write_failures(staged.path):
+            _fsync_tree(staged.path)
+            marker = {"step": step, "world_size": snapshot.state.world_size, "num_streams": snapshot.state.num_streams,
+                      "time": time.time(), "files": files}
+            write_json(staged.complete_marker, marker | ({"stopped": stopped} if stopped else {}))
+            install(root, step)
+            write_text_atomic(root / LATEST, CheckpointFolder.name_of(step))
         prune(root, keep_last)
     _barrier()
     return root / CheckpointFolder.name_of(step)
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (the device full, most often); the complete ones are intact."""
+
+    exit_status = 1
+
+
+@contextlib.contextmanager
+def _naming_write_failures(folder: Path):
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        raise CheckpointWriteError(describe_write_failure(folder, e)) from e
 
 
 def _fsync_own_files(ckpt: CheckpointFolder, rank: int) -> None:
@@ -256,17 +280,59 @@ class ResumePlan:
 
 def plan_resume(root: Path, resume: str, rank: int, ranks: int, model_config: dict[str, Any],
                 codebook) -> ResumePlan | None:
-    """Collective: choose the checkpoint (rank 0 decides) and check that this run can continue it (at
-    another number of ranks: that every old rank's optimizer file is there)."""
-    chosen = _decided_by_rank0(lambda: _choose(root, resume), rank)
-    if chosen is None:
+    """Collective: choose the checkpoint (rank 0 decides), verify its files against the checksums of
+    its marker (``resume=auto`` falls back to the newest intact one), and check that this run can
+    continue it (at another number of ranks: that every old rank's optimizer file is there)."""
+    candidates = _decided_by_rank0(lambda: _choose(root, resume), rank)
+    ckpt = _first_intact([CheckpointFolder(Path(c)) for c in candidates], explicit=resume != "auto", rank=rank)
+    if ckpt is None:
         return None
-    ckpt = CheckpointFolder(Path(chosen))
     marker = ckpt.marker()
+    if marker.get("stopped") and rank == 0:
+        log.warning("%s was saved when training stopped: %s", ckpt.path, marker["stopped"])
     plan = ResumePlan(folder=ckpt.path, world_size=int(marker["world_size"]),
                       num_streams=int(marker.get("num_streams", _streams_of(ckpt))), ranks=ranks)
     _decided_by_rank0(lambda: _check_fits(ckpt, model_config, codebook, plan), rank)
     return plan
+
+
+def _first_intact(candidates: list[CheckpointFolder], explicit: bool, rank: int) -> CheckpointFolder | None:
+    """Collective: the first of ``candidates`` (newest first) whose files match its marker."""
+    damaged = []
+    for ckpt in candidates:
+        problems = damage(ckpt)
+        if not problems:
+            return ckpt
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        if explicit:
+            raise CheckpointError(f"checkpoint.resume: {ckpt.path} is damaged and refused: {problems[0]}{more}; "
+                                  "resume from an older checkpoint (checkpoint.resume=step-N) or checkpoint.resume=auto")
+        if rank == 0:
+            log.warning("%s is damaged and skipped: %s%s; trying the checkpoint before it", ckpt.path, problems[0], more)
+        damaged.append(ckpt.path.name)
+    if damaged:
+        raise CheckpointError(f"every complete checkpoint is damaged ({', '.join(damaged)}; see the warnings above): "
+                              "restore one, or start over with checkpoint.resume=none or another run_dir")
+    return None
+
+
+def damage(ckpt: CheckpointFolder) -> list[str]:
+    """Collective: what is wrong with the files of a complete checkpoint, checked against the checksums
+    of its marker (each rank reads its share; every rank gets the whole list). Empty: intact."""
+    return gather_lists(damage_in_share(ckpt, *world()))
+
+
+def damage_in_share(ckpt: CheckpointFolder, rank: int = 0, world_size: int = 1) -> list[str]:
+    """What is wrong with rank ``rank``'s share of a checkpoint's files (all of them by default)."""
+    try:
+        files = ckpt.marker().get("files")
+        if files is None:
+            if rank == 0:
+                log.warning("%s records no checksums (saved by an older version): its files are not verified", ckpt.path)
+            return []
+        return problems_in_share(ckpt.path, files, rank, world_size)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return [f"{ckpt.complete_marker} cannot be read ({type(e).__name__}: {e})"] if rank == 0 else []
 
 
 def _decided_by_rank0(decide, rank: int):
@@ -286,17 +352,17 @@ def _decided_by_rank0(decide, rank: int):
     return shared["value"]
 
 
-def _choose(root: Path, resume: str) -> str | None:
+def _choose(root: Path, resume: str) -> list[str]:
+    """The checkpoints to try, newest first (``resume=auto``: every complete one; a named one alone)."""
     if resume == "none":
-        return None
+        return []
     recover_interrupted_saves(root)
     if resume == "auto":
-        found = latest_complete(root)
-        return str(found) if found else None
+        return [str(p) for _, p in reversed(step_dirs(root)) if CheckpointFolder(p).is_complete()]
     path = Path(resume) if Path(resume).is_absolute() or Path(resume).exists() else root / resume
     if not CheckpointFolder(path).is_complete():
         raise CheckpointError(f"checkpoint.resume={resume!r}: {path} is not a complete checkpoint (no {COMPLETE} marker)")
-    return str(path)
+    return [str(path)]
 
 
 def _streams_of(ckpt: CheckpointFolder) -> int:
@@ -431,6 +497,9 @@ def consolidated_model(folder: Path):
     ckpt = CheckpointFolder(Path(folder))
     if not ckpt.is_complete():
         raise CheckpointError(f"{ckpt.path} is not a complete checkpoint (no {COMPLETE} marker)")
+    problems = damage_in_share(ckpt)  # one process reads it all: no collective here
+    if problems:
+        raise CheckpointError(f"{ckpt.path} is damaged and refused: {'; '.join(problems)}")
     config = VideoBertConfig.from_dict(json.loads(ckpt.model_config.read_text(encoding="utf-8")))
     model = VideoBertForPreTraining(config)
     import_deepspeed()

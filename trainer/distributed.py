@@ -22,6 +22,8 @@ import json
 import logging
 import os
 import socket
+import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -88,6 +90,21 @@ def leave_distributed(info: DistInfo | None, together: bool) -> None:
     if together:
         dist.barrier()
     dist.destroy_process_group()
+
+
+def end_within(seconds: float, status: int) -> threading.Timer:
+    """After an error: whatever the teardown still waits for (a peer that will never answer, a child
+    process, a thread), this process ends ``seconds`` from now with ``status``."""
+
+    def end() -> None:
+        sys.stderr.write(f"still not ended {seconds:.0f} s after the error above: exiting with status {status}\n")
+        sys.stderr.flush()
+        os._exit(status)
+
+    timer = threading.Timer(seconds, end)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _ranks_from_slurm() -> None:

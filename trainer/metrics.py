@@ -119,14 +119,16 @@ class Window:
 class TensorBoard:
     """Rank 0's TensorBoard writer plus a JSON-lines copy of the same scalars (no-op elsewhere)."""
 
-    def __init__(self, run: RunFolder, enabled: bool):
+    def __init__(self, run: RunFolder, enabled: bool, resumed_at: int = 0):
+        """``resumed_at``: the step the run continues from; what a killed run logged past it is dropped
+        (those steps are logged again)."""
         self.writer = None
         self.jsonl = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run.tensorboard))
-            self.jsonl = open_lines_for_append(run.metrics)
+            self.writer = SummaryWriter(log_dir=str(run.tensorboard), purge_step=resumed_at + 1 if resumed_at else None)
+            self.jsonl = open_lines_for_append(run.metrics, after_step=resumed_at)
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         if self.writer is None:
@@ -143,15 +145,33 @@ class TensorBoard:
             self.jsonl.close()
 
 
-def open_lines_for_append(path: Path) -> TextIO:
+def open_lines_for_append(path: Path, after_step: int | None = None) -> TextIO:
     """A JSON-lines file opened to append, after cutting off a last line that a killed writer left
-    without its newline (appended to, it would glue onto the next run's first line and spoil both)."""
+    without its newline (appended to, it would glue onto the next run's first line and spoil both),
+    and with ``after_step``, every line from the first one of a later step on."""
     with open(path, "ab+") as f:
         end = f.seek(0, os.SEEK_END)
         keep = _end_of_last_line(f, end)
+        if after_step is not None:
+            keep = min(keep, _start_of_steps_after(f, after_step))
         if keep != end:
             f.truncate(keep)
     return open(path, "a", encoding="utf-8")
+
+
+def _start_of_steps_after(f, step: int) -> int:
+    """Offset of the first line whose ``step`` is past ``step`` (lines are appended in step order)."""
+    f.seek(0)
+    offset = 0
+    for raw in f:
+        try:
+            later = int(json.loads(raw)["step"]) > step
+        except (ValueError, KeyError, TypeError):
+            later = False
+        if later:
+            return offset
+        offset += len(raw)
+    return offset
 
 
 def _end_of_last_line(f, end: int, chunk: int = 1 << 16) -> int:

@@ -2,6 +2,7 @@
 
 Layout of ``run_dir``::
 
+    LOCK                             held while a run trains in it (``trainer.run_lock``): host, pid
     config.yaml                      the resolved run config (written when training starts)
     metrics.jsonl                    the training scalars, one JSON line per logging step
     tensorboard/                     the same scalars as TensorBoard events
@@ -9,7 +10,8 @@ Layout of ``run_dir``::
     audit/rank-00000.jsonl           with ``data.audit``: what each optimizer step of a rank consumed
     checkpoints/latest               the newest complete checkpoint's name
     checkpoints/step-N/              one checkpoint (``CheckpointFolder``):
-        COMPLETE                     written last, by rank 0, once every rank's files are on disk
+        COMPLETE                     written last, by rank 0, once every rank's files are on disk:
+                                     the step, the ranks, and each file's size and SHA-256
         config.yaml                  the resolved run config
         model.json                   the model's config, joint vocabulary included
         trainer/rank-00000.json      each rank's trainer state (counters, data position)

@@ -15,6 +15,7 @@ global batch); SIGTERM/SIGINT save one and stop at the next step boundary (exit 
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import logging
 import sys
@@ -37,18 +38,23 @@ from videobert.trainer.checkpoint import (
 )
 from videobert.trainer.config import ConfigError, TrainConfig, batch_sizes, load_config, save_config, shipped_recipes
 from videobert.trainer.data import SAMPLE_EPOCHS, SAMPLE_KEYS, StreamPosition, make_loader
-from videobert.trainer.distributed import all_reduce_, init_distributed, leave_distributed
+from videobert.trainer.distributed import all_reduce_, end_within, gather_lists, init_distributed, leave_distributed
 from videobert.trainer.engine import build_ds_config, build_engine
 from videobert.trainer.evaluation.heldout import engine_heldout, heldout_objectives
 from videobert.trainer.evaluation.tables import format_table, heldout_table
 from videobert.trainer.example_builder import ExampleBuilder, resolve_visual
 from videobert.trainer.metrics import TensorBoard, Window, console_summary, peak_flops
 from videobert.trainer.run_folder import RunFolder, write_json
+from videobert.trainer.run_lock import RunFolderLocked, RunLock
 
 log = logging.getLogger("videobert.train")
 
 EXIT_RESUMABLE = 75
 """Exit status after SIGTERM/SIGINT: a checkpoint was saved; the same command continues the run."""
+
+EXIT_GRACE_S = 30.0
+"""After an error, the longest the process takes to end: its teardown (the process group, the data
+loader's workers, TensorBoard's writer) gets this long, then the process exits regardless."""
 
 
 class TrainingStopped(VideoBertError, RuntimeError):
@@ -65,6 +71,7 @@ class Trainer:
         self.dist = dist_info or init_distributed(cfg.dist_timeout_s)
         torch.manual_seed(cfg.seed + self.dist.rank)
         self.run = RunFolder(cfg.run_dir)
+        self.lock = self._lock_run_folder()
         self.sizes = batch_sizes(cfg.optim, self.dist.world_size)
         self.codebook = build.build_codebook(cfg)
         self.source = build.inspect_source(cfg.data.train, "data.train")
@@ -89,6 +96,26 @@ class Trainer:
         self._batches: Iterator[dict[str, Any]] | None = None
         self.stopped_by_signal = False
 
+    def _lock_run_folder(self) -> RunLock | None:
+        """Collective: rank 0 takes the run folder's lock (``trainer.run_lock``); a refusal is raised on
+        every rank. Released by ``release`` (or when the process exits)."""
+        lock, refused = None, []
+        if self.dist.is_main:
+            try:
+                lock = RunLock(self.run.path).acquire()
+                atexit.register(lock.release)
+            except RunFolderLocked as e:
+                refused = [str(e)]
+        refused = gather_lists(refused)
+        if refused:
+            raise RunFolderLocked(refused[0])
+        return lock
+
+    def release(self) -> None:
+        """Let go of the run folder (another run may start on it)."""
+        if self.lock is not None:
+            self.lock.release()
+
     # -- state -----------------------------------------------------------------------------
 
     @property
@@ -101,7 +128,7 @@ class Trainer:
     def load_state_dict(self, state) -> None:
         self.state = state
         self.boundary = Snapshot.take(state)
-        self._batches = None
+        self.close_loader()
 
     def resume(self) -> bool:
         if self.plan is None:
@@ -116,11 +143,14 @@ class Trainer:
                            "optim.global_batch_size to keep it the same at every number of ranks", self.sizes.global_batch)
         return True
 
-    def save(self) -> Path:
+    def save(self, stopped: str = "") -> Path:
+        """Collective. ``stopped``: why training cannot go on (recorded in the checkpoint's marker)."""
+        if self.lock is not None:
+            self.lock.check()
         if self.audit is not None:
             self.audit.sync()
         folder = save_checkpoint(self.engine, self.run.checkpoints, self.boundary, self.cfg, self.model_config.to_dict(),
-                                 self.dist.rank, self.cfg.checkpoint.keep_last)
+                                 self.dist.rank, self.cfg.checkpoint.keep_last, stopped=stopped)
         self._main_log("checkpoint %s", folder)
         return folder
 
@@ -208,9 +238,10 @@ class Trainer:
         log.warning("rank %d: non-finite loss at step %d; micro-batch skipped (%d in a row)",
                     self.dist.rank, self.state.step, bad_in_a_row)
         if bad_in_a_row >= self.cfg.max_bad_steps:
-            folder = self.save()
+            why = f"{bad_in_a_row} non-finite losses in a row at step {self.state.step}"
+            folder = self.save(stopped=f"{why}; the state is that of the step's start")
             raise TrainingStopped(
-                f"{bad_in_a_row} non-finite losses in a row at step {self.state.step}; saved {folder}. "
+                f"{why}; saved {folder} (its marker says so). "
                 "Lower optim.lr, raise optim.warmup_steps, or use optim.precision=fp32, then resume"
             )
 
@@ -234,12 +265,27 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run.config)
-        board = TensorBoard(self.run, self.dist.is_main)
+        board = TensorBoard(self.run, self.dist.is_main, resumed_at=self.state.step)
         if cfg.data.audit:
             self._open_audit()
         peak = peak_flops(self.dist.device, cfg.logging.peak_flops)
         bar = self._progress_bar()
         self.engine.train()
+        try:
+            self._loop(board, bar, peak)
+        finally:
+            # Whatever ends the loop (an error included), the loader's worker processes end now: left
+            # to the interpreter's exit, they would be joined forever (they ignore SIGTERM).
+            self.close_loader()
+        if bar is not None:
+            bar.close()
+        board.close()
+        if self.audit is not None:
+            self.audit.close()
+        return self.state
+
+    def _loop(self, board, bar, peak: float) -> None:
+        cfg = self.cfg
         saved_at = self.state.step
         window = Window()
         with StopSignals() as signals:
@@ -260,12 +306,12 @@ class Trainer:
                     break
         if saved_at != self.state.step:
             self.save()
-        if bar is not None:
-            bar.close()
-        board.close()
-        if self.audit is not None:
-            self.audit.close()
-        return self.state
+
+    def close_loader(self) -> None:
+        """End the training loader's worker processes (a new iterator starts if training goes on)."""
+        if self._batches is not None:
+            stop_workers(self._batches)
+            self._batches = None
 
     def evaluate_heldout(self, max_batches: int | None = None) -> dict[str, float]:
         """The held-out pass through the engine (``data.heldout``); rank 0 prints and saves it."""
@@ -303,6 +349,22 @@ class Trainer:
             log.info(msg, *args)
 
 
+def stop_workers(batches: Iterator[dict[str, Any]], timeout_s: float = 5.0) -> None:
+    """End a DataLoader iterator's worker processes: asked first, killed after ``timeout_s``."""
+    # The workers ignore SIGTERM (the scheduler's signal is the trainer's to handle), so the
+    # DataLoader's own fallback, terminate(), cannot end a worker that did not stop when asked.
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is None:  # num_workers=0: no processes
+        return
+    shutdown()
+    for worker in getattr(batches, "_workers", ()):
+        worker.join(timeout=timeout_s)
+        if worker.is_alive():
+            log.warning("a data loader worker (pid %d) did not stop in %.0f s: killed", worker.pid, timeout_s)
+            worker.kill()
+            worker.join(timeout=timeout_s)
+
+
 def _grad_norm(engine) -> float:
     norm = engine.get_global_grad_norm()
     return float(norm) if norm is not None else 0.0
@@ -332,9 +394,23 @@ def run(args: argparse.Namespace) -> int:
     try:
         trainer = train(cfg, dist_info)
         together = True
+    except BaseException as e:
+        end_within(EXIT_GRACE_S, exit_status_of(e))
+        raise
     finally:
         leave_distributed(dist_info, together)
     return EXIT_RESUMABLE if trainer.stopped_by_signal else 0
+
+
+def exit_status_of(error: BaseException) -> int:
+    """The status a process that failed with ``error`` exits with (as ``trainer.cli.main`` would)."""
+    if isinstance(error, VideoBertError):
+        return error.exit_status
+    if isinstance(error, KeyboardInterrupt):
+        return 130
+    if isinstance(error, SystemExit):
+        return error.code if isinstance(error.code, int) else 1
+    return 1
 
 
 def train(cfg: TrainConfig, dist_info=None) -> Trainer:
@@ -342,10 +418,13 @@ def train(cfg: TrainConfig, dist_info=None) -> Trainer:
     stopped by a signal). ``dist_info``: the process group joined already (None: join it here)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     trainer = Trainer(cfg, dist_info)
-    trainer.resume()
-    trainer.train()
-    if cfg.data.heldout and not trainer.stopped_by_signal:
-        trainer.evaluate_heldout()
+    try:
+        trainer.resume()
+        trainer.train()
+        if cfg.data.heldout and not trainer.stopped_by_signal:
+            trainer.evaluate_heldout()
+    finally:
+        trainer.release()
     return trainer
 
 

@@ -1,0 +1,96 @@
+"""A checkpoint's integrity: the checksum of every file, recorded in its completion marker and
+verified before anything of it loads; and a save that failed, named for what it is.
+
+The marker (``COMPLETE``) lists each file of the folder under its path relative to the folder, with
+its size and SHA-256 (``sha256sum`` checks the same digests by hand). The ranks share the work: rank
+``r`` of ``n`` hashes every ``n``-th file of the sorted list, both when saving (right after the
+files are written, so mostly from the page cache) and when resuming (one extra read of the folder,
+split over the ranks; the load that follows then reads from the page cache).
+
+A checkpoint whose marker predates checksums is loaded as before, with a warning.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable
+
+from videobert.trainer.run_folder import COMPLETE, files_under
+
+CHUNK = 8 << 20
+NO_SPACE_BELOW = 64 << 20
+"""A write that fails with less than this free on its device is reported as the device being full
+(torch's writer loses the OS error: ``basic_ios::clear: iostream error``)."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def share_of(folder: Path, rank: int, world_size: int) -> list[Path]:
+    """The files of ``folder`` (its marker excluded) that rank ``rank`` of ``world_size`` hashes."""
+    files = [p for p in files_under(folder) if p.relative_to(folder).as_posix() != COMPLETE]
+    return files[rank::world_size]
+
+
+def checksums(folder: Path, files: Iterable[Path]) -> list[list[Any]]:
+    """[relative path, size, sha256] of each file (hashed on threads: hashlib releases the GIL)."""
+    files = list(files)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        digests = list(pool.map(sha256_of, files))
+    return [[p.relative_to(folder).as_posix(), p.stat().st_size, d] for p, d in zip(files, digests)]
+
+
+def recorded(entries: Iterable[list[Any]]) -> dict[str, dict[str, Any]]:
+    """The marker's ``files`` record from every rank's ``checksums``."""
+    return {name: {"bytes": size, "sha256": digest} for name, size, digest in sorted(entries)}
+
+
+def problems_in_share(folder: Path, files: dict[str, dict[str, Any]], rank: int, world_size: int) -> list[str]:
+    """What is wrong with rank ``rank``'s share of the files the marker lists (empty: intact)."""
+    names = sorted(files)[rank::world_size]
+    found = []
+    for name in names:
+        path, expected = folder / name, files[name]
+        if not path.is_file():
+            found.append(f"{path} is missing")
+            continue
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            found.append(f"{path} has {size} bytes, its checkpoint's {COMPLETE} marker says {expected['bytes']}")
+        elif sha256_of(path) != expected["sha256"]:
+            found.append(f"{path} is damaged: its SHA-256 differs from the one in its checkpoint's {COMPLETE} marker")
+    return found
+
+
+def describe_write_failure(folder: Path, error: BaseException) -> str:
+    """What a failed checkpoint write was: the device full (and the file being written), or the error."""
+    written = newest_file(folder)
+    where = f"{written}" if written else f"{folder}"
+    try:
+        free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+    except OSError:
+        free = None
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < NO_SPACE_BELOW):
+        left = f"{free} bytes left" if free is not None else "no space left"
+        return (f"no space left on the device while writing {where} ({left}): free some space, lower "
+                "checkpoint.keep_last or move run_dir, then run the same command again; it resumes from the "
+                "newest complete checkpoint (this save was not completed and is deleted when the run starts)")
+    return f"could not write the checkpoint file {where}: {error}"
+
+
+def newest_file(folder: Path) -> Path | None:
+    """The file of ``folder`` written last (the one a failed write was writing)."""
+    try:
+        files = files_under(folder)
+        return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
+    except OSError:
+        return None
