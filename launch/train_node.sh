@@ -13,5 +13,13 @@ python=${PYTHON:-"${VIDEOBERT_VENV:-$root/.venv}/bin/python"}
 gpus=$("$python" -c "import torch; print(torch.cuda.device_count())")
 procs=${NPROC:-$(( gpus > 0 ? gpus : 1 ))}
 cd "$root"
-exec "$python" -m torch.distributed.run --standalone --nproc_per_node="$procs" \
-    -m videobert.trainer.train --config "$recipe" "$@"
+# torchrun reports the workers' exit status 75 (stopped by a signal, checkpoint saved) as a failure
+# (status 1): the workers mark a stop in this file, and the script exits 75 as a plain run would.
+# The script ignores SIGTERM/SIGINT itself (torchrun and the workers handle them) to read the result.
+export VIDEOBERT_STOPPED_FILE=${VIDEOBERT_STOPPED_FILE:-$(mktemp -u "${TMPDIR:-/tmp}/videobert-stopped.XXXXXX")}
+trap '' TERM INT
+code=0
+"$python" -m torch.distributed.run --standalone --nproc_per_node="$procs" \
+    -m videobert.trainer.train --config "$recipe" "$@" || code=$?
+if [ -e "$VIDEOBERT_STOPPED_FILE" ]; then rm -f "$VIDEOBERT_STOPPED_FILE"; [ "$code" -eq 0 ] || exit 75; fi
+exit "$code"

@@ -34,8 +34,14 @@ if [ -n "${LOCAL_ADDR:-}" ]; then options+=(--local_addr="$LOCAL_ADDR"); fi
 # it forever: give every round its own workers' store.
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 cd "$root"
-exec "$python" -m torch.distributed.run \
+# A stop on SIGTERM (checkpoint saved) exits 75, as in train_node.sh.
+export VIDEOBERT_STOPPED_FILE=${VIDEOBERT_STOPPED_FILE:-$(mktemp -u "${TMPDIR:-/tmp}/videobert-stopped.XXXXXX")}
+trap '' TERM INT
+code=0
+"$python" -m torch.distributed.run \
     --nnodes="${NNODES:?set NNODES (e.g. 4, or 2:4)}" --nproc_per_node="${NPROC:-$gpus}" \
     --rdzv_backend=c10d --rdzv_endpoint="${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port}" \
     --rdzv_id="${RDZV_ID:-videobert}" --max_restarts="${MAX_RESTARTS:-3}" ${options[@]+"${options[@]}"} \
-    -m videobert.trainer.train --config "$recipe" "$@"
+    -m videobert.trainer.train --config "$recipe" "$@" || code=$?
+if [ -e "$VIDEOBERT_STOPPED_FILE" ]; then rm -f "$VIDEOBERT_STOPPED_FILE"; [ "$code" -eq 0 ] || exit 75; fi
+exit "$code"

@@ -13,6 +13,9 @@ differs; each keeps the built-in base it always had (``ValueError``, ``RuntimeEr
 
 from __future__ import annotations
 
+import logging
+import re
+
 
 class VideoBertError(Exception):
     """A problem the user can fix; the command line prints its message and exits with ``exit_status``."""
@@ -23,3 +26,28 @@ class VideoBertError(Exception):
 
 class MissingFileError(VideoBertError, FileNotFoundError):
     """A file or folder the user named does not exist, or lacks what it must hold."""
+
+
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_UNPRINTABLE_IN_A_LINE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, *, one_line: bool = False) -> str:
+    """``text`` with its control characters escaped (``\\x1b``, ``\\u202e``; tabs kept, newlines too
+    unless ``one_line``): a shard key or a file name quoted in a message cannot move the cursor,
+    recolour the terminal, or forge a line of its own."""
+    pattern = _UNPRINTABLE_IN_A_LINE if one_line else _UNPRINTABLE
+    return pattern.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+class PrintableFormatter(logging.Formatter):
+    """A log formatter whose messages are one line each, their control characters escaped (a
+    traceback, which is ours, is appended as it is)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record), one_line=True)

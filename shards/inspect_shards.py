@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from videobert.models.errors import printable
 from videobert.shards import reader, schema
 
 FRAMES_PER_ROW = 8
@@ -152,7 +153,7 @@ def _plural(n: int, noun: str) -> str:
 
 
 def _warn(url: str, error: Exception) -> None:
-    print(f"warning: {url}: {error}", file=sys.stderr)
+    print(printable(f"warning: {url}: {error}"), file=sys.stderr)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,14 +170,14 @@ def run(args: argparse.Namespace) -> int:
     sample = find_sample(urls, index=args.sample, key=args.key)
     if sample is None:
         wanted = f"key {args.key!r}" if args.key is not None else f"sample {args.sample}"
-        print(f"videobert shards inspect: error: no {wanted} in {args.path}", file=sys.stderr)
+        print(printable(f"videobert shards inspect: error: no {wanted} in {args.path}"), file=sys.stderr)
         return 1
     counts = count(urls)
     source = "stats files" if counts.from_stats else "reading the shards"
     print("\n".join(describe_schema(sample)))
     print(f"counts ({source}): {_plural(counts.shards, 'shard')}, {_plural(counts.samples, 'sample')}, "
           f"{_plural(counts.clips, 'clip')}")
-    print("\n".join(describe_sample(sample)))
+    print(printable("\n".join(describe_sample(sample))))  # its key and text are the shard's
     if args.frames is not None:
         if sample.frames is None:
             print(f"{sample.meta.kind} shards hold no frames (visual-token ids only); no picture written")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from videobert.models.errors import VideoBertError
+from videobert.models.errors import VideoBertError, printable
 from videobert.shards import cli as shards_cli
 from videobert.shards.options import normalize_option_names
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except VideoBertError as e:
         command = " ".join(["videobert", args.command] + ([args.stage] if args.command == "shards" else []))
-        print(f"{command}: error: {e}", file=sys.stderr)
+        print(f"{command}: error: {printable(str(e))}", file=sys.stderr)
         return e.exit_status
 
 

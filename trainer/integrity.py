@@ -57,18 +57,20 @@ def recorded(entries: Iterable[list[Any]]) -> dict[str, dict[str, Any]]:
 def problems_in_share(folder: Path, files: dict[str, dict[str, Any]], rank: int, world_size: int) -> list[str]:
     """What is wrong with rank ``rank``'s share of the files the marker lists (empty: intact)."""
     names = sorted(files)[rank::world_size]
-    found = []
-    for name in names:
-        path, expected = folder / name, files[name]
-        if not path.is_file():
-            found.append(f"{path} is missing")
-            continue
-        size = path.stat().st_size
-        if size != expected["bytes"]:
-            found.append(f"{path} has {size} bytes, its checkpoint's {COMPLETE} marker says {expected['bytes']}")
-        elif sha256_of(path) != expected["sha256"]:
-            found.append(f"{path} is damaged: its SHA-256 differs from the one in its checkpoint's {COMPLETE} marker")
-    return found
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        found = pool.map(lambda name: _problem(folder / name, files[name]), names)
+        return [problem for problem in found if problem]
+
+
+def _problem(path: Path, expected: dict[str, Any]) -> str:
+    if not path.is_file():
+        return f"{path} is missing"
+    size = path.stat().st_size
+    if size != expected["bytes"]:
+        return f"{path} has {size} bytes, its checkpoint's {COMPLETE} marker says {expected['bytes']}"
+    if sha256_of(path) != expected["sha256"]:
+        return f"{path} is damaged: its SHA-256 differs from the one in its checkpoint's {COMPLETE} marker"
+    return ""
 
 
 def describe_write_failure(folder: Path, error: BaseException) -> str:

@@ -18,6 +18,7 @@ import argparse
 import atexit
 import dataclasses
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any, Iterator
 
 import torch
 
-from videobert.models.errors import VideoBertError
+from videobert.models.errors import PrintableFormatter, VideoBertError
 from videobert.models.sizing import step_flops
 from videobert.models.videobert import MODEL_INPUTS
 from videobert.models.vocab import JointVocab
@@ -390,6 +391,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"unexpected argument(s) {' '.join(args.stray)}: settings are options ({flags})")
     settings = settings_from_args(args) | ({"checkpoint.resume": args.resume} if args.resume else {})
     cfg = load_config(args.config, settings=settings)
+    if os.environ.get(STOPPED_FILE_VARIABLE):  # a stop of an earlier round (torchrun elastic restarts)
+        Path(os.environ[STOPPED_FILE_VARIABLE]).unlink(missing_ok=True)
     dist_info, together = init_distributed(cfg.dist_timeout_s), False
     try:
         trainer = train(cfg, dist_info)
@@ -399,7 +402,30 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         leave_distributed(dist_info, together)
-    return EXIT_RESUMABLE if trainer.stopped_by_signal else 0
+    if trainer.stopped_by_signal:
+        _tell_the_launch_script()
+        return EXIT_RESUMABLE
+    return 0
+
+
+STOPPED_FILE_VARIABLE = "VIDEOBERT_STOPPED_FILE"
+"""A file the launch scripts name: created when a rank stopped on a signal after a complete checkpoint.
+torchrun reports a worker's status 75 as a failure (its own status 1); the script reads the file
+and exits 75, which the scheduler's requeue logic looks for."""
+
+
+def _tell_the_launch_script() -> None:
+    path = os.environ.get(STOPPED_FILE_VARIABLE)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{EXIT_RESUMABLE}\n")
+
+
+def log_to_stderr() -> None:
+    """INFO and above to stderr, one line each, control characters (from shard keys) escaped."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(PrintableFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
 def exit_status_of(error: BaseException) -> int:
@@ -416,7 +442,7 @@ def exit_status_of(error: BaseException) -> int:
 def train(cfg: TrainConfig, dist_info=None) -> Trainer:
     """Build, resume if asked, train, and evaluate on the held-out shards when configured (unless
     stopped by a signal). ``dist_info``: the process group joined already (None: join it here)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_to_stderr()
     trainer = Trainer(cfg, dist_info)
     try:
         trainer.resume()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import shutil
+import tarfile
 
 import numpy as np
 from PIL import Image
@@ -67,3 +69,26 @@ def test_missing_sample_and_bad_path(prepared, tmp_path, capsys):
     assert "no key 'nope'" in capsys.readouterr().err
     assert cli.main(["shards", "inspect", str(tmp_path / "nothing-here")]) == 2
     assert "no shards found" in capsys.readouterr().err
+
+
+def _tar_of(path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_bad_sample_is_an_error_with_its_key_escaped(tmp_path, capsys):
+    """``--sample N`` on a sample that does not decode ends in a message (no traceback), and control
+    characters of the shard's key reach the terminal escaped."""
+    key = "v\x1b[2J\rforged"
+    shard = tmp_path / "bad.tar"
+    _tar_of(shard, {f"{key}.json": b"{not json", f"{key}.txt": b"a caption", f"{key}.tokens.npy": b"\x93NUMPY"})
+    assert cli.main(["shards", "inspect", str(shard), "--sample", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.tar:v\\x1b[2J\\x0dforged: key" in err and "is not a sample key" in err, err
+    assert "\x1b" not in err and "\r" not in err
+    _tar_of(shard, {"ok.json": b"{not json", "ok.txt": b"a caption", "ok.tokens.npy": b"\x93NUMPY"})
+    assert cli.main(["shards", "inspect", str(shard), "--sample", "0"]) == 2
+    assert "bad.tar:ok: metadata is not valid JSON" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from jobs import ROOT, audit_by_epoch, finish, kill_tree, launch, metrics, start
 from shard_factory import write_codebook, write_token_shards
 
 from videobert.trainer.checkpoint import CheckpointError, consolidated_model, plan_resume, seed_new_rank
-from videobert.trainer.run_folder import CheckpointFolder, RunFolder, latest_complete
+from videobert.trainer.run_folder import COMPLETE, CheckpointFolder, RunFolder, latest_complete
 
 pytestmark = pytest.mark.slow
 
@@ -189,9 +189,17 @@ def test_a_checkpoint_missing_an_old_ranks_file_is_refused_before_the_engine_is_
 
     root = tmp_path / "checkpoints"
     shutil.copytree(saved[0] / "checkpoints" / "step-4", root / "step-4")
-    next((root / "step-4").glob("*zero_pp_rank_1_*optim_states.pt")).unlink()
+    victim = next((root / "step-4").glob("*zero_pp_rank_1_*optim_states.pt"))
+    victim.unlink()
     model = json.loads((root / "step-4" / "model.json").read_text())
     codebook = Codebook.load(inputs / "codebook.safetensors")
+    with pytest.raises(CheckpointError, match="every complete checkpoint is damaged"):
+        plan_resume(root, "auto", 0, 3, model, codebook)  # the marker's checksums name the missing file
+    with pytest.raises(CheckpointError, match=f"{victim} is missing"):
+        plan_resume(root, "step-4", 0, 3, model, codebook)
+    # A checkpoint saved before checksums: the re-partitioning check still names the missing rank.
+    marker = json.loads((root / "step-4" / COMPLETE).read_text())
+    (root / "step-4" / COMPLETE).write_text(json.dumps({k: v for k, v in marker.items() if k != "files"}))
     with pytest.raises(CheckpointError, match=r"written by 2 ranks but holds optimizer files for ranks \[0\] \(missing: \[1\]\)"):
         plan_resume(root, "auto", 0, 3, model, codebook)
     assert plan_resume(root, "auto", 0, 2, model, codebook).other_world_size is False, "the same size reads no other rank's"

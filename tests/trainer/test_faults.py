@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from jobs import ROOT, finish, job_env, kill_tree, launch, metrics, start, tail, trainer_args, wait_for
+from jobs import ROOT, finish, kill_tree, launch, metrics, start, tail, trainer_args, wait_for
 
 from videobert.trainer import run_lock
 from videobert.trainer.checkpoint import damage_in_share
@@ -208,3 +208,19 @@ def test_another_hosts_lease_is_waited_out_or_taken_over_when_it_lapsed(tmp_path
         lock.check()
     lock.release()
     assert path.exists(), "a lock that is not ours is left alone"
+
+
+# ---------------------------------------------------------------------------------------------
+# exit 75 through torchrun
+
+
+def test_launch_script_passes_exit_75_through_torchrun(run_inputs, tmp_path):
+    """torchrun turns its workers' 75 into 1; launch/train_node.sh gives the scheduler 75 back."""
+    run = tmp_path / "run"
+    flags = [f"--{s}" for s in trainer_args(run, run_inputs, ["max_steps=400"])]
+    job = start(["bash", str(ROOT / "launch" / "train_node.sh"), "debug", *flags], run / "job.log",
+                NPROC="2", PYTHON=sys.executable)
+    wait_for(lambda: max(metrics(run), default=0) >= 2, job, run)
+    os.killpg(job.pid, signal.SIGTERM)  # the script, torchrun's agent (which signals its workers)
+    assert _ended_within(job, 120, run) == 75, tail(run)
+    assert "stopped by signal" in tail(run) and latest_complete(run / "checkpoints") is not None

@@ -96,6 +96,8 @@ def test_a_save_at_the_same_step_killed_half_way_loses_nothing(run_inputs, tmp_p
     assert [s for s, _ in step_dirs(ckpts)] == [1] and staged_dirs(ckpts) == []
     state = CheckpointFolder(ckpts / "step-1").read_trainer_state(0)
     assert (state["step"], state["batches_consumed"], state["skipped_steps"]) == (1, 2, 0), "the state at step 1's end"
+    stopped = CheckpointFolder(ckpts / "step-1").marker()["stopped"]
+    assert stopped.startswith("3 non-finite losses in a row at step 1"), "its marker says why it was saved"
     audit = read_audit(RunFolder(run).audit(0))
     assert [line["step"] for line in audit if not line.get("skipped")] == [1]
     assert [line["step"] for line in audit if line.get("skipped")] == [2, 2, 2], "dropped micro-batches are listed"
