@@ -174,7 +174,9 @@ def tokenize_shard(job: ShardJob) -> ShardCounts:
         batcher.flush()
         counts.seconds = time.perf_counter() - started
         writer.extra.update(_stats_extra(job, counts))  # the stats file is written when the shard closes
-    if not writer.finished:
+    if not writer.finished and counts.samples_read == 0 and counts.errors:
+        _commit_refused(Path(job.out), job.index, _stats_extra(job, counts))
+    elif not writer.finished:
         _write_empty_shard(Path(job.out), job.index, _stats_extra(job, counts))
     return counts
 
@@ -272,6 +274,16 @@ def _stats_extra(job: ShardJob, counts: ShardCounts) -> dict[str, Any]:
     }
 
 
+def _commit_refused(out: Path, index: int, extra: dict[str, Any]) -> None:
+    """An input refused whole (not a plain tar, unreadable) is committed by its stats file alone: no
+    output shard, empty or not, for a reader to find; its reason is in the stats and errors.jsonl."""
+    final = out / schema.shard_name(index)
+    final.unlink(missing_ok=True)
+    stats = ShardStats(shard=final.name, samples=0, clips=0, bytes=0, first_position=(), last_position=(),
+                       extra={**extra, "refused": True})
+    write_json_atomic(schema.stats_path(final), stats.to_json())
+
+
 def _write_empty_shard(out: Path, index: int, extra: dict[str, Any]) -> None:
     """A committed shard without samples: the input was read, and nothing in it could be used."""
     final = out / schema.shard_name(index)
@@ -302,6 +314,10 @@ def _argument_differences(previous: dict[str, Any], record: dict[str, Any]) -> l
     return found
 
 
+def _refused(tar: Path) -> bool:
+    return bool(ShardStats.read(schema.stats_path(tar)).extra.get("refused"))
+
+
 def finished_shards(out: Path, indices: list[int]) -> dict[int, ShardStats]:
     """Committed output shards by index, after removing what an interrupted run left half-done."""
     for leftover in out.glob(f"*{schema.PARTIAL_SUFFIX}"):
@@ -309,7 +325,7 @@ def finished_shards(out: Path, indices: list[int]) -> dict[int, ShardStats]:
     done = {}
     for index in indices:
         tar = out / schema.shard_name(index)
-        if tar.is_file() and schema.stats_path(tar).is_file():
+        if schema.stats_path(tar).is_file() and (tar.is_file() or _refused(tar)):
             done[index] = ShardStats.read(schema.stats_path(tar))
         elif tar.exists():
             tar.unlink()  # renamed but not committed: redo it
@@ -537,7 +553,7 @@ def _summarize(
     worker_seconds = sum(s.extra["seconds"] for s in stats)
     checked, differ = (sum(s.extra.get(name, 0) for s in stats) for name in ("fp32_check_clips", "fp32_check_differ"))
     summary = TokenizeSummary(
-        codebook_hash=codebook.hash, shards_read=len(mine), shards_written=len(stats), shards_kept=kept,
+        codebook_hash=codebook.hash, shards_read=len(mine), shards_written=sum(not s.extra.get("refused") for s in stats), shards_kept=kept,
         samples_read=sum(s.extra["samples_read"] for s in stats), samples_written=written,
         samples_skipped=sum(s.extra["samples_skipped"] for s in stats), clips=sum(s.clips for s in stats),
         bytes=sum(s.bytes for s in stats), features=features, errors_lines=len(lines), seconds=seconds,

@@ -119,9 +119,9 @@ class Window:
 class TensorBoard:
     """Rank 0's TensorBoard writer plus a JSON-lines copy of the same scalars (no-op elsewhere)."""
 
-    def __init__(self, run: RunFolder, enabled: bool, resumed_at: int = 0):
-        """``resumed_at``: the step the run continues from; what a killed run logged past it is dropped
-        (those steps are logged again)."""
+    def __init__(self, run: RunFolder, enabled: bool, resumed_at: int | None = None):
+        """``resumed_at``: the step the run continues from (0: a new run); what an earlier run logged
+        past it is dropped, since those steps are logged again."""
         self.writer = None
         self.jsonl = None
         if enabled:

@@ -1,5 +1,6 @@
 """The run folder's own files after a crash: a metrics line cut short (SIGKILL, a full disk, a power cut)
-is dropped, never glued to the next run's first line, and the report reads what remains."""
+is dropped, never glued to the next run's first line, the steps logged past the resumed checkpoint are
+dropped (logged again), and the report reads what remains."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ from videobert.trainer.run_folder import RunFolder
 
 def test_a_cut_metrics_line_is_dropped_when_the_run_resumes(tmp_path):
     run = RunFolder(tmp_path)
-    lines = [json.dumps({"step": s, "split": "train", "loss": 5.0 - s}) for s in (1, 2)]
-    run.metrics.write_text("\n".join(lines) + '\n{"step": 3, "split": "train", "lo')  # the kill's cut
-    board = TensorBoard(run, enabled=True)  # the resumed run
+    lines = [json.dumps({"step": s, "split": "train", "loss": 5.0 - s}) for s in (1, 2, 3)]
+    run.metrics.write_text("\n".join(lines) + '\n{"step": 4, "split": "train", "lo')  # the kill's cut
+    board = TensorBoard(run, enabled=True, resumed_at=2)  # the resumed run, from its step-2 checkpoint
     for step in (3, 4):
         board.scalars("train", {"loss": 5.0 - step}, step)
     board.close()
     rows = [json.loads(line) for line in run.metrics.read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4], "step 3 of the killed run is not listed twice"
 
     shutil.rmtree(run.tensorboard)  # a run whose events are gone: the report reads metrics.jsonl
     assert report.read_curves(tmp_path) == {"loss": [(1, 4.0), (2, 3.0), (3, 2.0), (4, 1.0)]}
