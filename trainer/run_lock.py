@@ -143,22 +143,28 @@ class RunLock:
         aside.unlink()
 
     def _renew(self) -> None:
-        while not self._stop.wait(RENEW_S):
-            holder, _ = self._read()
-            if holder.get("token") != self.token:
-                self.lost = f"taken over by {describe(holder)}" if holder else "its lock file was removed"
-                return
+        while not self._stop.wait(RENEW_S) and not self._lost_it():
             try:
                 os.utime(self.path)
             except OSError as e:
                 log.warning("could not renew the run lock %s: %s", self.path, e)
 
+    def _lost_it(self) -> bool:
+        """Whether the lock file is gone or names another holder (an error reading it is not proof)."""
+        try:
+            holder = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            self.lost = self.lost or "its lock file was removed"
+        except (OSError, ValueError):  # unreadable for now, or a taker's file half written
+            return bool(self.lost)
+        else:
+            if isinstance(holder, dict) and holder.get("token") != self.token:
+                self.lost = self.lost or f"taken over by {describe(holder)}"
+        return bool(self.lost)
+
     def check(self) -> None:
         """Raise when the lock is no longer this run's (before writing into the folder)."""
-        holder, _ = self._read()
-        if not self.lost and holder.get("token") != self.token:
-            self.lost = f"taken over by {describe(holder)}" if holder else "its lock file was removed"
-        if self.lost:
+        if self._lost_it():
             raise RunFolderLocked(f"{self.path.parent} is no longer this run's ({self.lost}): stopping without writing")
 
     def release(self) -> None:

@@ -67,8 +67,10 @@ def test_a_full_disk_says_no_space_names_the_file_and_the_run_exits(run_inputs, 
     script = ('mount -t tmpfs -o size=40m tmpfs "$1" && shift && "$@"; code=$?; cp -a "$RUN" "$SAVED"; exit $code')
     command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", str(mount),
                *_train(run, run_inputs, "max_steps=6", "checkpoint.every_steps=2", "checkpoint.keep_last=2")]
+    started = time.monotonic()
     job = start(command, out / "job.log", RUN=str(run), SAVED=str(saved))
     code = _ended_within(job, 300, out)
+    print(f"the run on a full disk ended {time.monotonic() - started:.1f} s after it started (code {code})")
     log = tail(out)
     assert code == 1, log
     assert "no space left on the device while writing" in log and str(run / "checkpoints") in log, log
