@@ -4,8 +4,12 @@ dropped (logged again), and the report reads what remains."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import subprocess
+import sys
+import tarfile
 
 from PIL import Image
 
@@ -45,3 +49,23 @@ def test_a_file_holding_only_a_cut_line_is_emptied(tmp_path):
     run.metrics.write_text('{"step": 1, "spl')
     TensorBoard(run, enabled=True).close()
     assert run.metrics.read_text() == ""
+
+
+def test_control_characters_of_a_shard_key_are_escaped_in_the_training_log(tmp_path):
+    """The trainer's log (set up as ``videobert train`` sets it up) shows a bad sample's key escaped:
+    a key cannot recolour the terminal or forge a log line with a carriage return or a newline."""
+    key = "v\x1b[31m\rstep 99 loss 0\nforged"
+    shard = tmp_path / "bad.tar"
+    with tarfile.open(shard, "w") as tar:
+        for field, data in (("json", b"{}"), ("txt", b"caption")):
+            info = tarfile.TarInfo(f"{key}.{field}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    script = ("import sys; from videobert.shards import reader; from videobert.trainer.data import ReadErrors; "
+              "from videobert.trainer.train import log_to_stderr; log_to_stderr(); "
+              "list(reader.iter_samples([sys.argv[1]], on_error=ReadErrors()))")
+    done = subprocess.run([sys.executable, "-c", script, str(shard)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "skipped unreadable data in" in lines[0], done.stderr
+    assert "v\\x1b[31m\\x0dstep 99 loss 0\\x0aforged" in lines[0] and "\x1b" not in done.stderr
