@@ -18,6 +18,7 @@ tar headers are scanned first), so one member cannot make a reader allocate with
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -166,7 +167,10 @@ def iter_raw_samples(urls: Iterable[str], on_error: ErrorCallback | None = None)
     samples = wds.tariterators.tarfile_samples(
         checked(urls), handler=handler if on_error else wds.reraise_exception, select_files=readable,
     )
-    yield from samples
+    for raw in samples:
+        if schema.META not in raw or schema.TEXT not in raw:  # rare: say which member was skipped, and why
+            raw["__skipped__"] = skipped_members(str(raw.get("__url__", "")), str(raw.get("__key__", "")))
+        yield raw
 
 
 _TAR_BLOCK = 512
@@ -204,6 +208,40 @@ def not_a_tar(url: str) -> str | None:
     if first.count(0) == len(first) or first[257:262] == b"ustar":  # empty archive, or a POSIX/GNU header
         return None
     return "not an uncompressed tar (no tar header in its first block); a shard is a plain tar"
+
+
+def skipped_members(url: str, key: str) -> list[str]:
+    """What the sample ``key`` of a local shard lost to members a reader skips (links, special
+    files): "KEY.json is a symbolic link (to ...)". Read from the headers once per shard."""
+    try:
+        stat = os.stat(url) if is_local(url) else None
+    except OSError:
+        return []
+    found = _non_file_members(url, stat.st_size, stat.st_mtime_ns) if stat else ()
+    return [f"{name[:120]!r} is {what}" for name, what in found if _key_of(name) == key]
+
+
+@functools.lru_cache(maxsize=16)
+def _non_file_members(url: str, size: int, mtime_ns: int) -> tuple[tuple[str, str], ...]:
+    try:
+        with tarfile.open(url, "r:") as tar:  # headers only: tarfile seeks over the data
+            return tuple((m.name, _member_kind(m)) for m in tar if not (m.isreg() or m.isdir()))
+    except (OSError, tarfile.TarError):
+        return ()
+
+
+def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"a symbolic link (to {member.linkname[:120]!r}), not a file"
+    if member.islnk():
+        return f"a hard link (to {member.linkname[:120]!r}), not a file"
+    return "not a file (a device or a pipe)"
+
+
+def _key_of(name: str) -> str:
+    # WebDataset's own split of a member name into the sample key and the field.
+    match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
+    return match.group(1) if match else name
 
 
 def oversized_members(url: str) -> list[tuple[str, int, int]]:

@@ -381,7 +381,9 @@ def decode_sample(raw: Mapping[str, Any], *, decode_arrays: bool = True) -> Samp
     key = str(raw.get("__key__", "?"))
     where = f"{raw.get('__url__', '?')}:{key}"
     if META not in raw or TEXT not in raw:
-        raise ShardFormatError(f"{where}: sample lacks its {META!r} or {TEXT!r} field (truncated shard?)")
+        skipped = raw.get("__skipped__")  # the reader's finding: members that were links, not files
+        why = f"its member {'; '.join(skipped)}" if skipped else "truncated shard?"
+        raise ShardFormatError(f"{where}: sample lacks its {META!r} or {TEXT!r} field ({why})")
     problem = key_problem(key)
     if problem:
         raise ShardFormatError(f"{where}: {problem}")

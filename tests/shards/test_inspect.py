@@ -92,3 +92,20 @@ def test_a_bad_sample_is_an_error_with_its_key_escaped(tmp_path, capsys):
     _tar_of(shard, {"ok.json": b"{not json", "ok.txt": b"a caption", "ok.tokens.npy": b"\x93NUMPY"})
     assert cli.main(["shards", "inspect", str(shard), "--sample", "0"]) == 2
     assert "bad.tar:ok: metadata is not valid JSON" in capsys.readouterr().err
+
+
+def test_link_members_are_reported_as_links(tmp_path, capsys):
+    shard = tmp_path / "links.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (("a.tokens.npy", b"x"), ("a.txt", b"t"), ("b.txt", b"t"), ("b.tokens.npy", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, kind, target in (("a.json", tarfile.SYMTYPE, "/etc/passwd"), ("b.json", tarfile.LNKTYPE, "a.txt")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tar.addfile(info)
+    assert cli.main(["shards", "inspect", str(shard), "--sample", "0"]) == 2
+    assert "links.tar:a: sample lacks its 'json' or 'txt' field (its member 'a.json' is a symbolic link (to '/etc/passwd'), not a file)" in capsys.readouterr().err
+    assert cli.main(["shards", "inspect", str(shard), "--sample", "1"]) == 2
+    assert "(its member 'b.json' is a hard link (to 'a.txt'), not a file)" in capsys.readouterr().err
