@@ -32,7 +32,6 @@ import copy
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import time
@@ -54,11 +53,11 @@ from videobert.trainer.config import ConfigError, TrainConfig, save_config
 from videobert.trainer.data import EpochPhase, History, StreamPosition, repartition
 from videobert.trainer.distributed import gather_lists, import_deepspeed, world
 from videobert.trainer.integrity import (
-    checksums, describe_write_failure, problems_in_share, recorded, share_of,
+    checksums, describe_write_failure, problems_in_share, recorded, written_by,
 )
 from videobert.trainer.reshard import ReshardError, load_resharded, optimizer_files
 from videobert.trainer.run_folder import (
-    COMPLETE, LATEST, PARTIAL, REPLACED, CheckpointFolder, files_under, fsync_file, fsync_folder, latest_complete,
+    COMPLETE, LATEST, PARTIAL, REPLACED, CheckpointFolder, files_under, fsync_file, fsync_folder,
     staged_dirs, step_dirs, write_json, write_text_atomic,
 )
 
@@ -158,7 +157,7 @@ def save_checkpoint(engine, root: Path, snapshot: Snapshot, config: TrainConfig,
             write_json(staged.model_config, model_config)
         _fsync_own_files(staged, rank)
     _barrier()
-    files = recorded(gather_lists(checksums(staged.path, share_of(staged.path, rank, world()[1]))))
+    files = recorded(gather_lists(checksums(staged.path, written_by(staged.path, rank))))
     if rank == 0:
         with _naming_write_failures(staged.path):
             _fsync_tree(staged.path)
@@ -188,12 +187,8 @@ def _naming_write_failures(folder: Path):
 
 def _fsync_own_files(ckpt: CheckpointFolder, rank: int) -> None:
     """Each rank makes the files it wrote durable (on shared storage only the writer can)."""
-    # DeepSpeed names a rank's ZeRO-3 files zero_pp_rank_{rank}_mp_rank_{mp}_{model,optim}_states.pt.
-    own = re.compile(rf"(^|_)zero_pp_rank_{rank}_mp_rank_\d+_")
-    for path in ckpt.path.iterdir():
-        if path.is_file() and own.search(path.name):
-            fsync_file(path)
-    fsync_file(ckpt.rng_state(rank))
+    for path in written_by(ckpt.path, rank):
+        fsync_file(path)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -2,10 +2,10 @@
 verified before anything of it loads; and a save that failed, named for what it is.
 
 The marker (``COMPLETE``) lists each file of the folder under its path relative to the folder, with
-its size and SHA-256 (``sha256sum`` checks the same digests by hand). The ranks share the work: rank
-``r`` of ``n`` hashes every ``n``-th file of the sorted list, both when saving (right after the
-files are written, so mostly from the page cache) and when resuming (one extra read of the folder,
-split over the ranks; the load that follows then reads from the page cache).
+its size and SHA-256 (``sha256sum`` checks the same digests by hand). The ranks share the work: when
+saving, each rank hashes the files it wrote (right after writing them, so mostly from the page
+cache); when resuming, rank ``r`` of ``n`` verifies every ``n``-th file the marker lists (one extra
+read of the folder, split over the ranks; the load that follows then reads from the page cache).
 
 A checkpoint whose marker predates checksums is loaded as before, with a warning.
 """
@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
-from videobert.trainer.run_folder import COMPLETE, files_under
+from videobert.trainer.run_folder import COMPLETE, CheckpointFolder, files_under
 
 CHUNK = 8 << 20
 NO_SPACE_BELOW = 64 << 20
@@ -35,10 +36,22 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def share_of(folder: Path, rank: int, world_size: int) -> list[Path]:
-    """The files of ``folder`` (its marker excluded) that rank ``rank`` of ``world_size`` hashes."""
-    files = [p for p in files_under(folder) if p.relative_to(folder).as_posix() != COMPLETE]
-    return files[rank::world_size]
+def written_by(folder: Path, rank: int) -> list[Path]:
+    """The files of a checkpoint folder that rank ``rank`` wrote: its ZeRO files and trainer state;
+    rank 0 also every file of no rank (the config, DeepSpeed's shared files). Each rank hashes its
+    own: on shared storage a rank lists its own files for sure, another node's perhaps not yet."""
+    own = re.compile(rf"(^|_)zero_pp_rank_{rank}_mp_rank_\d+_")
+    ranked = re.compile(r"(^|_)zero_pp_rank_\d+_mp_rank_\d+_")
+    ckpt = CheckpointFolder(folder)
+    mine = {ckpt.trainer_state(rank), ckpt.rng_state(rank)}
+    found = []
+    for path in files_under(folder):
+        if path in mine or own.search(path.name):
+            found.append(path)
+        elif rank == 0 and not ranked.search(path.name) and path.parent != ckpt.trainer_state(0).parent \
+                and path.name != COMPLETE:
+            found.append(path)
+    return found
 
 
 def checksums(folder: Path, files: Iterable[Path]) -> list[list[Any]]:

@@ -20,7 +20,7 @@ from jobs import ROOT, finish, kill_tree, launch, metrics, start, tail, trainer_
 
 from videobert.trainer import run_lock
 from videobert.trainer.checkpoint import damage_in_share
-from videobert.trainer.run_folder import COMPLETE, CheckpointFolder, latest_complete, step_dirs
+from videobert.trainer.run_folder import CheckpointFolder, latest_complete
 from videobert.trainer.run_lock import RunFolderLocked, RunLock
 
 pytestmark = pytest.mark.slow
