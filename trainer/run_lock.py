@@ -52,9 +52,13 @@ def process_start(pid: int) -> str:
 
 
 def _alive_here(holder: dict) -> bool:
-    pid = int(holder.get("pid", -1))
     try:
+        pid = int(holder["pid"])
+        if pid <= 0:
+            return False
         os.kill(pid, 0)
+    except (TypeError, ValueError, OverflowError):  # not a pid: nobody holds it
+        return False
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process: alive
@@ -64,7 +68,9 @@ def _alive_here(holder: dict) -> bool:
 
 
 def describe(holder: dict) -> str:
-    return f"host {holder.get('host')!r}, pid {holder.get('pid')} (since {time.ctime(holder.get('since', 0))})"
+    since = holder.get("since")
+    when = f" (since {time.ctime(since)})" if isinstance(since, (int, float)) and 0 < since < 1e11 else ""
+    return f"host {holder.get('host')!r}, pid {holder.get('pid')}{when}"
 
 
 class RunLock:
