@@ -11,6 +11,7 @@ Renders ``--videos`` H.264 videos of a camera panning over a natural texture (``
   (a) ``prepare`` -> clip shards, then ``tokenize`` -> token shards (timed; the codebook, of the
       built-in encoder at that setting, is written beforehand: a real run fits it once, on a sample);
   (b) ``tokenize-videos`` -> the same token shards straight from the videos (timed);
+      and the same run given no caption at all: the fixed cost of starting its workers;
   (c) reading every sample of each kind of shard with its arrays decoded (``reader.iter_samples``):
       what the loader (token shards) or tokenize (clip shards) pays per hour of video.
 
@@ -80,6 +81,11 @@ def run_setting(name: str, folder: Path, videos: Path, transcript: Path, workers
         full = tokenize_videos(TokenizeVideosConfig(out=str(folder / "direct"), codebook=str(codebook),
                                                     **common))
     assert full.segments_written == tokens.samples_written == clips.segments_written
+    empty = folder / "no-captions.json"
+    empty.write_text("{}")
+    with Timer() as start_up:  # the same run with no caption at all: its workers' start and the encoder's build
+        tokenize_videos(TokenizeVideosConfig(out=str(folder / "empty"), codebook=str(codebook),
+                                             **{**common, "transcripts": (str(empty),)}))
     hours = clips.hours_decoded
     clip_read, _ = read_seconds(folder / "clips")
     token_read, _ = read_seconds(folder / "direct")
@@ -94,6 +100,8 @@ def run_setting(name: str, folder: Path, videos: Path, transcript: Path, workers
           f"{prepared.cpu + tokenized.cpu:.1f} CPU s)   peak disk {(clips.bytes + tokens.bytes) / 1e6:9.1f} MB")
     print(f"  tokenize-videos     {direct.wall:7.1f} s ({direct.cpu:.1f} CPU s)"
           f"{'':22}peak disk {full.bytes / 1e6:9.3f} MB")
+    print(f"    of which start-up {start_up.wall:7.1f} s ({start_up.cpu:.1f} CPU s): spawning the workers (each "
+          "imports torch) and building the encoder, once per run or part")
     print(f"  speed of tokenize-videos / prepare + tokenize: {both / direct.wall:.2f} in wall time, "
           f"{(prepared.cpu + tokenized.cpu) / max(direct.cpu, 1e-9):.2f} in CPU seconds; HowTo100M's 134,000 h "
           f"would need {clips.bytes / hours * 134_000 / 1e15:.2f} PB of clip shards, "
