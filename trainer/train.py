@@ -116,6 +116,9 @@ class Trainer:
         if plan.other_world_size and not self.cfg.optim.global_batch_size:
             self._main_log("the global batch is now %d examples (micro-batch x accumulation x ranks); set "
                            "optim.global_batch_size to keep it the same at every number of ranks", self.sizes.global_batch)
+        if self.dist.is_main and (self.mix is not None) != bool(self.state.mix):
+            log.warning("data.train is %s, the checkpoint's data position is of %s: the data starts again at "
+                        "epoch 0", *(("a mix of sources", "one source") if self.mix else ("one source", "a mix")))
         return True
 
     def save(self) -> Path:
