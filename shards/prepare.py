@@ -4,7 +4,7 @@
         [--fps 20] [--size 224] [--crop center|none|HxW] [--clip-len 30] [--min-last-clip N]
         [--max-samples N] [--max-bytes 1G] [--workers N] [--transcript-format FMT] [--language en]
         [--part I/N] [--max-segment-seconds 300] [--max-frame-pixels 8294400] [--decode-timeout 60]
-        [--overwrite]
+        [--sample F] [--overwrite]
 
 One sample per caption segment: the segment's frames (decoded once per video at ``--fps``, short side
 ``--size``, centre crop), grouped into clips of ``--clip-len`` frames (see ``shards.clips`` for the
@@ -13,6 +13,10 @@ transcript ids by file name without extension; transcripts are read by ``shards.
 (HowTo100M caption.json, YouCook2 annotations, WebVTT, SRT, JSONL manifest; subtitles named
 ``VIDEO_ID.LANG.vtt`` as yt-dlp writes them, one language per video). A folder may be given as both
 ``--videos`` and ``--transcripts``; files in it that are neither are ignored and counted.
+
+Sample. ``--sample F`` prepares only the share F of the videos chosen by a hash of their ids (the same
+videos on every machine, in every run, whatever the parts): clip shards for the codebook's sample,
+while ``shards tokenize-videos`` takes the whole corpus to token shards without storing frames.
 
 Parts. ``--part I/N`` (or the launcher's variables, ``shards.parts``) prepares the videos whose id
 hashes to part I, into ``SHARDS/part-0000I/``, resumable on its own; ``videobert shards status SHARDS``

@@ -12,12 +12,12 @@ exactly as ``tokenize`` does (``shards.tokenize_clips``), and hands back token s
 the main process writes them in video order into token shards. The samples are those of ``prepare``
 followed by ``tokenize``: the same keys, text, metadata and visual-word ids (and, with the same
 ``--max-samples`` and shards below ``--max-bytes``, the same shard files byte for byte). Clip shards
-stay for the codebook's sample (``prepare --sample 0.02``) and for users who want them.
+stay for the codebook's sample (``prepare --sample 0.002``) and for users who want them.
 
 ``--fps``, ``--size``, ``--crop`` and ``--clip-len`` must give the clips the codebook's encoder reads;
 the run stops at once and names the values otherwise. ``--max-samples`` and ``--max-bytes`` bound the
-token shards (a token sample is ~1000x smaller than its clips: the defaults give shards of 10,000
-samples).
+token shards (at the paper's settings a token sample is thousands of times smaller than its clips;
+the defaults give shards of 10,000 samples, about 30 MB).
 
 Parts, resuming, accounting: as ``prepare`` (``--part I/N`` or the launcher's variables; positions
 (video order, segment); ``errors.jsonl`` with the same reasons; ``summary.json``: segments written +
