@@ -17,6 +17,8 @@ from videobert.shards import reader, schema
 from videobert.shards.parts import in_sample
 from videobert.trainer import cli
 
+pytestmark = pytest.mark.slow  # a rendered corpus through prepare, fit-codebook, tokenize and the one pass
+
 CLIP_OPTIONS = ("--fps", 10, "--size", 64, "--clip-len", 15, "--no-progress")
 """The synthetic encoder's clips (10 fps, 64 x 64, 15 frames)."""
 
