@@ -18,6 +18,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "inspect": ("videobert.shards.inspect_shards", "show shards' schema, counts and one sample; --frames saves a PNG of its clips"),
     "fit-codebook": ("videobert.shards.fit_codebook", "clip shards -> encoder features -> hierarchical k-means codebook file"),
     "tokenize": ("videobert.shards.tokenize_clips", "clip shards -> token shards (visual-word ids per clip), parallel and resumable"),
+    "tokenize-videos": ("videobert.shards.tokenize_videos", "videos + transcripts + codebook -> token shards in one pass (no clip shards), resumable"),
     "status": ("videobert.shards.status", "a stage run in parts (--part I/N): parts missing or unfinished, combined summary"),
 }
 """Stage name -> (module, one-line help)."""

@@ -145,6 +145,13 @@ def video_part(video_id: str, count: int) -> int:
     return int.from_bytes(digest, "big") % count
 
 
+def in_sample(video_id: str, share: float) -> bool:
+    """Whether a video is in a sample of ``share`` of the videos (``prepare --sample``): a stable hash of
+    its id, other than the parts' (a sample takes its share from every part)."""
+    digest = hashlib.blake2b(video_id.encode("utf-8", errors="surrogatepass"), digest_size=8, person=b"sample").digest()
+    return int.from_bytes(digest, "big") < share * 2**64
+
+
 # ---------------------------------------------------------------------------------------------------
 # Claiming a part's folder
 
@@ -362,6 +369,7 @@ PART_STAGES = {
     "prepare": "videobert.shards.prepare",
     "fit-codebook": "videobert.shards.fit_features",
     "tokenize": "videobert.shards.tokenize_clips",
+    "tokenize-videos": "videobert.shards.tokenize_videos",
 }
 """Stage run in parts -> the module whose ``SUMMARY_RULES`` combine its parts' summaries (the
 feature pass is the part of ``fit-codebook`` that runs in parts)."""

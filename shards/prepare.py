@@ -4,7 +4,7 @@
         [--fps 20] [--size 224] [--crop center|none|HxW] [--clip-len 30] [--min-last-clip N]
         [--max-samples N] [--max-bytes 1G] [--workers N] [--transcript-format FMT] [--language en]
         [--part I/N] [--max-segment-seconds 300] [--max-frame-pixels 8294400] [--decode-timeout 60]
-        [--overwrite]
+        [--sample F] [--overwrite]
 
 One sample per caption segment: the segment's frames (decoded once per video at ``--fps``, short side
 ``--size``, centre crop), grouped into clips of ``--clip-len`` frames (see ``shards.clips`` for the
@@ -13,6 +13,10 @@ transcript ids by file name without extension; transcripts are read by ``shards.
 (HowTo100M caption.json, YouCook2 annotations, WebVTT, SRT, JSONL manifest; subtitles named
 ``VIDEO_ID.LANG.vtt`` as yt-dlp writes them, one language per video). A folder may be given as both
 ``--videos`` and ``--transcripts``; files in it that are neither are ignored and counted.
+
+Sample. ``--sample F`` prepares only the share F of the videos chosen by a hash of their ids (the same
+videos on every machine, in every run, whatever the parts): clip shards for the codebook's sample,
+while ``shards tokenize-videos`` takes the whole corpus to token shards without storing frames.
 
 Parts. ``--part I/N`` (or the launcher's variables, ``shards.parts``) prepares the videos whose id
 hashes to part I, into ``SHARDS/part-0000I/``, resumable on its own; ``videobert shards status SHARDS``
@@ -60,7 +64,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +79,7 @@ from videobert.shards.decode import DecodeOptions, parse_crop
 from videobert.shards.ffmpeg_bin import ffmpeg_exe
 from videobert.shards.folders import ErrorLog, read_json_lines, write_json_atomic
 from videobert.shards.options import Flag, add_config_arguments, config_from_args
-from videobert.shards.parts import Part, PartOption, SummaryRules, claim_part, finish_part
+from videobert.shards.parts import Part, PartOption, SummaryRules, claim_part, finish_part, in_sample
 from videobert.shards.ranks import available_cpus
 from videobert.shards.transcript_entries import FORMATS, SKIPPED, Problem
 from videobert.shards.transcripts import (
@@ -129,6 +133,9 @@ class PrepareConfig(PartOption):
     """Most pixels of a scaled frame (before the crop); a video of a more extreme aspect ratio is skipped."""
     decode_timeout: float = 60.0
     """Seconds without a decoded frame after which a video's ffmpeg is stopped (its frames so far are used)."""
+    sample: float | None = None
+    """Only this share of the videos (0 < F <= 1), chosen by a hash of each video's id: the same videos
+    on every machine, in every run and whatever the parts (the codebook's sample: ``--sample 0.02``)."""
     max_samples: int | None = 10_000
     """Samples per shard at most."""
     max_bytes: int | None = 1 << 30
@@ -163,6 +170,7 @@ class PrepareConfig(PartOption):
             "crop": list(crop) if crop else None, "clip_len": self.clip_len,
             "min_last_clip": self.clip_config().min_last, "max_samples": self.max_samples, "max_bytes": self.max_bytes,
             "max_segment_seconds": float(self.max_segment_seconds), "max_frame_pixels": self.max_frame_pixels,
+            "sample": self.sample,
         }
 
 
@@ -183,6 +191,7 @@ def _config_problems(config: PrepareConfig) -> list[str]:
          f"--min-last-clip must be between 1 and --clip-len ({config.clip_len})"),
         (config.max_segment_seconds > 0, "--max-segment-seconds must be positive"),
         (config.decode_timeout > 0, "--decode-timeout must be positive"),
+        (config.sample is None or 0 < config.sample <= 1, "--sample must be a share of the videos: 0 < F <= 1"),
     ]
     problems += [message for ok, message in checks if not ok]
     try:
@@ -252,6 +261,24 @@ def list_videos(paths: Iterable[str | os.PathLike]) -> VideoFiles:
         by_id[path.stem] = VideoFile(len(videos), path.stem, str(path))
         videos.append(by_id[path.stem])
     return VideoFiles(videos, problems, ignored)
+
+
+@dataclass(frozen=True)
+class SampledPart(Part):
+    """A part that owns only the videos of ``--sample``'s share (``shards.parts.in_sample``)."""
+
+    share: float = 1.0
+
+    def owns_video(self, video_id: str) -> bool:
+        return super().owns_video(video_id) and in_sample(video_id, self.share)
+
+
+def sampled_part(config: PrepareConfig) -> Part:
+    """The part this process does, narrowed to ``--sample``'s share of the videos when given."""
+    part = config.resolve_part()
+    if config.sample is None:
+        return part
+    return SampledPart(part.index, part.count, part.source, part.local_rank, share=config.sample)
 
 
 def part_videos(found: VideoFiles, part: Part) -> VideoFiles:
@@ -409,14 +436,20 @@ class _Run:
     def _copy(self, order: int, samples: list[tuple[int, SpooledSample]], counted: bool) -> None:
         """Copy a video's spooled samples into the shards; each carries the counters of the videos before
         it (plus this one as a video with samples), which is what a run resuming after it starts from."""
-        state = asdict(self.counters)
-        state["videos_with_samples"] += int(not counted)
-        state["wall_seconds"] = self.elapsed()
+        state = self.state_after(counted)
         spool = self.out / _spool_name(order)
         with open(spool, "rb") as source:
             for segment_index, spooled in samples:
                 self.writer.copy_members(source, spooled, (order, segment_index), state=state)
         spool.unlink()
+
+
+    def state_after(self, counted: bool) -> dict[str, Any]:
+        """The counters a run resuming after the video being written starts from."""
+        state = asdict(self.counters)
+        state["videos_with_samples"] += int(not counted)
+        state["wall_seconds"] = self.elapsed()
+        return state
 
 
 def _spool_name(order: int) -> str:
@@ -451,17 +484,19 @@ def _worker_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecuto
         yield pool
 
 
-def _execute(config: PrepareConfig, work: list[_Work], run: _Run, pool: concurrent.futures.Executor) -> None:
-    """Decode in worker processes, a bounded window ahead; copy results into shards in order."""
+def _execute(config: PrepareConfig, work: list[_Work], run: _Run, pool: concurrent.futures.Executor,
+             worker: Callable[[VideoJob], VideoResult] = process_video) -> None:
+    """Run ``worker`` on each video in worker processes, a bounded window ahead; copy results into
+    shards in order."""
     jobs = _jobs(config, work, run)
     window: collections.deque[tuple[_Work, concurrent.futures.Future | None]] = collections.deque()
     bar = tqdm(total=len(work), initial=run.resume_order, unit="video", disable=not config.progress)
     try:
-        _fill(window, jobs, pool, 2 * config.workers)
+        _fill(window, jobs, pool, 2 * config.workers, worker)
         while window:
             item, future = window.popleft()
             result = future.result() if future is not None else None
-            _fill(window, jobs, pool, 2 * config.workers)
+            _fill(window, jobs, pool, 2 * config.workers, worker)
             run.take(item, result)
             bar.update(1)
             bar.set_postfix_str(f"{run.counters.frames_decoded / max(run.elapsed(), 1e-9):.0f} frames/s")
@@ -472,13 +507,14 @@ def _execute(config: PrepareConfig, work: list[_Work], run: _Run, pool: concurre
         bar.close()
 
 
-def _fill(window: collections.deque, jobs: Iterator[tuple[_Work, VideoJob | None]], pool, size: int) -> None:
+def _fill(window: collections.deque, jobs: Iterator[tuple[_Work, VideoJob | None]], pool, size: int,
+          worker: Callable[[VideoJob], VideoResult]) -> None:
     while len(window) < size:
         item = next(jobs, None)
         if item is None:
             return
         work, job = item
-        window.append((work, pool.submit(process_video, job) if job is not None else None))
+        window.append((work, pool.submit(worker, job) if job is not None else None))
 
 
 @dataclass
@@ -528,7 +564,7 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     Raises ``ArgumentsError`` when the output folder holds a run with other arguments.
     """
     ffmpeg_exe()  # no ffmpeg at all is not a problem of one video: fail before starting
-    part = config.resolve_part()
+    part = sampled_part(config)
     out = Path(config.out)
     videos = part_videos(list_videos(config.videos), part)
     listing = list_transcript_files(config.transcripts)

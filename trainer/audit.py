@@ -4,6 +4,11 @@ Each rank appends to ``run_dir/audit/rank-NNNNN.jsonl`` one JSON line per optimi
 
     {"step": 12, "epoch": 0, "keys": ["video003-0002", "video003-0003", ...]}
 
+With corpora mixed by weight (``trainer.mixing``) each line also names its source, and a step has one
+line per source and epoch::
+
+    {"step": 12, "source": "youcook2", "epoch": 3, "keys": [...]}
+
 ``keys`` are the samples the step's examples were built from: every sample of a joined item; the
 video an alignment negative borrows from another item is not a consumption. A step whose examples
 straddle the end of an epoch has one line per epoch. A micro-batch dropped for a non-finite loss
@@ -77,15 +82,18 @@ class Audit:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
 
-    def record(self, step: int, consumed: Iterable[tuple[np.ndarray, np.ndarray]], skipped: bool = False) -> None:
-        """Lines for ``step`` from (keys, epochs) pairs, one line per epoch."""
-        by_epoch: dict[int, list[str]] = defaultdict(list)
-        for keys, epochs in consumed:
+    def record(self, step: int, consumed: Iterable[tuple], skipped: bool = False) -> None:
+        """Lines for ``step`` from (keys, epochs) pairs, one line per epoch; from (keys, epochs, source)
+        triples (a mix), one line per source and epoch."""
+        by_epoch: dict[tuple[str | None, int], list[str]] = defaultdict(list)
+        for keys, epochs, *source in consumed:
             for key, epoch in zip(keys.tolist(), epochs.tolist()):
-                by_epoch[int(epoch)].append(str(key))
+                by_epoch[(source[0] if source else None, int(epoch))].append(str(key))
         extra = {"skipped": True} if skipped else {}
-        for epoch in sorted(by_epoch):
-            self._file.write(json.dumps({"step": step, "epoch": epoch, "keys": by_epoch[epoch], **extra}) + "\n")
+        for source, epoch in sorted(by_epoch, key=lambda k: (k[0] or "", k[1])):
+            named = {"source": source} if source is not None else {}
+            line = {"step": step, **named, "epoch": epoch, "keys": by_epoch[(source, epoch)], **extra}
+            self._file.write(json.dumps(line) + "\n")
         self._file.flush()
 
     def sync(self) -> None:

@@ -17,10 +17,11 @@ from videobert.models.visual.codebook import Codebook, CodebookError
 from videobert.models.visual.tokenizer import VisualTokenizer
 from videobert.models.vocab import JointVocab
 from videobert.shards import reader, schema
-from videobert.trainer.config import ConfigError, TrainConfig
+from videobert.trainer.config import ConfigError, TrainConfig, TrainSource, source_name
 from videobert.trainer.data import StreamSpec
 from videobert.trainer.distributed import DistInfo
 from videobert.trainer.engine import zero_init_context
+from videobert.trainer.mixing import MixedSource, Mix
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,25 @@ def inspect_source(spec: list[str], what: str) -> DataSource:
     for sample in reader.iter_samples(urls[:8], decode_arrays=False, on_error=lambda u, e: errors.append(f"{u}: {e}")):
         return DataSource(urls=tuple(urls), kind=sample.meta.kind, meta=sample.meta)
     raise ConfigError(f"{what}: no readable sample in the first shards of {spec}: {errors[:3]}")
+
+
+def build_train_data(cfg: TrainConfig, codebook: Any) -> tuple[DataSource, Mix | None]:
+    """The training data: one source (``data.train`` a plain list of specs, ``mix`` None) or the mix of
+    its sources, each inspected and checked against the codebook at start-up. The ``DataSource``
+    returned says what the step must handle: clip shards when any source holds them."""
+    entries = cfg.data.train
+    if not any(isinstance(e, TrainSource) for e in entries):
+        source = inspect_source(entries, "data.train")
+        check_source(source, codebook, "data.train")
+        return source, None
+    found = []
+    for i, entry in enumerate(entries):
+        what = f"data.train[{i}] ({source_name(entry)})"
+        source = inspect_source(entry.path, what)
+        check_source(source, codebook, what)
+        found.append(source)
+    mix = Mix(tuple(MixedSource(source_name(e), e.weight, s.urls) for e, s in zip(entries, found)))
+    return next((s for s in found if s.kind == schema.CLIP_KIND), found[0]), mix
 
 
 def check_source(source: DataSource, codebook: Any, what: str) -> None:
@@ -167,12 +187,12 @@ def stream_spec(cfg: TrainConfig, urls: tuple[str, ...], dist_info: DistInfo, *,
     )
 
 
-def warn_if_few_shards(urls: tuple[str, ...], spec: StreamSpec, is_main: bool) -> None:
+def warn_if_few_shards(urls: tuple[str, ...], spec: StreamSpec, is_main: bool, what: str = "training") -> None:
     if len(urls) < spec.total_streams and is_main:
         log.warning(
-            "%d training shard(s) for %d streams (%d ranks x %d workers): every stream reads every shard "
+            "%d %s shard(s) for %d streams (%d ranks x %d workers): every stream reads every shard "
             "and keeps every %d-th item; write at least as many shards as streams to read each byte once",
-            len(urls), spec.total_streams, spec.world_size, spec.num_streams, spec.total_streams,
+            len(urls), what, spec.total_streams, spec.world_size, spec.num_streams, spec.total_streams,
         )
 
 

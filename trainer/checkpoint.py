@@ -52,13 +52,12 @@ from videobert.trainer.build import MODEL_KEYS
 from videobert.trainer.config import ConfigError, TrainConfig, save_config
 from videobert.trainer.data import EpochPhase, History, StreamPosition, repartition
 from videobert.trainer.distributed import gather_lists, import_deepspeed, world
-from videobert.trainer.integrity import (
-    checksums, describe_write_failure, problems_in_share, recorded, written_by,
-)
+from videobert.trainer.integrity import checksums, describe_write_failure, problems_in_share, recorded, written_by
+from videobert.trainer.mixing import merged_mix
 from videobert.trainer.reshard import ReshardError, load_resharded, optimizer_files
 from videobert.trainer.run_folder import (
-    COMPLETE, LATEST, PARTIAL, REPLACED, CheckpointFolder, files_under, fsync_file, fsync_folder,
-    staged_dirs, step_dirs, write_json, write_text_atomic,
+    COMPLETE, LATEST, PARTIAL, REPLACED, CheckpointFolder, files_under, fsync_file, fsync_folder, staged_dirs,
+    step_dirs, write_json, write_text_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -95,6 +94,9 @@ class TrainerState:
     codebook_hash: str = ""
     world_size: int = 1
     num_streams: int = 1
+    mix: dict[str, Any] = field(default_factory=dict)
+    """With corpora mixed by weight: each stream's position in every source, and each source's history
+    of layouts (``trainer.mixing``; plain JSON)."""
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -440,6 +442,8 @@ def merged_state(ckpt: CheckpointFolder, plan: ResumePlan, rank: int, num_stream
     state = TrainerState(step=old[0].step, codebook_hash=old[0].codebook_hash, world_size=plan.ranks,
                          num_streams=num_streams, history=history,
                          positions={s: StreamPosition(first, 0) for s in range(num_streams)})
+    if any(s.mix for s in old):
+        state.mix = merged_mix([s.mix for s in old], plan.world_size, streams, num_streams)
     if rank == 0:
         for name in COUNTERS:
             setattr(state, name, sum(getattr(s, name) for s in old))

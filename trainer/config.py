@@ -59,9 +59,22 @@ def resolve_recipe(given: str | Path) -> Path:
 
 
 @dataclass(kw_only=True)
+class TrainSource:
+    """One corpus of a weighted mix (an entry of ``data.train`` written as a mapping; ``trainer.mixing``)."""
+
+    path: list[str] = field(default_factory=list)
+    """Its shards: a folder, glob, brace pattern or ``pipe:`` URL, or a list of them."""
+    weight: float = 1.0
+    """Its share of the micro-batches, relative to the other sources' weights."""
+    name: str = ""
+    """Its name in the audit, the metrics and the data position (default: its first path's last part)."""
+
+
+@dataclass(kw_only=True)
 class DataConfig:
-    train: list[str] = field(default_factory=list)
-    """Training shards: folders, globs, brace patterns or ``pipe:`` URLs (token or clip shards)."""
+    train: list[str | TrainSource] = field(default_factory=list)
+    """Training shards: folders, globs, brace patterns or ``pipe:`` URLs (token or clip shards), read as
+    one source; or corpora mixed by weight, each entry ``{path: SHARDS, weight: W, name: N}``."""
     heldout: list[str] = field(default_factory=list)
     """Held-out shards for the evaluation at the end of training (optional)."""
     codebook: str = ""
@@ -339,7 +352,10 @@ def _coerce(value: Any, hint: Any, where: str, problems: list[str]) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
+        sections = [a for a in args if dataclasses.is_dataclass(a)]
+        if sections and isinstance(value, Mapping):
+            return _build(sections[0], value, f"{where}.", problems)
+        hint = next(a for a in args if a is not type(None) and not dataclasses.is_dataclass(a))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is list:
         items = [_coerce(v, args[0], f"{where}[{i}]", problems) for i, v in enumerate(value if isinstance(value, list) else [value])]
@@ -379,6 +395,7 @@ def validate(c: TrainConfig) -> list[str]:
     p: list[str] = []
     if not c.data.train:
         p.append("data.train is empty: name the training shards (a folder, glob, brace pattern or pipe: URL)")
+    p += _validate_sources(c.data.train)
     if not c.data.codebook:
         p.append("data.codebook is empty: name the codebook file written by `videobert shards fit-codebook`")
     if c.data.max_seq_len < 8:
@@ -402,6 +419,35 @@ def validate(c: TrainConfig) -> list[str]:
     _positive(p, "checkpoint.every_steps", c.checkpoint.every_steps)
     _positive(p, "checkpoint.keep_last", c.checkpoint.keep_last)
     _positive(p, "logging.every_steps", c.logging.every_steps)
+    return p
+
+
+def source_name(source: TrainSource) -> str:
+    """A source's name: given, or its first path's last part."""
+    if source.name:
+        return source.name
+    first = source.path[0].rstrip("/") if source.path else ""
+    return Path(first).name or first
+
+
+def train_shard_specs(data: DataConfig) -> list[str]:
+    """Every shard spec of ``data.train``, whatever its form."""
+    return [spec for entry in data.train for spec in (entry.path if isinstance(entry, TrainSource) else [entry])]
+
+
+def _validate_sources(train: list[str | TrainSource]) -> list[str]:
+    sources = [e for e in train if isinstance(e, TrainSource)]
+    if not sources:
+        return []
+    if len(sources) != len(train):
+        return ["data.train mixes plain shard specs and sources with weights: write every entry as "
+                "{path: SHARDS, weight: W}, or none"]
+    p = [f"data.train[{i}]: no path: name its shards" for i, s in enumerate(sources) if not s.path]
+    p += [f"data.train[{i}].weight={s.weight} must be positive" for i, s in enumerate(sources) if not s.weight > 0]
+    names = [source_name(s) for s in sources]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        p.append(f"data.train: the sources' names {twice} are not unique: give each source a name")
     return p
 
 

@@ -17,7 +17,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Sequence, TextIO
 
 import torch
 
@@ -69,8 +69,12 @@ def peak_flops(device: torch.device, configured: float = 0.0) -> float:
 class Window:
     """Sums for one logging window."""
 
-    def __init__(self) -> None:
+    def __init__(self, sources: Sequence[str] = ()) -> None:
         self.sums = dict.fromkeys(SUM_KEYS, 0.0)
+        self.sources = tuple(sources)
+        """The names of a mix's sources (``trainer.mixing``): a loss and a count of samples each."""
+        for name in self.sources:
+            self.sums.update(dict.fromkeys(_source_keys(name), 0.0))
         self.started = time.perf_counter()
 
     def add(self, **values: float) -> None:
@@ -87,11 +91,16 @@ class Window:
                 self.add(**{f"{name}_loss_sum": float(loss.detach()) * count, f"{name}_count": count,
                             f"{name}_correct": float(getattr(out, f"{name}_correct"))})
 
+    def add_source(self, name: str, out: Any, samples: int) -> None:
+        """One micro-batch of a mix's source ``name``: its loss and samples."""
+        loss_sum, batches, count = _source_keys(name)
+        self.add(**{loss_sum: out.loss.detach().float(), batches: 1, count: samples})
+
     def reduce(self, world_size: int, peak: float) -> dict[str, float]:
         """Means and rates over all ranks (collective)."""
-        vec = torch.tensor([self.sums[k] for k in SUM_KEYS], dtype=torch.float64)
+        vec = torch.tensor(list(self.sums.values()), dtype=torch.float64)
         all_reduce_(vec)
-        s = dict(zip(SUM_KEYS, vec.tolist()))
+        s = dict(zip(self.sums, vec.tolist()))
         seconds = max(time.perf_counter() - self.started, 1e-9)
         steps = max(s["steps"] / world_size, 1.0)
         out = {
@@ -113,7 +122,17 @@ class Window:
                 out[f"{name}_acc"] = s[f"{name}_correct"] / s[f"{name}_count"]
         if peak > 0:
             out["mfu"] = s["flops"] / seconds / (peak * world_size)
+        for name in self.sources:
+            loss_sum, batches, count = _source_keys(name)
+            if s[batches]:
+                out[f"loss/{name}"] = s[loss_sum] / s[batches]
+            out[f"samples/{name}"] = s[count]
         return out
+
+
+def _source_keys(name: str) -> tuple[str, str, str]:
+    """The sums of one source of a mix: loss over its micro-batches, their number, their samples."""
+    return f"source_loss_sum/{name}", f"source_batches/{name}", f"source_samples/{name}"
 
 
 class TensorBoard:

@@ -45,6 +45,7 @@ from videobert.trainer.evaluation.heldout import engine_heldout, heldout_objecti
 from videobert.trainer.evaluation.tables import format_table, heldout_table
 from videobert.trainer.example_builder import ExampleBuilder, resolve_visual
 from videobert.trainer.metrics import TensorBoard, Window, console_summary, peak_flops
+from videobert.trainer.mixing import SOURCE
 from videobert.trainer.run_folder import RunFolder, write_json
 from videobert.trainer.run_lock import RunFolderLocked, RunLock
 
@@ -75,8 +76,7 @@ class Trainer:
         self.lock = self._lock_run_folder()
         self.sizes = batch_sizes(cfg.optim, self.dist.world_size)
         self.codebook = build.build_codebook(cfg)
-        self.source = build.inspect_source(cfg.data.train, "data.train")
-        build.check_source(self.source, self.codebook, "data.train")
+        self.source, self.mix = build.build_train_data(cfg, self.codebook)
         self.tokenizer = build.build_tokenizer(cfg)
         self.vocab = JointVocab.from_tokenizer(self.tokenizer, self.codebook.num_leaves)
         self.model_config = build.build_model_config(cfg, self.vocab)
@@ -88,7 +88,9 @@ class Trainer:
         self.visual = build.build_visual_tokenizer(cfg, self.dist.device) if self.source.kind == schema.CLIP_KIND else None
         self.builder = ExampleBuilder(self.vocab, self.tokenizer, cfg.objectives, cfg.data.max_seq_len)
         self.spec = build.stream_spec(cfg, self.source.urls, self.dist)
-        build.warn_if_few_shards(self.source.urls, self.spec, self.dist.is_main)
+        named = [(s.name, s.urls) for s in self.mix.sources] if self.mix else [("training", self.source.urls)]
+        for name, urls in named:
+            build.warn_if_few_shards(urls, self.spec, self.dist.is_main, name)
         self.state = TrainerState(codebook_hash=self.codebook.hash, world_size=self.dist.world_size,
                                   num_streams=self.spec.num_streams)
         self.boundary = Snapshot.take(self.state)
@@ -142,6 +144,9 @@ class Trainer:
         if plan.other_world_size and not self.cfg.optim.global_batch_size:
             self._main_log("the global batch is now %d examples (micro-batch x accumulation x ranks); set "
                            "optim.global_batch_size to keep it the same at every number of ranks", self.sizes.global_batch)
+        if self.dist.is_main and (self.mix is not None) != bool(self.state.mix):
+            log.warning("data.train is %s, the checkpoint's data position is of %s: the data starts again at "
+                        "epoch 0", *(("a mix of sources", "one source") if self.mix else ("one source", "a mix")))
         return True
 
     def save(self, stopped: str = "") -> Path:
@@ -171,9 +176,13 @@ class Trainer:
         if self._batches is None:
 
             d = self.cfg.data
-            spec = dataclasses.replace(self.spec, history=self.state.history)
-            loader = make_loader(spec, self.state.positions, self.state.batches_consumed, self.builder.build,
-                                 self.sizes.micro, d.num_workers, d.prefetch_factor)
+            if self.mix is not None:
+                loader = self.mix.loader(self.spec, self.state.mix, self.state.batches_consumed, self.builder.build,
+                                         self.sizes.micro, d.num_workers, d.prefetch_factor)
+            else:
+                spec = dataclasses.replace(self.spec, history=self.state.history)
+                loader = make_loader(spec, self.state.positions, self.state.batches_consumed, self.builder.build,
+                                     self.sizes.micro, d.num_workers, d.prefetch_factor)
             self._batches = iter(loader)
         return self._batches
 
@@ -182,7 +191,10 @@ class Trainer:
         batch = next(self.batches())
         waited = time.perf_counter() - started
         st = self.state
-        st.positions[int(batch["stream"])] = StreamPosition(int(batch["epoch"]), int(batch["items"]))
+        if self.mix is not None:
+            self.mix.record(st.mix, batch)
+        else:
+            st.positions[int(batch["stream"])] = StreamPosition(int(batch["epoch"]), int(batch["items"]))
         st.batches_consumed += 1
         st.bad_samples += int(batch["bad_samples"])
         return batch, waited
@@ -210,7 +222,8 @@ class Trainer:
         done, bad_in_a_row, consumed = 0, 0, []
         while done < self.sizes.accumulation:
             batch, waited = self.next_batch()
-            taken = (batch.pop(SAMPLE_KEYS), batch.pop(SAMPLE_EPOCHS))
+            source = self.mix.names[int(batch[SOURCE])] if self.mix is not None else None
+            taken = (batch.pop(SAMPLE_KEYS), batch.pop(SAMPLE_EPOCHS), *([source] if source else []))
             started = time.perf_counter()
             inputs = self.model_inputs(batch)
             out = self.engine(**inputs)
@@ -226,6 +239,8 @@ class Trainer:
             done += 1
             consumed.append(taken)
             window.add_output(out)
+            if source is not None:
+                window.add_source(source, out, int(inputs["input_ids"].shape[0]))
             self._count(window, batch, inputs, waited, time.perf_counter() - started)
         self.state.step += 1
         if self.audit is not None:
@@ -288,7 +303,7 @@ class Trainer:
     def _loop(self, board, bar, peak: float) -> None:
         cfg = self.cfg
         saved_at = self.state.step
-        window = Window()
+        window = Window(self.mix.names if self.mix is not None else ())
         with StopSignals() as signals:
             while self.state.step < cfg.max_steps:
                 self.train_step(window)
@@ -296,7 +311,7 @@ class Trainer:
                     bar.update(1)
                 if self.state.step % cfg.logging.every_steps == 0 or self.state.step == cfg.max_steps:
                     self._log(window, board, bar, peak)
-                    window = Window()
+                    window = Window(self.mix.names if self.mix is not None else ())
                 stop = all_reduce_(torch.tensor([float(signals.requested)]), "max").item() > 0
                 if stop or self.state.step % cfg.checkpoint.every_steps == 0:
                     self.save()

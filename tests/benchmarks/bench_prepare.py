@@ -12,9 +12,13 @@ a usual quality (CRF 23): what decoding a filmed video costs, which a test patte
   (a) bare decode: ffmpeg with the very filter chain prepare uses (``shards.decode.ffmpeg_command``:
       fps, scale to the short side, centre crop, rgb24) writing raw frames to /dev/null, one video at a
       time, and with as many concurrent ffmpeg processes as prepare has workers;
-  (b) prepare: the stage itself (``shards.prepare.prepare``) with ``--workers N``.
+  (b) ffmpeg to a file: the same ffmpeg commands, as many at a time as prepare has workers, each
+      writing its raw frames to a file in the output's folder (the same disk): the limit a user would
+      compare prepare with, since prepare writes those same frame bytes;
+  (c) prepare: the stage itself (``shards.prepare.prepare``) with ``--workers N``.
 
-Prints frames/s for each, prepare's ratio to the faster bare decode (goal: >= 0.8), the realtime factor
+Prints frames/s for each, prepare's ratio to the faster bare decode (goal: >= 0.8) and to ffmpeg to a
+file (goal: >= 0.9), the realtime factor
 (seconds of video per second) and bytes written per hour of video. Each measurement is repeated (the
 three kinds interleaved) and the best kept. On a shared machine wall times move with the neighbours'
 load, so CPU seconds (this process and all its children: workers, ffmpeg) are printed too: their
@@ -141,6 +145,24 @@ def bare_decode(paths: list[Path], options: DecodeOptions, concurrency: int) -> 
     return timer
 
 
+def decode_to_files(paths: list[Path], options: DecodeOptions, concurrency: int, folder: Path) -> Timer:
+    """Decode every video to a raw-frame file in ``folder`` (flushed to the disk, as prepare's shards
+    are), ``concurrency`` ffmpeg processes at a time; the files are removed afterwards."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+
+    def one(path: Path) -> None:
+        target = folder / f"{path.stem}.rgb"
+        subprocess.run(ffmpeg_command(path, options, output=str(target)), check=True, capture_output=True)
+        with open(target, "rb") as f:
+            os.fsync(f.fileno())
+
+    with Timer() as timer, concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, paths))
+    shutil.rmtree(folder)
+    return timer
+
+
 def run_prepare(videos: Path, transcript: Path, out: Path, options: DecodeOptions, workers: int) -> tuple[Timer, dict]:
     shutil.rmtree(out, ignore_errors=True)
     config = PrepareConfig(
@@ -189,12 +211,14 @@ def report(args: argparse.Namespace, folder: Path, kind: str, size: str) -> None
           f"{time.perf_counter() - started:.1f} s; decoding at {args.fps:g} fps to {args.size}x{args.size}: {frames} "
           f"frames, {args.workers} workers, {os.cpu_count()} CPUs")
 
+    to_file = f"ffmpeg to a file, {args.workers} concurrent"
     runs: dict[str, list[Timer]] = {"bare decode, sequential": [], f"bare decode, {args.workers} concurrent": [],
-                                    f"prepare, {args.workers} workers": []}
+                                    to_file: [], f"prepare, {args.workers} workers": []}
     summary: dict = {}
     for _ in range(args.repeats):
         runs["bare decode, sequential"].append(bare_decode(paths, options, 1))
         runs[f"bare decode, {args.workers} concurrent"].append(bare_decode(paths, options, args.workers))
+        runs[to_file].append(decode_to_files(paths, options, args.workers, folder / "frames"))
         timer, summary = run_prepare(folder / "videos", transcript, folder / "shards", options, args.workers)
         runs[f"prepare, {args.workers} workers"].append(timer)
     if summary["frames_decoded"] != frames:
@@ -205,12 +229,18 @@ def report(args: argparse.Namespace, folder: Path, kind: str, size: str) -> None
     for name, timer in best.items():
         print(f"{name:<32} {timer.wall:7.2f} s  {frames / timer.wall:8.0f} frames/s  {video_seconds / timer.wall:6.1f}x "
               f"realtime  {min(t.cpu for t in runs[name]):7.2f} CPU s")
-    *bare, prepared = best.values()
+    *bare, written, prepared = best.values()
     ratio = min(t.wall for t in bare) / prepared.wall
-    cpu_ratio = min(min(t.cpu for t in runs[name]) for name in list(runs)[:2]) / min(t.cpu for t in runs[list(runs)[2]])
-    extra = (min(t.cpu for t in runs[list(runs)[2]]) - min(t.cpu for t in runs[list(runs)[1]])) / frames * 1e3
+    prepare_name = list(runs)[3]
+    cpu_ratio = min(min(t.cpu for t in runs[name]) for name in list(runs)[:2]) / min(t.cpu for t in runs[prepare_name])
+    extra = (min(t.cpu for t in runs[prepare_name]) - min(t.cpu for t in runs[list(runs)[1]])) / frames * 1e3
     print(f"prepare / faster bare decode: {ratio:.2f} in frames/s (goal >= 0.80: {'met' if ratio >= 0.8 else 'NOT met'}); "
           f"{cpu_ratio:.2f} in frames per CPU second ({extra:.2f} ms of CPU per output frame on top of ffmpeg)")
+    to_file_ratio = written.wall / prepared.wall
+    to_file_cpu = min(t.cpu for t in runs[to_file]) / min(t.cpu for t in runs[prepare_name])
+    print(f"prepare / ffmpeg to a file: {to_file_ratio:.2f} in frames/s (goal >= 0.90: "
+          f"{'met' if to_file_ratio >= 0.9 else 'NOT met'}), {to_file_cpu:.2f} in frames per CPU second; the best "
+          f"of {args.repeats} runs each, interleaved")
     hours = video_seconds / 3600
     print(f"written: {summary['bytes'] / 1e9:.3f} GB in {summary['shards']} shards, {summary['bytes'] / hours / 1e9:.1f} GB "
           f"per hour of video ({summary['segments_written']} samples, {summary['clips']} clips)")

@@ -44,7 +44,7 @@ from videobert.models.visual.codebook import check_hash
 from videobert.shards import reader, schema
 from videobert.shards.options import Flag, add_config_arguments, config_from_args
 from videobert.trainer import distributed
-from videobert.trainer.config import ObjectivesConfig
+from videobert.trainer.config import ObjectivesConfig, train_shard_specs
 from videobert.trainer.evaluation import generate, report
 from videobert.trainer.evaluation.captioning.features import read_segments
 from videobert.trainer.evaluation.heldout import evaluate_model, sample_tokens
@@ -253,7 +253,7 @@ def _video_in_turn(ctx: Context, urls: list[str]) -> dict[str, float]:
     counts = np.zeros(r.vocab.num_visual_tokens)
     if r.cfg is not None and r.cfg.data.train:
         try:
-            counts = train_counts(reader.resolve_shards(list(r.cfg.data.train)), r.vocab.num_visual_tokens)
+            counts = train_counts(reader.resolve_shards(train_shard_specs(r.cfg.data)), r.vocab.num_visual_tokens)
         except reader.ShardSpecError:
             pass  # the training shards moved: the unigram stays uniform, and the table says so
     out = evaluate_in_turn(r.model, r.tokenizer, urls, counts, max_seq_len=ctx.max_seq_len,
