@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from videobert.models.errors import VideoBertError
-from videobert.shards import schema
+from videobert.shards import schema, storage
 from videobert.shards.folders import read_json, write_json_atomic
 from videobert.shards.parts import (
     PART, PARTS, SplitStatus, SummaryRules, combined_summary, rules_of, split_count, split_status,
@@ -30,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    with storage.working_folder(args.out) as out:  # a bucket's prefix: its records, read through a local copy
+        return _status(Path(out), args)
+
+
+def _status(out: Path, args: argparse.Namespace) -> int:
     if split_count(out) is None:
         return _single_status(out)
     status = split_status(out)
