@@ -135,7 +135,8 @@ def complete_remote_shards(url: str, *, with_parts: bool = True) -> list[str]:
     found = []
     for name in listed:
         folder, _, base = name.rpartition("/")
-        if not _COMPLETE_NAME.fullmatch(base) or f"{name[:-len(schema.SHARD_SUFFIX)]}{schema.STATS_SUFFIX}" not in listed:
+        stats = f"{name[:-len(schema.SHARD_SUFFIX)]}{schema.STATS_SUFFIX}"
+        if not _COMPLETE_NAME.fullmatch(base) or stats not in listed:
             continue
         if folder and not (with_parts and _PART_NAME.fullmatch(folder)):
             continue
@@ -143,7 +144,8 @@ def complete_remote_shards(url: str, *, with_parts: bool = True) -> list[str]:
     return [storage.join(url, name) for _, _, name in sorted(found)]
 
 
-_COMPLETE_NAME = re.compile(re.escape(schema.SHARD_PREFIX) + r"\d{%d}" % schema.SHARD_INDEX_DIGITS + re.escape(schema.SHARD_SUFFIX))
+_COMPLETE_NAME = re.compile(
+    re.escape(schema.SHARD_PREFIX) + r"\d{%d}" % schema.SHARD_INDEX_DIGITS + re.escape(schema.SHARD_SUFFIX))
 _PART_NAME = re.compile(re.escape(schema.PART_PREFIX) + r"\d{%d}" % schema.PART_INDEX_DIGITS)
 
 

@@ -390,7 +390,8 @@ def working_folder(out: str | os.PathLike) -> Iterator[str]:
     if not is_remote(out):
         yield out
         return
-    local = scratch_root() / "work" / f"{hashlib.blake2b(shown(out).encode(), digest_size=10).hexdigest()}-{os.getpid()}"
+    digest = hashlib.blake2b(shown(out).encode(), digest_size=10).hexdigest()
+    local = scratch_root() / "work" / f"{digest}-{os.getpid()}"
     shutil.rmtree(local, ignore_errors=True)
     local.mkdir(parents=True)
     _set_working_folders({**_working_folders(), local: str(out).rstrip("/")})

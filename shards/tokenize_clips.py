@@ -398,8 +398,8 @@ def _tokenize_into(config: TokenizeConfig, out: Path, part: Part, urls: list[str
     kept = finished_shards(folder, mine)
     jobs = [
         ShardJob(i, urls[i], str(folder), storage.local_file(config.codebook), codebook.hash, options,
-                 config.keep_features, config.batch_size, device.type if device.type == "cuda" and device.index is None else str(device),
-                 precision)
+                 config.keep_features, config.batch_size,
+                 device.type if device.type == "cuda" and device.index is None else str(device), precision)
         for i in mine if i not in kept
     ]
     _build_first(jobs, config)
