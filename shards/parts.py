@@ -354,8 +354,10 @@ def write_combined_summary(out: Path, rules: SummaryRules) -> dict[str, Any]:
 
 def finish_part(out: Path, part: Part, rules: SummaryRules) -> None:
     """Called by a part that finished: the last one writes the combined summary."""
+    if part.whole:
+        return
     storage.pull_records(out)  # a bucket's folder: what the other parts have committed since this one started
-    if not part.whole and split_status(out).complete:
+    if split_status(out).complete:
         write_combined_summary(out, rules)
 
 

@@ -111,7 +111,9 @@ def filesystem(url: str) -> tuple[Any, str]:
     import fsspec
 
     try:
-        return fsspec.core.url_to_fs(url)
+        # No listings cache: parts on other machines add objects while this process runs, and a
+        # resume must see what is there now.
+        return fsspec.core.url_to_fs(url, use_listings_cache=False)
     except (ImportError, ValueError) as e:
         raise StorageError(f"cannot open {shown(url)}: {e} (object storage needs `pip install 'videobert[s3]'`, "
                            "or [gcs] / [azure])") from None
@@ -121,11 +123,14 @@ def filesystem(url: str) -> tuple[Any, str]:
 # Retries
 
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+_PERMANENT_NAMES = {"NoCredentialsError", "PartialCredentialsError", "ParamValidationError", "NoRegionError",
+                    "InvalidConfigError", "UnknownServiceError"}
+"""The clients' errors that no retry mends (missing credentials or settings)."""
 
 
 def is_transient(exc: BaseException) -> bool:
     """Whether an error may pass if the operation is tried again (the network or the server)."""
-    if isinstance(exc, (StorageError, *_PERMANENT)):
+    if isinstance(exc, (StorageError, *_PERMANENT)) or type(exc).__name__ in _PERMANENT_NAMES:
         return False
     if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
         return True
@@ -410,6 +415,11 @@ def remote_of(path: str | os.PathLike) -> str | None:
         if path == local or local in path.parents:
             return join(remote, *path.relative_to(local).parts) if path != local else remote
     return None
+
+
+def named(path: str | os.PathLike) -> str:
+    """How to call a file or folder in messages: its remote URL for a working folder's, else itself."""
+    return remote_of(path) or str(path)
 
 
 def pull_records(folder: str | os.PathLike) -> None:

@@ -72,7 +72,11 @@ class SeaweedServer:
     def start(self, timeout: float = 60) -> None:
         log = open(self.root / "weed.log", "ab")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
 
     def wait_ready(self, timeout: float) -> None:
         """Until the gateway answers a signed request (it starts before the filer behind it)."""

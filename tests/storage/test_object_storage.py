@@ -69,3 +69,13 @@ def test_which_urls_a_file_that_came_with_a_model_may_name(bucket_prefix, tmp_pa
             reader.resolve_shards(refused, from_file="ckpt/config.json", allow="add --trust")
     with pytest.raises(reader.ShardSpecError, match="carries credentials"):
         reader.resolve_shards("s3://KEY:SECRET@bucket/prefix")
+
+
+def test_a_missing_object_is_named_at_once_not_retried(bucket_prefix, monkeypatch):
+    import time
+
+    monkeypatch.setenv(storage.RETRY_SECONDS_VARIABLE, "300")
+    started = time.monotonic()
+    with pytest.raises(storage.StorageError, match=f"reading {bucket_prefix}/shard-000009.tar"):
+        storage.read_bytes(f"{bucket_prefix}/shard-000009.tar")
+    assert time.monotonic() - started < 10

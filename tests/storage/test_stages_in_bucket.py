@@ -5,6 +5,7 @@ while it uploads leaves nothing a reader takes for complete, and its re-run comp
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from videobert.shards.fit_codebook import FitCodebookConfig, fit_codebook  # noq
 from videobert.shards.prepare import PrepareConfig, prepare  # noqa: E402
 from videobert.shards.synthetic.corpus import SynthConfig, render_corpus  # noqa: E402
 from videobert.shards.tokenize_clips import TokenizeConfig, tokenize  # noqa: E402
+from videobert.trainer import cli  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +38,7 @@ def corpus(tmp_path_factory):
 
 def prepare_config(corpus: Path, out: str) -> PrepareConfig:
     return PrepareConfig(videos=(str(corpus / "videos"),), transcripts=(str(corpus / "captions.json"),), out=out,
-                         fps=10.0, size=32, clip_len=5, max_samples=4, workers=1, progress=False)
+                         fps=10.0, size=64, clip_len=15, max_samples=4, workers=1, progress=False)
 
 
 def stages(corpus: Path, where: str) -> None:
@@ -63,7 +65,7 @@ def pipelines(s3_server, corpus, tmp_path_factory):
     return str(local), bucket
 
 
-def test_every_stage_writes_the_same_shards_into_a_bucket(pipelines):
+def test_every_stage_writes_the_same_shards_into_a_bucket(pipelines, capsys):
     local, bucket = pipelines
     for folder in ("clips", "train"):
         here, there = shard_bytes(f"{local}/{folder}"), shard_bytes(f"{bucket}/{folder}")
@@ -75,13 +77,19 @@ def test_every_stage_writes_the_same_shards_into_a_bucket(pipelines):
     assert {schema.RUN_FILE, schema.SUMMARY_FILE, schema.ERRORS_FILE} <= set(listed)
     assert not [name for name in listed if name.endswith(schema.PARTIAL_SUFFIX)]
 
+    assert cli.main(["shards", "status", f"{bucket}/clips"]) == 0
+    assert f"{bucket}/clips: a prepare run of one part, finished" in capsys.readouterr().out
+    assert cli.main(["shards", "inspect", f"{bucket}/train"]) == 0
+    assert f"{len(shard_bytes(local + '/train'))} shards" in capsys.readouterr().out
+
 
 def test_training_from_the_bucket_gives_the_losses_of_local_disk(pipelines, tmp_path):
     local, bucket = pipelines
     runs = {}
     for name, where in (("local", local), ("bucket", bucket)):
         run = tmp_path / name
-        job = subprocess.Popen(command(run, where, 1, "max_steps=6", "data.num_workers=1"), env=job_env(),
+        job = subprocess.Popen(command(run, where, 1, "max_steps=6", "data.num_workers=1",
+                                       codebook=f"codebook/{CODEBOOK_FILE}"), env=job_env(),
                                stdout=open(tmp_path / f"{name}.log", "wb"), stderr=subprocess.STDOUT,
                                start_new_session=True)
         assert finish(job, run) == 0, (tmp_path / f"{name}.log").read_text()[-4000:]
@@ -98,7 +106,7 @@ def test_a_prepare_killed_while_uploading_leaves_no_complete_shard_and_its_rerun
     out = f"s3://videobert-tests/killed-{int(time.time() * 1000)}/clips"
     config = prepare_config(corpus, out)
     cli = [str(Path(sys.executable).with_name("videobert")), "shards", "prepare", "--videos", config.videos[0],
-           "--transcripts", config.transcripts[0], "--out", out, "--fps", "10", "--size", "32", "--clip-len", "5",
+           "--transcripts", config.transcripts[0], "--out", out, "--fps", "10", "--size", "64", "--clip-len", "15",
            "--max-samples", "4", "--workers", "1", "--no-progress"]
     log = tmp_path / "prepare.log"
     job = subprocess.Popen(cli, env=job_env(), stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -117,3 +125,17 @@ def test_a_prepare_killed_while_uploading_leaves_no_complete_shard_and_its_rerun
         assert data == whole[name], f"{name}: what a reader takes for complete is whole"
     prepare(config)
     assert shard_bytes(out) == whole
+
+
+def test_prepare_in_parts_into_a_bucket_and_its_status(corpus, pipelines, capsys):
+    _, finished = pipelines
+    out = f"s3://videobert-tests/parts-{int(time.time() * 1000)}/clips"
+    for part in ("0/2", "1/2"):
+        prepare(dataclasses.replace(prepare_config(corpus, out), part=part))
+    assert cli.main(["shards", "status", out]) == 0
+    printed = capsys.readouterr().out
+    assert f"{out}: prepare in 2 parts: 2 finished" in printed and "adds up" in printed
+    keys = {s.key for s in reader.iter_samples(reader.resolve_shards(out), decode_arrays=False)}
+    whole = {s.key for s in reader.iter_samples(reader.resolve_shards(f"{finished}/clips"), decode_arrays=False)}
+    assert keys == whole
+    assert schema.SUMMARY_FILE in storage.list_files(out)

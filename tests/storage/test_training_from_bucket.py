@@ -23,6 +23,8 @@ from videobert.trainer.run_folder import COMPLETE, latest_complete  # noqa: E402
 pytestmark = pytest.mark.slow
 
 STEPS = 20  # 16 steps make an epoch of the 128 training samples on one rank
+READ_AS_NEEDED = ("data.shuffle_buffer=4", "data.prefetch_factor=1")
+"""The loader reads a few batches ahead only, so that an outage mid-run meets reads still to come."""
 LOSSES = ("loss", "text_mlm_loss", "alignment_loss", "grad_norm", "tokens", "samples")
 
 
@@ -46,13 +48,13 @@ def _keys(folder: Path) -> list[str]:
     return [s.key for s in reader.iter_samples(reader.resolve_shards(str(folder)), decode_arrays=False)]
 
 
-def command(run_dir: Path, where: str, nproc: int, *extra: str) -> list[str]:
+def command(run_dir: Path, where: str, nproc: int, *extra: str, codebook: str = "codebook.safetensors") -> list[str]:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     settings = [
-        f"run_dir={run_dir}", f"data.train={where}/train", f"data.codebook={where}/codebook.safetensors",
+        f"run_dir={run_dir}", f"data.train={where}/train", f"data.codebook={where}/{codebook}",
         f"deepspeed_config={ROOT / 'ds_config.json'}", "model.init=", "model.preset=tiny", "data.text_model=minilm",
         "logging.every_steps=1", "logging.progress=false", "checkpoint.every_steps=4", "checkpoint.keep_last=2",
-        f"max_steps={STEPS}", "data.num_workers=2", "data.audit=true", *extra,
+        f"max_steps={STEPS}", "data.num_workers=2", "data.audit=true", *READ_AS_NEEDED, *extra,
     ]
     return [*launcher, "-m", "videobert.trainer.train", "--config", "debug", *(f"--{s}" for s in settings)]
 
