@@ -31,6 +31,7 @@ from what the listing shows complete, exactly as from a local folder.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import io
 import json
@@ -169,9 +170,6 @@ class Backoff:
         self.tries += 1
         log.warning("%s: %s; trying again in %.1f s", self.what, _reason(exc), delay)
         time.sleep(delay)
-
-    def reset(self) -> None:
-        self.first_failure, self.tries = None, 0
 
 
 def _reason(exc: BaseException) -> str:
@@ -454,8 +452,6 @@ def unpublished(folder: str | os.PathLike, patterns: Sequence[str]) -> None:
     remote = remote_of(folder)
     if remote is None:
         return
-    import fnmatch
-
     for name in list_files(remote):
         if "/" not in name and any(fnmatch.fnmatch(name, p) for p in patterns):
             remove(join(remote, name))

@@ -146,9 +146,21 @@ class Trainer:
             self._batches = iter(loader)
         return self._batches
 
+    def close_loader(self) -> None:
+        """End the loader's workers now (they ignore SIGTERM, which is the trainer's to handle, so a
+        process leaving on an error, such as shards it can no longer read, would wait on them)."""
+        shutdown = getattr(self._batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self._batches = None
+
     def next_batch(self) -> tuple[dict[str, Any], float]:
         started = time.perf_counter()
-        batch = next(self.batches())
+        try:
+            batch = next(self.batches())
+        except BaseException:
+            self.close_loader()
+            raise
         waited = time.perf_counter() - started
         st = self.state
         st.positions[int(batch["stream"])] = StreamPosition(int(batch["epoch"]), int(batch["items"]))
