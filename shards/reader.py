@@ -204,15 +204,16 @@ def iter_raw_samples(urls: Iterable[str], on_error: ErrorCallback | None = None)
             if refused:
                 report(url, refused)
                 continue
-            problem = truncation(url)
+            size = storage.object_size(url) if storage.is_remote(url) else None  # one request, not one per check
+            problem = truncation(url, size)
             if problem:
                 report(url, problem)
             unread[url] = set()
-            for name, size, limit in oversized_members(url):
+            for name, member_bytes, limit in oversized_members(url, size):
                 unread[url].add(name)
-                report(url, f"member {name} is {size} bytes, more than the {limit} the schema allows; not read")
+                report(url, f"member {name} is {member_bytes} bytes, more than the {limit} the schema allows; not read")
             current[0] = url  # the stream is read one shard at a time, in this order
-            yield {"url": url, "stream": storage.open_stream(url)} if storage.is_remote(url) else {"url": url}
+            yield {"url": url, "stream": storage.open_stream(url, size)} if size is not None else {"url": url}
 
     def readable(name: str) -> bool:
         if not _MEMBER_NAME.match(os.path.basename(name)):
@@ -240,12 +241,12 @@ _TAR_BLOCK = 512
 _MEMBER_NAME = re.compile(r"^[^.]+\.")
 
 
-def truncation(url: str) -> str | None:
+def truncation(url: str, size: int | None = None) -> str | None:
     """Why a local tar looks cut short, or None. A tar ends with two zero blocks; Python's tarfile
     stops quietly at a partial header, so a shard cut at the wrong byte would otherwise lose its
     tail without a word."""
     if storage.is_remote(url):
-        size = storage.object_size(url)
+        size = storage.object_size(url) if size is None else size
         tail = storage.read_range(url, max(0, size - 2 * _TAR_BLOCK), size)
     elif not is_local(url):
         return None
@@ -280,14 +281,14 @@ def not_a_tar(url: str) -> str | None:
     return "not an uncompressed tar (no tar header in its first block); a shard is a plain tar"
 
 
-def oversized_members(url: str) -> list[tuple[str, int, int]]:
+def oversized_members(url: str, size: int | None = None) -> list[tuple[str, int, int]]:
     """(name, size, limit) of a local shard's members larger than the schema allows for their field.
     Only a shard larger than the largest member limit can hold one; only its headers are read."""
     remote = storage.is_remote(url)
     try:
         if not (remote or is_local(url)):
             return []
-        size = storage.object_size(url) if remote else os.path.getsize(url)
+        size = size if size is not None else storage.object_size(url) if remote else os.path.getsize(url)
         if size <= schema.MAX_ARRAY_BYTES:
             return []
         source = storage.RetryingReader(url, size) if remote else open(url, "rb")
