@@ -200,6 +200,9 @@ def feature_run(config: FitCodebookConfig, part: Part | None = None) -> FeatureR
 
 def extract_features(config: FitCodebookConfig, part: Part) -> FeaturesSummary:
     """The feature pass of one part (no fit): ``fit-codebook --part I/N``."""
+    if storage.is_remote(config.out):
+        raise FitError(f"--out {storage.shown(config.out)}: the feature pass in parts writes its feature files to a "
+                       "local or shared folder; give one there (the fit without --part may write into a bucket)")
     return extract(feature_run(config, part), Path(config.out) / FEATURES_FOLDER, part)
 
 
