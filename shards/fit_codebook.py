@@ -53,7 +53,7 @@ from videobert.models.visual.codebook import CODEBOOK_FILE, Codebook
 from videobert.models.visual.encoder import ClipEncoder, build_encoder
 from videobert.models.visual.kmeans import KMeansConfig, fit_hierarchical_kmeans
 from videobert.models.vocab import VISUAL_TOKEN_FORMAT
-from videobert.shards import reader, schema
+from videobert.shards import reader, schema, storage
 from videobert.shards.fit_features import (
     FEATURES_FOLDER, STAGE, FeatureRun, FeaturesSummary, FitError, ShardPlan, collected, encoder_options, extract,
     iter_chosen_clips, merge, plan_sample, process_device, ready_features,
@@ -200,6 +200,9 @@ def feature_run(config: FitCodebookConfig, part: Part | None = None) -> FeatureR
 
 def extract_features(config: FitCodebookConfig, part: Part) -> FeaturesSummary:
     """The feature pass of one part (no fit): ``fit-codebook --part I/N``."""
+    if storage.is_remote(config.out):
+        raise FitError(f"--out {storage.shown(config.out)}: the feature pass in parts writes its feature files to a "
+                       "local or shared folder; give one there (the fit without --part may write into a bucket)")
     return extract(feature_run(config, part), Path(config.out) / FEATURES_FOLDER, part)
 
 
@@ -210,8 +213,11 @@ def fit_codebook(config: FitCodebookConfig) -> FitSummary:
     Raises ``FitError`` for wrong arguments, mismatched clips or unfinished feature parts,
     ``NoClipsError`` when nothing could be encoded.
     """
-    started = time.perf_counter()
-    out = Path(config.out)
+    with storage.working_folder(config.out) as out:  # a bucket's prefix: worked locally, uploaded as committed
+        return _fit_into(config, Path(out), started=time.perf_counter())
+
+
+def _fit_into(config: FitCodebookConfig, out: Path, started: float) -> FitSummary:
     codebook_path = out / CODEBOOK_FILE
     if codebook_path.exists() and not config.overwrite:
         raise FitError(
@@ -230,9 +236,11 @@ def fit_codebook(config: FitCodebookConfig) -> FitSummary:
         raise NoClipsError(f"no clip could be read from {len(run.urls)} shards (see {out / schema.ERRORS_FILE})")
     codebook, fit, leaves_used = _fit(config, run.encoder, merged, used, run.device)
     codebook.save(codebook_path)  # first: nothing after this may lose the fit
+    storage.published(codebook_path)
     summary = _summary(codebook_path, codebook, fit, leaves_used, run, files, len(errors))
     summary.picture = _draw(out / PICTURE_FILE, codebook, merged, used, run)
     summary.seconds = time.perf_counter() - started
+    storage.published(out / PICTURE_FILE) if (out / PICTURE_FILE).is_file() else None
     write_json_atomic(out / schema.SUMMARY_FILE, summary.to_json())
     if not config.keep_features:
         merged.unlink()

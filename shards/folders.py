@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from videobert.shards import schema
+from videobert.shards import schema, storage
 
 
 def claim_output_folder(
@@ -65,6 +65,7 @@ def remove_outputs(out: Path, extra_patterns: Sequence[str] = ()) -> None:
         for path in out.glob(pattern):
             if path.is_file():
                 path.unlink()
+    storage.unpublished(out, patterns)
 
 
 def read_json(path: str | Path) -> Any:
@@ -88,6 +89,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(temporary, path)
     fsync_folder(path.parent)
+    storage.published(path)
 
 
 def create_json_once(path: Path, data: Any) -> bool:
@@ -102,6 +104,7 @@ def create_json_once(path: Path, data: Any) -> bool:
     finally:
         temporary.unlink()
     fsync_folder(path.parent)
+    storage.published(path)
     return True
 
 
@@ -130,6 +133,7 @@ class ErrorLog:
         with open(temporary, "w", encoding="utf-8") as f:
             f.writelines(_json_line(line) for line in lines)
         os.replace(temporary, self.path)
+        storage.published(self.path)
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, line: Mapping[str, Any]) -> None:
@@ -142,9 +146,11 @@ class ErrorLog:
         """Flush to the disk (called before a shard is committed, so its errors are never lost)."""
         self._file.flush()
         os.fsync(self._file.fileno())
+        storage.published(self.path)  # a remote folder's errors.jsonl: the whole file, again
 
     def close(self) -> None:
         self._file.close()
+        storage.published(self.path)
 
 
 def _json_line(line: Mapping[str, Any]) -> str:

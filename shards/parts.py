@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from videobert.models.errors import VideoBertError
-from videobert.shards import schema
+from videobert.shards import schema, storage
 from videobert.shards.folders import (
     claim_output_folder, create_json_once, read_json, record_differences, remove_outputs, write_json_atomic,
 )
@@ -361,7 +361,10 @@ def write_combined_summary(out: Path, rules: SummaryRules) -> dict[str, Any]:
 
 def finish_part(out: Path, part: Part, rules: SummaryRules) -> None:
     """Called by a part that finished: the last one writes the combined summary."""
-    if not part.whole and split_status(out).complete:
+    if part.whole:
+        return
+    storage.pull_records(out)  # a bucket's folder: what the other parts have committed since this one started
+    if split_status(out).complete:
         write_combined_summary(out, rules)
 
 

@@ -72,7 +72,7 @@ from typing import Any
 from tqdm import tqdm
 
 from videobert.models.errors import VideoBertError
-from videobert.shards import schema
+from videobert.shards import schema, storage
 from videobert.shards.clips import ClipConfig
 from videobert.shards.cut import SegmentPlan, VideoJob, VideoResult, count_noun, plan_video, process_video
 from videobert.shards.decode import DecodeOptions, parse_crop
@@ -202,7 +202,7 @@ def _config_problems(config: PrepareConfig) -> list[str]:
         smallest = max(config.size * config.size, crop[0] * crop[1] if crop else 0)
         if config.max_frame_pixels < smallest:
             problems.append(f"--max-frame-pixels must be at least {smallest} (the --size and --crop asked for)")
-    if Path(config.out).exists() and not Path(config.out).is_dir():
+    if not storage.is_remote(config.out) and Path(config.out).exists() and not Path(config.out).is_dir():
         problems.append(f"--out {config.out} is a file; give a folder")
     return problems
 
@@ -564,8 +564,12 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     Raises ``ArgumentsError`` when the output folder holds a run with other arguments.
     """
     ffmpeg_exe()  # no ffmpeg at all is not a problem of one video: fail before starting
+    with storage.working_folder(config.out) as out:  # a bucket's prefix: worked locally, uploaded as committed
+        return _prepare_into(config, Path(out))
+
+
+def _prepare_into(config: PrepareConfig, out: Path) -> PrepareSummary:
     part = sampled_part(config)
-    out = Path(config.out)
     videos = part_videos(list_videos(config.videos), part)
     listing = list_transcript_files(config.transcripts)
     record = {

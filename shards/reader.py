@@ -1,14 +1,17 @@
 """Reading shards: which tars a spec names, and their samples decoded and validated by the schema.
 
 A shard spec is any of: a folder (its complete shards, see ``schema.complete_shards``), a local
-path or glob, a brace pattern (``data/shard-{000000..000099}.tar``), a ``pipe:`` URL (a command
-whose stdout is the tar, e.g. ``pipe:aws s3 cp s3://bucket/shard-000001.tar -``), or a list of
-these. Local paths are checked when the spec is resolved, so a missing shard is an error at
-start-up rather than hours into a run.
+path or glob, a brace pattern (``data/shard-{000000..000099}.tar``), an object URL that fsspec
+reaches (``s3://bucket/prefix``, ``gs://``, ``az://``, ``file://``: a prefix is read as a folder is,
+its parts included; a URL may also name one shard or a glob), a ``pipe:`` URL (a command whose
+stdout is the tar), or a list of these. Paths and objects are checked when the spec is resolved, so
+a missing shard is an error at start-up rather than hours into a run. Objects are streamed through
+``shards.storage`` (ranged reads, retried on transient errors), never downloaded whole first.
 
-Trust. A ``pipe:`` spec is a shell command, and a URL is opened by running a program (curl, a cloud
-tool): fine on the user's command line or recipe, not in a file that came with a model. A spec read
-from such a file is resolved with ``from_file=`` and may then name local shards only.
+Trust. A ``pipe:`` spec is a shell command: fine on the user's command line or recipe, not in a file
+that came with a model. A spec read from such a file is resolved with ``from_file=`` and may then
+name local shards and object URLs of the schemes in ``storage.TRUSTED_SCHEMES`` only (reading them
+runs no command and reaches no host the file chooses; the user's own credentials apply).
 
 Local shards are checked before they are streamed: a tar cut short is reported (``truncation``), a file
 that is not an uncompressed tar is refused unread, and in a shard larger than
@@ -31,7 +34,7 @@ import braceexpand
 import webdataset as wds
 
 from videobert.models.errors import VideoBertError
-from videobert.shards import schema
+from videobert.shards import schema, storage
 
 ErrorCallback = Callable[[str, Exception], None]
 
@@ -61,11 +64,7 @@ def resolve_shards(spec: str | os.PathLike | Sequence[str | os.PathLike], *, fro
             raise ShardSpecError(f"{from_file} names more than {MAX_UNTRUSTED_SHARDS} shards in {str(item)[:120]!r}"
                                  f"{'; ' + allow if allow else ''}")
         for part in braceexpand.braceexpand(str(item)):
-            if from_file is not None and not is_local(part):
-                raise ShardSpecError(
-                    f"{from_file} names the shards {part[:120]!r}, which would run a command or open a URL; a shard "
-                    f"spec from a file that came with a model may only name local files{'; ' + allow if allow else ''}"
-                )
+            _check_trusted(part, from_file, allow)
             found = _expand_one(part)
             if found:
                 urls.extend(found)
@@ -92,7 +91,25 @@ def _brace_count(pattern: str) -> int:
     return count
 
 
+def _check_trusted(part: str, from_file: str | None, allow: str) -> None:
+    """Refuse credentials in a URL; from a file that came with a model, anything but local shards and
+    object URLs of ``storage.TRUSTED_SCHEMES``."""
+    if storage.has_user_part(part):
+        raise ShardSpecError(f"the shard URL {storage.shown(part)[:120]!r} carries credentials; give them through the "
+                             "environment or a profile (AWS_ACCESS_KEY_ID, ...), never in a config")
+    if from_file is None or is_local(part) or (storage.scheme(part) in storage.TRUSTED_SCHEMES and "::" not in part):
+        return
+    raise ShardSpecError(
+        f"{from_file} names the shards {part[:120]!r}, which would run a command or open a URL of another kind; a "
+        f"shard spec from a file that came with a model may only name local files and "
+        f"{', '.join(s + '://' for s in storage.TRUSTED_SCHEMES)} objects{'; ' + allow if allow else ''}"
+    )
+
+
 def _expand_one(part: str) -> list[str]:
+    part = storage.local_path(part)
+    if storage.is_remote(part):
+        return _expand_remote(part)
     if part.startswith("pipe:") or "://" in part:
         return [part]
     path = Path(part)
@@ -103,12 +120,50 @@ def _expand_one(part: str) -> list[str]:
     return [part] if path.is_file() else []
 
 
+def _expand_remote(url: str) -> list[str]:
+    """A remote glob's objects, one object, or a prefix's complete shards (as a folder's)."""
+    if any(c in url for c in "*?["):
+        return storage.glob(url)
+    if url.endswith(schema.SHARD_SUFFIX) and storage.is_file(url):
+        return [url]
+    return complete_remote_shards(url)
+
+
+def complete_remote_shards(url: str, *, with_parts: bool = True) -> list[str]:
+    """``schema.complete_shards`` of a remote prefix, from one listing: tars whose stats file is there,
+    by shard index, then part."""
+    listed = storage.list_files(url)
+    found = []
+    for name in listed:
+        folder, _, base = name.rpartition("/")
+        stats = f"{name[:-len(schema.SHARD_SUFFIX)]}{schema.STATS_SUFFIX}"
+        if not _COMPLETE_NAME.fullmatch(base) or stats not in listed:
+            continue
+        if folder and not (with_parts and _PART_NAME.fullmatch(folder)):
+            continue
+        found.append((schema.shard_index(base), int(folder[len(schema.PART_PREFIX):]) if folder else -1, name))
+    return [storage.join(url, name) for _, _, name in sorted(found)]
+
+
+_COMPLETE_NAME = re.compile(
+    re.escape(schema.SHARD_PREFIX) + r"\d{%d}" % schema.SHARD_INDEX_DIGITS + re.escape(schema.SHARD_SUFFIX))
+_PART_NAME = re.compile(re.escape(schema.PART_PREFIX) + r"\d{%d}" % schema.PART_INDEX_DIGITS)
+
+
 def is_local(url: str) -> bool:
     return not (url.startswith("pipe:") or "://" in url)
 
 
 def read_stats(shard: str | Path) -> dict[str, Any] | None:
-    """The stats file of a local shard, or None when it has none (unfinished or not local)."""
+    """The stats file of a shard, or None when it has none (unfinished, or read through ``pipe:``)."""
+    if storage.is_remote(str(shard)):
+        stats = f"{str(shard)[:-len(schema.SHARD_SUFFIX)]}{schema.STATS_SUFFIX}"
+        try:
+            return json.loads(storage.read_bytes(stats))
+        except storage.StorageError as e:
+            if isinstance(e.__cause__, FileNotFoundError):
+                return None
+            raise
     if not is_local(str(shard)):
         return None
     path = schema.stats_path(Path(shard))
@@ -127,6 +182,8 @@ def iter_raw_samples(urls: Iterable[str], on_error: ErrorCallback | None = None)
     current = [""]
 
     def handler(exn: Exception) -> bool:
+        if isinstance(exn, storage.StorageError):
+            raise exn  # the store, not the shard: stop, naming the object, rather than skip its samples
         # The stream is read one shard at a time: the shard in hand is the one at fault.
         url = current[0] or _url_of(exn)
         problem, once = _tar_problem(exn)
@@ -148,15 +205,16 @@ def iter_raw_samples(urls: Iterable[str], on_error: ErrorCallback | None = None)
             if refused:
                 report(url, refused)
                 continue
-            problem = truncation(url)
+            size = storage.object_size(url) if storage.is_remote(url) else None  # one request, not one per check
+            problem = truncation(url, size)
             if problem:
                 report(url, problem)
             unread[url] = set()
-            for name, size, limit in oversized_members(url):
+            for name, member_bytes, limit in oversized_members(url, size):
                 unread[url].add(name)
-                report(url, f"member {name} is {size} bytes, more than the {limit} the schema allows; not read")
+                report(url, f"member {name} is {member_bytes} bytes, more than the {limit} the schema allows; not read")
             current[0] = url  # the stream is read one shard at a time, in this order
-            yield {"url": url}
+            yield {"url": url, "stream": storage.open_stream(url, size)} if size is not None else {"url": url}
 
     def readable(name: str) -> bool:
         if not _MEMBER_NAME.match(os.path.basename(name)):
@@ -164,32 +222,46 @@ def iter_raw_samples(urls: Iterable[str], on_error: ErrorCallback | None = None)
             return False
         return name not in unread.get(current[0], ())
 
-    samples = wds.tariterators.tarfile_samples(
-        checked(urls), handler=handler if on_error else wds.reraise_exception, select_files=readable,
-    )
-    for raw in samples:
+    on_tar_error = handler if on_error else wds.reraise_exception
+    streams = _opened(checked(urls), on_tar_error)
+    files = wds.tariterators.tar_file_expander(streams, handler=on_tar_error, select_files=readable)
+    for raw in wds.tariterators.group_by_keys(files, handler=on_tar_error):
         if schema.META not in raw or schema.TEXT not in raw:  # rare: say which member was skipped, and why
             raw["__skipped__"] = skipped_members(str(raw.get("__url__", "")), str(raw.get("__key__", "")))
         yield raw
+
+
+def _opened(sources: Iterable[dict[str, Any]], handler: Callable[[Exception], bool]) -> Iterator[dict[str, Any]]:
+    """webdataset's ``url_opener`` for local shards and ``pipe:``; a remote shard comes already opened
+    through ``shards.storage`` (webdataset's own openers would run a command-line client)."""
+    for source in sources:
+        if "stream" in source:
+            yield source
+        else:
+            yield from wds.tariterators.url_opener([source], handler=handler)
 
 
 _TAR_BLOCK = 512
 _MEMBER_NAME = re.compile(r"^[^.]+\.")
 
 
-def truncation(url: str) -> str | None:
+def truncation(url: str, size: int | None = None) -> str | None:
     """Why a local tar looks cut short, or None. A tar ends with two zero blocks; Python's tarfile
     stops quietly at a partial header, so a shard cut at the wrong byte would otherwise lose its
     tail without a word."""
-    if not is_local(url):
+    if storage.is_remote(url):
+        size = storage.object_size(url) if size is None else size
+        tail = storage.read_range(url, max(0, size - 2 * _TAR_BLOCK), size)
+    elif not is_local(url):
         return None
-    try:
-        size = os.path.getsize(url)
-        with open(url, "rb") as f:
-            f.seek(max(0, size - 2 * _TAR_BLOCK))
-            tail = f.read(2 * _TAR_BLOCK)
-    except OSError as e:
-        return f"cannot be read ({e})"
+    else:
+        try:
+            size = os.path.getsize(url)
+            with open(url, "rb") as f:
+                f.seek(max(0, size - 2 * _TAR_BLOCK))
+                tail = f.read(2 * _TAR_BLOCK)
+        except OSError as e:
+            return f"cannot be read ({e})"
     if size % _TAR_BLOCK or size < 2 * _TAR_BLOCK or tail.count(0) != len(tail):
         return f"truncated shard ({size} bytes, no end-of-archive marker): the samples after the cut are lost"
     return None
@@ -198,13 +270,16 @@ def truncation(url: str) -> str | None:
 def not_a_tar(url: str) -> str | None:
     """Why a local file is not read at all (it is not an uncompressed tar: a compressed stream could
     expand without bound), or None."""
-    if not is_local(url):
+    if storage.is_remote(url):
+        first = storage.read_range(url, 0, _TAR_BLOCK)
+    elif not is_local(url):
         return None
-    try:
-        with open(url, "rb") as f:
-            first = f.read(_TAR_BLOCK)
-    except OSError as e:
-        return f"cannot be read ({e})"
+    else:
+        try:
+            with open(url, "rb") as f:
+                first = f.read(_TAR_BLOCK)
+        except OSError as e:
+            return f"cannot be read ({e})"
     if first.count(0) == len(first) or first[257:262] == b"ustar":  # empty archive, or a POSIX/GNU header
         return None
     return "not an uncompressed tar (no tar header in its first block); a shard is a plain tar"
@@ -244,14 +319,21 @@ def _key_of(name: str) -> str:
     return match.group(1) if match else name
 
 
-def oversized_members(url: str) -> list[tuple[str, int, int]]:
+def oversized_members(url: str, size: int | None = None) -> list[tuple[str, int, int]]:
     """(name, size, limit) of a local shard's members larger than the schema allows for their field.
     Only a shard larger than the largest member limit can hold one; only its headers are read."""
+    remote = storage.is_remote(url)
     try:
-        if not is_local(url) or os.path.getsize(url) <= schema.MAX_ARRAY_BYTES:
+        if not (remote or is_local(url)):
             return []
-        with tarfile.open(url, "r:") as tar:  # headers only: tarfile seeks over the data
+        size = size if size is not None else storage.object_size(url) if remote else os.path.getsize(url)
+        if size <= schema.MAX_ARRAY_BYTES:
+            return []
+        source = storage.RetryingReader(url, size) if remote else open(url, "rb")
+        with source, tarfile.open(fileobj=source, mode="r:") as tar:  # headers only: tarfile seeks over the data
             members = [(m.name, m.size) for m in tar if m.isreg()]
+    except storage.StorageError:
+        raise
     except (OSError, tarfile.TarError):
         return []  # truncation or a broken header: reported while streaming
     found = []

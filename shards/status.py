@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from videobert.models.errors import VideoBertError
-from videobert.shards import schema
+from videobert.shards import schema, storage
 from videobert.shards.folders import read_json, write_json_atomic
 from videobert.shards.parts import (
     PART, PARTS, SplitStatus, SummaryRules, combined_summary, rules_of, split_count, split_status,
@@ -30,43 +30,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    with storage.working_folder(args.out) as out:  # a bucket's prefix: its records, read through a local copy
+        return _status(Path(out), args)
+
+
+def _status(out: Path, args: argparse.Namespace) -> int:
     if split_count(out) is None:
         return _single_status(out)
     status = split_status(out)
     rules = rules_of(status.stage)
     summary = combined_summary(status, rules)
-    print(format_status(status, rules, summary))
+    print(format_status(status, rules, summary, name=storage.named(out)))
     if args.write:
         write_json_atomic(out / schema.SUMMARY_FILE, summary)
-        print(f"wrote {out / schema.SUMMARY_FILE}")
+        print(f"wrote {storage.named(out / schema.SUMMARY_FILE)}")
     return 0 if status.complete else 1
 
 
-def _single_status(out: Path) -> int:
-    run_file = out / schema.RUN_FILE
+def _single_status(folder: Path) -> int:
+    run_file = folder / schema.RUN_FILE
+    out = storage.named(folder)  # the bucket's URL for a bucket's prefix
     if not run_file.exists():
         raise VideoBertError(f"{out} holds no run of a shard stage (no {schema.RUN_FILE})")
     record = read_json(run_file)
     stage = record.get("stage", "?")
     if PART in record:
         print(f"{out} is part {record[PART]} of a {stage} run in {record.get(PARTS)} parts: "
-              f"videobert shards status {out.parent}")
+              f"videobert shards status {storage.named(folder.parent)}")
         return 2
-    summary = out / schema.SUMMARY_FILE
+    summary = folder / schema.SUMMARY_FILE
     if summary.exists():
-        print(f"{out}: a {stage} run of one part, finished; its summary is {summary}")
+        print(f"{out}: a {stage} run of one part, finished; its summary is {storage.named(summary)}")
         return 0
-    shards = schema.complete_shards(out, with_parts=False)
+    shards = schema.complete_shards(folder, with_parts=False)
     print(f"{out}: a {stage} run of one part, unfinished: {len(shards)} complete shards so far")
     return 1
 
 
-def format_status(status: SplitStatus, rules: SummaryRules, summary: dict[str, Any]) -> str:
-    """The printed view: one line per part, the parts missing or unfinished, the combined accounting."""
+def format_status(status: SplitStatus, rules: SummaryRules, summary: dict[str, Any], name: str | None = None) -> str:
+    """The printed view: one line per part, the parts missing or unfinished, the combined accounting
+    (``name``: how to call the folder, default ``status.out``)."""
     read, written, skipped = rules.accounting
     rate, unit = rules.throughput
-    lines = [f"{status.out}: {status.stage} in {status.count} parts: {len(status.finished)} finished, "
+    lines = [f"{name or status.out}: {status.stage} in {status.count} parts: {len(status.finished)} finished, "
              f"{len(status.unfinished)} unfinished, {len(status.missing)} missing"]
     for p in status.parts:
         if p.other_arguments:

@@ -54,11 +54,11 @@ from tqdm import tqdm
 from videobert.models.errors import VideoBertError
 from videobert.models.visual.codebook import Codebook, CodebookError
 from videobert.models.visual.tokenizer import VisualTokenizer
-from videobert.shards import reader, schema
+from videobert.shards import reader, schema, storage
 from videobert.shards.fit_features import encoder_options, process_device
 from videobert.shards.folders import ErrorLog, write_json_atomic
 from videobert.shards.options import Flag, add_config_arguments, config_from_args
-from videobert.shards.parts import PartOption, SummaryRules, claim_part, finish_part
+from videobert.shards.parts import Part, PartOption, SummaryRules, claim_part, finish_part
 from videobert.shards.ranks import available_cpus
 from videobert.shards.writer import ShardStats, ShardWriter, tar_size
 
@@ -106,7 +106,7 @@ class TokenizeConfig(PartOption):
             (self.workers is None or self.workers >= 1, "--workers must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
-            (not Path(self.out).is_file(), f"--out {self.out} is a file; give a folder"),
+            (storage.is_remote(self.out) or not Path(self.out).is_file(), f"--out {self.out} is a file; give a folder"),
         ] if not ok] + self.part_problems()
         if problems:
             raise VideoBertError("; ".join(problems))
@@ -292,6 +292,7 @@ def _write_empty_shard(out: Path, index: int, extra: dict[str, Any]) -> None:
     os.replace(partial, final)
     stats = ShardStats(shard=final.name, samples=0, clips=0, bytes=final.stat().st_size,
                        first_position=(), last_position=(), extra=extra)
+    storage.published(final)
     write_json_atomic(schema.stats_path(final), stats.to_json())
 
 
@@ -399,7 +400,12 @@ def tokenize(config: TokenizeConfig) -> TokenizeSummary:
     device = process_device(config.device, part)
     precision = resolve_precision(config.precision, device)
     options = tuple(sorted(encoder_options(config.encoder_weights).items()))
-    out = Path(config.out)
+    with storage.working_folder(config.out) as out:  # a bucket's prefix: worked locally, uploaded as committed
+        return _tokenize_into(config, Path(out), part, urls, codebook, device, precision, options, started)
+
+
+def _tokenize_into(config: TokenizeConfig, out: Path, part: Part, urls: list[str], codebook: Codebook,
+                   device: torch.device, precision: str, options: tuple, started: float) -> TokenizeSummary:
     record = {"stage": STAGE, "format_version": schema.FORMAT_VERSION, "arguments": {
         "clips": urls, "codebook_hash": codebook.hash, "keep_features": config.keep_features, "precision": precision}}
     folder, _ = claim_part(out, record, part, overwrite=config.overwrite, stage=STAGE,
@@ -407,9 +413,9 @@ def tokenize(config: TokenizeConfig) -> TokenizeSummary:
     mine = [i for i in range(len(urls)) if part.owns_shard(i)]
     kept = finished_shards(folder, mine)
     jobs = [
-        ShardJob(i, urls[i], str(folder), str(config.codebook), codebook.hash, options, config.keep_features,
-                 config.batch_size, device.type if device.type == "cuda" and device.index is None else str(device),
-                 precision)
+        ShardJob(i, urls[i], str(folder), storage.local_file(config.codebook), codebook.hash, options,
+                 config.keep_features, config.batch_size,
+                 device.type if device.type == "cuda" and device.index is None else str(device), precision)
         for i in mine if i not in kept
     ]
     _build_first(jobs, config)
@@ -429,7 +435,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def _inputs(config: TokenizeConfig) -> tuple[list[str], Codebook]:
     try:
-        return reader.resolve_shards(list(config.clips)), Codebook.load(config.codebook)
+        return reader.resolve_shards(list(config.clips)), Codebook.load(storage.local_file(config.codebook))
     except (reader.ShardSpecError, CodebookError) as e:
         raise VideoBertError(str(e)) from None
 

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 import webdataset as wds
 
 from videobert.models.errors import VideoBertError
-from videobert.shards import schema
+from videobert.shards import schema, storage
 from videobert.shards.folders import fsync_folder, write_json_atomic
 
 TAR_MTIME = 0
@@ -289,6 +289,7 @@ class ShardWriter:
         os.replace(self._partial_path(), final)
         fsync_folder(self.folder)
         stats = self._open.stats(final, self.extra)
+        storage.published(final)  # a remote folder: the tar is uploaded whole before its stats file
         write_json_atomic(schema.stats_path(final), stats.to_json())
         self.finished.append(stats)
         self.index += 1

@@ -16,7 +16,7 @@ from videobert.models.videobert import VideoBertForPreTraining
 from videobert.models.visual.codebook import Codebook, CodebookError
 from videobert.models.visual.tokenizer import VisualTokenizer
 from videobert.models.vocab import JointVocab
-from videobert.shards import reader, schema
+from videobert.shards import reader, schema, storage
 from videobert.trainer.config import ConfigError, TrainConfig, TrainSource, source_name
 from videobert.trainer.data import StreamSpec
 from videobert.trainer.distributed import DistInfo
@@ -89,7 +89,7 @@ def build_tokenizer(cfg: TrainConfig):
 
 
 def build_codebook(cfg: TrainConfig):
-    path = Path(cfg.data.codebook)
+    path = Path(storage.local_file(cfg.data.codebook))  # a codebook in a bucket: a cached local copy
     if not path.is_file():
         raise ConfigError(f"data.codebook {path} does not exist: run `videobert shards fit-codebook` first")
     return Codebook.load(path)
@@ -175,7 +175,7 @@ def build_visual_tokenizer(cfg: TrainConfig, device: torch.device):
     """Clip shards only: the frozen encoder + codebook that turn clips into visual tokens in the step."""
 
     options = {"weights": cfg.data.encoder_weights} if cfg.data.encoder_weights else {}
-    return VisualTokenizer.from_codebook(cfg.data.codebook, **options).to(device).eval()
+    return VisualTokenizer.from_codebook(storage.local_file(cfg.data.codebook), **options).to(device).eval()
 
 
 def stream_spec(cfg: TrainConfig, urls: tuple[str, ...], dist_info: DistInfo, *, train: bool = True) -> StreamSpec:

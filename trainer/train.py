@@ -188,7 +188,11 @@ class Trainer:
 
     def next_batch(self) -> tuple[dict[str, Any], float]:
         started = time.perf_counter()
-        batch = next(self.batches())
+        try:
+            batch = next(self.batches())
+        except BaseException:
+            self.close_loader()
+            raise
         waited = time.perf_counter() - started
         st = self.state
         if self.mix is not None:
@@ -324,7 +328,9 @@ class Trainer:
             self.save()
 
     def close_loader(self) -> None:
-        """End the training loader's worker processes (a new iterator starts if training goes on)."""
+        """End the training loader's worker processes (they ignore SIGTERM, which is the trainer's to
+        handle, so a process leaving on an error would wait on them); a new iterator starts if
+        training goes on."""
         if self._batches is not None:
             stop_workers(self._batches)
             self._batches = None

@@ -1,0 +1,90 @@
+"""Shards in a bucket of a real S3-compatible server (SeaweedFS on the loopback): written atomically
+through the stages' own writer, listed and streamed like a local folder, and the trust rule for URLs
+named by a file that came with a model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "trainer"))
+from shard_factory import write_token_shards  # noqa: E402
+
+from videobert.shards import reader, schema, storage  # noqa: E402
+from videobert.shards.writer import resume_point  # noqa: E402
+
+
+def _bytes_by_name(files: dict[str, bytes]) -> dict[str, bytes]:
+    return dict(sorted(files.items()))
+
+
+def test_shards_written_into_a_bucket_read_back_as_the_local_folder(bucket_prefix, tmp_path):
+    local = tmp_path / "tokens"
+    write_token_shards(local, videos=6, segments=3, shards=3)
+    with storage.working_folder(bucket_prefix) as work:
+        write_token_shards(Path(work), videos=6, segments=3, shards=3)
+
+    listed = storage.list_files(bucket_prefix)
+    assert sorted(listed) == sorted(p.name for p in local.iterdir())
+    for name in listed:
+        assert storage.read_bytes(storage.join(bucket_prefix, name)) == (local / name).read_bytes(), name
+
+    remote_urls = reader.resolve_shards(bucket_prefix)
+    assert [u.rsplit("/", 1)[1] for u in remote_urls] == [p.name for p in schema.complete_shards(local)]
+    remote = [(s.key, s.text, s.tokens.tolist()) for s in reader.iter_samples(remote_urls)]
+    here = [(s.key, s.text, s.tokens.tolist()) for s in reader.iter_samples(reader.resolve_shards(str(local)))]
+    assert remote == here and len(remote) == 18
+    assert reader.read_stats(remote_urls[0])["samples"] == 6
+
+
+def test_a_tar_without_its_stats_object_is_not_complete_and_a_resume_rewrites_it(bucket_prefix, tmp_path):
+    with storage.working_folder(bucket_prefix) as work:
+        write_token_shards(Path(work), videos=4, segments=2, shards=2)
+    storage.remove(storage.join(bucket_prefix, "shard-000001.stats.json"))  # as if killed between the two uploads
+    assert [u.rsplit("/", 1)[1] for u in reader.resolve_shards(bucket_prefix)] == ["shard-000000.tar"]
+    with storage.working_folder(bucket_prefix) as work:
+        point = resume_point(work)
+        assert point.next_index == 1 and [s.shard for s in point.shards] == ["shard-000000.tar"]
+
+
+def test_globs_single_objects_and_missing_prefixes(bucket_prefix):
+    with storage.working_folder(bucket_prefix) as work:
+        write_token_shards(Path(work), videos=4, segments=2, shards=2)
+    assert len(reader.resolve_shards(f"{bucket_prefix}/shard-*.tar")) == 2
+    one = f"{bucket_prefix}/shard-000001.tar"
+    assert reader.resolve_shards(one) == [one]
+    with pytest.raises(reader.ShardSpecError, match="no shards found"):
+        reader.resolve_shards(f"{bucket_prefix}-nothing-here")
+
+
+def test_which_urls_a_file_that_came_with_a_model_may_name(bucket_prefix, tmp_path):
+    with storage.working_folder(bucket_prefix) as work:
+        write_token_shards(Path(work), videos=2, segments=2, shards=1)
+    assert len(reader.resolve_shards(bucket_prefix, from_file="ckpt/config.json")) == 1
+    for refused in ("pipe:cat /etc/passwd", "http://127.0.0.1:1/shard-000000.tar",
+                    f"simplecache::{bucket_prefix}", "ftp://host/shard-000000.tar"):
+        with pytest.raises(reader.ShardSpecError, match="came with a model may only name local files"):
+            reader.resolve_shards(refused, from_file="ckpt/config.json", allow="add --trust")
+    with pytest.raises(reader.ShardSpecError, match="carries credentials"):
+        reader.resolve_shards("s3://KEY:SECRET@bucket/prefix")
+
+
+def test_a_missing_object_is_named_at_once_not_retried(bucket_prefix, monkeypatch):
+    import time
+
+    monkeypatch.setenv(storage.RETRY_SECONDS_VARIABLE, "300")
+    started = time.monotonic()
+    with pytest.raises(storage.StorageError, match=f"reading {bucket_prefix}/shard-000009.tar"):
+        storage.read_bytes(f"{bucket_prefix}/shard-000009.tar")
+    assert time.monotonic() - started < 10
+
+
+def test_the_feature_pass_in_parts_refuses_a_bucket_naming_why():
+    from videobert.shards.fit_codebook import FitCodebookConfig, FitError, extract_features
+    from videobert.shards.parts import Part
+
+    config = FitCodebookConfig(clips=("clips",), out="s3://bucket/codebook", encoder="synthetic")
+    with pytest.raises(FitError, match="feature pass in parts writes its feature files to a local or shared folder"):
+        extract_features(config, Part(0, 2))
