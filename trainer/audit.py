@@ -28,7 +28,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 
 from videobert.trainer.run_folder import RunFolder
 
