@@ -72,3 +72,20 @@ def render_test_video(
 @pytest.fixture
 def render_video():
     return render_test_video
+
+
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _launcher_variables_stay_with_their_test():
+    """A test that trains in this process creates a one-process group, which sets the launcher's
+    variables here; a job a later test starts would inherit them and take that group's port for its
+    own. Each test leaves them as it found them."""
+    before = {k: os.environ.get(k) for k in LAUNCHER_VARIABLES}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -61,8 +61,9 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
     """
     _ranks_from_slurm()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        # A one-process group on a port of its own: a MASTER_PORT inherited without RANK belongs to
+        # some other job, and two plain processes sharing it would collide.
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not cuda:
