@@ -78,14 +78,13 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "M
 
 
 @pytest.fixture(autouse=True)
-def _launcher_variables_stay_with_their_test():
+def _no_launcher_variables():
     """A test that trains in this process creates a one-process group, which sets the launcher's
-    variables here; a job a later test starts would inherit them and take that group's port for its
-    own. Each test leaves them as it found them."""
-    before = {k: os.environ.get(k) for k in LAUNCHER_VARIABLES}
+    variables here and keeps its store listening on MASTER_PORT; a job a later test starts would
+    inherit them and try to listen on that same port. Each test starts and ends without them (a group
+    this process already holds is joined as is, without reading them)."""
+    for key in LAUNCHER_VARIABLES:
+        os.environ.pop(key, None)
     yield
-    for key, value in before.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    for key in LAUNCHER_VARIABLES:
+        os.environ.pop(key, None)
