@@ -49,6 +49,9 @@ BERT_SHAPE_FIELDS = (
 LOSS_WEIGHT_FIELDS = ("text_mlm_weight", "video_mlm_weight", "alignment_weight")
 """The weights of the three objectives in the total loss."""
 
+ALIGNMENT_LOSSES = ("binary", "listwise")
+"""The forms of the alignment loss (``VideoBertConfig.alignment_loss``)."""
+
 
 @dataclass(frozen=True)
 class ConfigProblem:
@@ -110,6 +113,10 @@ class VideoBertConfig:
     """Weight of the masked visual-token loss in the total loss."""
     alignment_weight: float = 1.0
     """Weight of the text-video alignment loss in the total loss."""
+    alignment_loss: str = "binary"
+    """``binary``: the 2-way classifier's cross-entropy on each row (the paper's). ``listwise``: a
+    softmax over the rows of one text (``alignment_groups``), each scored by the same classifier
+    (aligned minus misaligned logit), whose target is the aligned row."""
 
     def __post_init__(self) -> None:
         problems = _type_problems(self)
@@ -207,6 +214,8 @@ def _value_problems(cfg: VideoBertConfig) -> list[ConfigProblem]:
     weights = {name: getattr(cfg, name) for name in LOSS_WEIGHT_FIELDS}
     if min(weights.values()) < 0 or max(weights.values()) <= 0:
         problem(LOSS_WEIGHT_FIELDS, f"loss weights must be non-negative with at least one positive, got {weights}")
+    if cfg.alignment_loss not in ALIGNMENT_LOSSES:
+        problem(("alignment_loss",), f"alignment_loss {cfg.alignment_loss!r}: use one of {', '.join(ALIGNMENT_LOSSES)}")
     return problems
 
 

@@ -29,7 +29,7 @@ OBJECTIVES = ("text_mlm", "video_mlm", "alignment")
 """The three pretraining objectives; ``PreTrainingOutput`` holds ``{name}_loss``, ``{name}_correct``
 and ``{name}_count`` for each."""
 
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "alignment_labels")
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "mlm_labels", "alignment_labels", "alignment_groups")
 """The tensors ``VideoBertForPreTraining.forward`` takes, by name."""
 
 
@@ -110,6 +110,35 @@ class AlignmentHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (B, H)
         return self.classifier(pooled)  # (B, 2)
+
+
+def _listwise_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax over the rows of each group, scored by aligned minus misaligned logit, target the
+    group's aligned row: mean loss over groups holding an aligned row and at least one other, the
+    number of those groups whose aligned row scores highest, and the number of groups."""
+    rows = logits.shape[0]
+    member = (labels != IGNORE_INDEX) & (groups >= 0)
+    group = torch.where(member, groups, torch.zeros_like(groups)).clamp(max=rows - 1)
+    score = (logits[:, 0] - logits[:, 1]).float()
+    low = torch.finfo(score.dtype).min
+    masked = torch.where(member, score, torch.full_like(score, low))
+    top = torch.full((rows,), low, dtype=score.dtype, device=score.device).scatter_reduce(
+        0, group, masked, reduce="amax", include_self=True).detach()
+    exp = torch.where(member, torch.exp(score - top[group]), torch.zeros_like(score))
+    total = torch.zeros_like(top).scatter_add(0, group, exp)
+    aligned = member & (labels == 0)
+    own = torch.zeros_like(top).scatter_add(0, group, torch.where(aligned, score, torch.zeros_like(score)))
+    size = torch.zeros_like(top).scatter_add(0, group, member.to(score.dtype))
+    has_aligned = torch.zeros_like(top).scatter_add(0, group, aligned.to(score.dtype)) > 0
+    scored = has_aligned & (size > 1)
+    losses = torch.log(total.clamp(min=torch.finfo(score.dtype).tiny)) + top - own
+    count = scored.sum()
+    loss = torch.where(scored, losses, torch.zeros_like(losses)).sum() / count.clamp(min=1)
+    loss = loss + 0.0 * score.sum()  # in the graph when no group is scored
+    with torch.no_grad():
+        correct = (scored & (own >= top)).sum()
+    return loss, correct, count
 
 
 def _mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,13 +241,16 @@ class VideoBertForPreTraining(nn.Module):
         attention_mask: torch.Tensor | None = None,
         mlm_labels: torch.Tensor | None = None,
         alignment_labels: torch.Tensor | None = None,
+        alignment_groups: torch.Tensor | None = None,
     ) -> PreTrainingOutput:
         """Losses of one batch.
 
         ``mlm_labels`` (B, T): joint ids at masked positions, ``IGNORE_INDEX`` elsewhere (None: no
         MLM target); a label is a video label when ``vocab.is_visual(label)``, otherwise text.
         ``alignment_labels`` (B,): 0 aligned, 1 misaligned, ``IGNORE_INDEX`` for examples without an
-        alignment target (None: none has one).
+        alignment target (None: none has one). ``alignment_groups`` (B,): the text each row belongs
+        to (rows of one text share a value, -1 for none), read by the ``listwise`` alignment loss,
+        which then reports ranked-first groups as ``alignment_correct`` out of ``alignment_count``.
         """
         hidden = self.encode(input_ids, token_type_ids, attention_mask)
         if mlm_labels is None:
@@ -230,8 +262,12 @@ class VideoBertForPreTraining(nn.Module):
         text_loss, text_correct = self.mlm_head(hidden[text_at], mlm_labels[text_at])  # gathered (N_text, H)
         video_loss, video_correct = self.mlm_head(hidden[video_at], mlm_labels[video_at])
         align_logits = self.alignment_head(hidden)
-        align_loss, align_correct = _mean_cross_entropy(align_logits, alignment_labels)
         cfg = self.config
+        if cfg.alignment_loss == "listwise" and alignment_groups is not None:
+            align_loss, align_correct, align_count = _listwise_cross_entropy(align_logits, alignment_labels, alignment_groups)
+        else:
+            align_loss, align_correct = _mean_cross_entropy(align_logits, alignment_labels)
+            align_count = (alignment_labels != IGNORE_INDEX).sum()
         loss = cfg.text_mlm_weight * text_loss + cfg.video_mlm_weight * video_loss + cfg.alignment_weight * align_loss
         return PreTrainingOutput(
             loss=loss,
@@ -243,6 +279,6 @@ class VideoBertForPreTraining(nn.Module):
             video_mlm_correct=video_correct,
             video_mlm_count=video_at.sum(),
             alignment_correct=align_correct,
-            alignment_count=(alignment_labels != IGNORE_INDEX).sum(),
+            alignment_count=align_count,
             alignment_logits=align_logits,
         )

@@ -102,6 +102,7 @@ MODEL_KEYS: dict[str, str] = {
     "text_mlm_weight": "objectives.text_mlm_weight",
     "video_mlm_weight": "objectives.video_mlm_weight",
     "alignment_weight": "objectives.alignment_weight",
+    "alignment_loss": "objectives.alignment_loss",
 }
 """Model config field -> the run config key that sets it. The model config owns each field; the run
 config passes only what the user set (None keeps the preset's or the checkpoint's value)."""

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from videobert.models.errors import VideoBertError
+from videobert.models.config import ALIGNMENT_LOSSES
 
 KERNEL_CHOICES = ("auto", "triton", "reference")
 """Values of ``model.kernels`` (``models.kernels.resolve_kernel_set`` turns ``auto`` into a set)."""
@@ -127,7 +128,20 @@ class ObjectivesConfig:
     video_fraction: float = 0.2
     """Share of video-only examples (``[CLS] video [SEP]``)."""
     negative_rate: float = 0.5
-    """Share of joint examples whose video comes from another segment (alignment negatives)."""
+    """Share of joint examples whose video comes from another segment (alignment negatives; the
+    paper's way, used when ``negatives_per_positive`` is 0)."""
+    negatives_per_positive: int = 0
+    """K >= 1: every joint example stays aligned, keeps its masked-token targets, and K extra rows
+    pair its text with other segments' videos (``negative_rate`` is then unused; a micro-batch of
+    B examples carries up to B x (1 + K x joint_fraction) rows). 0: negatives replace positives
+    at ``negative_rate``, as in the paper."""
+    alignment_loss: str = "binary"
+    """``binary``: the paper's 2-way classifier loss on each row. ``listwise``: with
+    ``negatives_per_positive`` >= 1, a softmax over each text's rows (its own video and K others,
+    scored by the same head: aligned minus misaligned logit) whose target is its own video."""
+    video_span_mask_prob: float = 0.0
+    """Share of aligned joint examples whose whole video is masked (every visual token a target, no
+    neighbour left to copy: the text must predict the video); those carry no alignment label."""
     text_mask_prob: float = 0.15
     """Probability that a text token is chosen for masked prediction."""
     video_mask_prob: float = 0.15
@@ -196,6 +210,9 @@ class LoggingConfig:
     """Console progress bar on rank 0."""
     peak_flops: float = 0.0
     """Peak FLOP/s per device for MFU; 0 = look the device up in ``trainer.metrics.PEAK_FLOPS``."""
+    heldout_every_steps: int = 0
+    """Also run the held-out pass (``data.heldout``) every N optimizer steps, logged as ``heldout/*``
+    in TensorBoard and metrics.jsonl (the report plots them against steps); 0 = only at the end."""
 
 
 @dataclass(kw_only=True)
@@ -419,6 +436,8 @@ def validate(c: TrainConfig) -> list[str]:
     _positive(p, "checkpoint.every_steps", c.checkpoint.every_steps)
     _positive(p, "checkpoint.keep_last", c.checkpoint.keep_last)
     _positive(p, "logging.every_steps", c.logging.every_steps)
+    if c.logging.heldout_every_steps < 0:
+        p.append(f"logging.heldout_every_steps={c.logging.heldout_every_steps} must be >= 0 (0 = only at the end)")
     return p
 
 
@@ -459,10 +478,17 @@ def _validate_objectives(o: ObjectivesConfig) -> list[str]:
             f"objectives.joint_fraction + text_fraction + video_fraction = {sum(shares):g}: "
             "they are shares of the examples and must be non-negative and add up to 1"
         )
-    for name in ("negative_rate", "text_mask_prob", "video_mask_prob", "concat_prob"):
+    for name in ("negative_rate", "text_mask_prob", "video_mask_prob", "concat_prob", "video_span_mask_prob"):
         value = getattr(o, name)
         if not 0.0 <= value <= 1.0:
             p.append(f"objectives.{name}={value} must lie in [0, 1]")
+    if o.negatives_per_positive < 0:
+        p.append(f"objectives.negatives_per_positive={o.negatives_per_positive} must be >= 0 (0 = the paper's way)")
+    if o.alignment_loss not in ALIGNMENT_LOSSES:
+        p.append(f"objectives.alignment_loss={o.alignment_loss!r}: use one of {', '.join(ALIGNMENT_LOSSES)}")
+    elif o.alignment_loss == "listwise" and o.negatives_per_positive < 1:
+        p.append("objectives.alignment_loss=listwise scores each text against its own video and K others: "
+                 "set objectives.negatives_per_positive >= 1")
     if o.concat_max < 1:
         p.append("objectives.concat_max must be >= 1 (1 = no concatenation)")
     if o.max_stride < 1:

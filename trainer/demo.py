@@ -71,6 +71,8 @@ class DemoSettings:
     """Children per node (2 x 7: 49 visual words)."""
     steps: int | None = None
     """Training steps (default: the demo recipe's)."""
+    heldout_every_steps: int | None = None
+    """Held-out pass every N training steps, for the report's curve (default: the demo recipe's)."""
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
     """Processes for the shard stages."""
     retrieval_segments: int = 48
@@ -158,7 +160,8 @@ def train_overrides(out: Path, s: DemoSettings) -> list[str]:
         f"data.heldout={out / 'tokens' / 'heldout'}", f"data.codebook={out / 'codebook' / CODEBOOK_FILE}",
         f"seed={s.seed}",
     ]
-    return overrides + ([f"max_steps={s.steps}"] if s.steps else [])
+    overrides += [f"max_steps={s.steps}"] if s.steps else []
+    return overrides + ([f"logging.heldout_every_steps={s.heldout_every_steps}"] if s.heldout_every_steps is not None else [])
 
 
 def pretrain(out: Path, s: DemoSettings) -> str:

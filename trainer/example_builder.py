@@ -6,15 +6,25 @@ For each item (one segment, or several neighbouring segments of one video joined
    configured shares;
 2. its video is subsampled at a random stride in [1, max_stride] from a random offset (the paper's
    augmentation), among the strides that keep at least ``stride_min_tokens`` tokens;
-3. a joint item becomes an alignment negative with probability ``negative_rate``: its video is
-   replaced by the (subsampled) video of another item of the batch from a different video; label
-   1 = misaligned, 0 = aligned, as BERT's next-sentence labels;
+3. alignment negatives (label 1 = misaligned, 0 = aligned, as BERT's next-sentence labels), from the
+   (subsampled) video of another item of the batch from a different video, one of two ways:
+
+   * ``negatives_per_positive == 0`` (the paper's): a joint item becomes a negative with probability
+     ``negative_rate``, its video replaced, and loses its masked-token targets;
+   * ``negatives_per_positive == K >= 1``: every joint item stays aligned and keeps its targets,
+     and K extra rows pair its text with K other videos (the batch grows by K rows per joint
+     item). Rows of one item form a group (``alignment_groups``: the item's index on every row
+     of it, -1 on rows without an alignment label), which the listwise alignment loss scores
+     together;
 4. text is WordPiece-tokenized here, in the data worker, with the fast tokenizer;
 5. text and video are cut to fit ``max_seq_len`` by ``models.vocab.fit_lengths``;
 6. tokens are chosen for masked prediction with the configured probabilities and replaced as BERT
    does: 80 % ``[MASK]``, 10 % a random token of the same modality, 10 % unchanged; a misaligned
    pair is corrupted the same way, without labels unless ``mlm_on_negatives``, so that masks never
-   tell the alignment head which pairs are aligned.
+   tell the alignment head which pairs are aligned. With probability ``video_span_mask_prob`` an
+   aligned joint item has its whole video masked (every position ``[MASK]``, every one a target):
+   no visible neighbour is left to copy, so the text must predict the video. Such a row carries
+   no alignment label (its video is hidden).
 
 Video positions are built as references into a per-batch table of clips: for token shards the table
 holds visual-token ids and is resolved here; for clip shards it holds frames, and the trainer resolves
@@ -69,6 +79,10 @@ class _Plan:
     video: list[int]
     """Rows of the batch's clip table."""
     alignment: int
+    group: int = -1
+    """The item whose text the row carries, for rows with an alignment label (-1: none)."""
+    span_masked: bool = False
+    """The whole video is masked (``video_span_mask_prob``)."""
 
 
 class ExampleBuilder:
@@ -83,7 +97,8 @@ class ExampleBuilder:
         self.random_text_ids = _ordinary_token_ids(tokenizer, vocab.text_vocab_size)
 
     def build(self, items: Sequence[TrainingItem], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """A batch: input_ids, token_type_ids, attention_mask, mlm_labels, alignment_labels, kind,
+        """A batch: input_ids, token_type_ids, attention_mask, mlm_labels, alignment_labels,
+        alignment_groups, kind (one per row: items first, in order, then any extra negative rows),
         and the clip table with its references (``clips``/``tokens``, ``video_ref``, ``label_ref``)."""
         table, offsets = _clip_table(items)
         selections = [self._subsample(len(it.clips), rng) + offsets[i] for i, it in enumerate(items)]
@@ -92,10 +107,12 @@ class ExampleBuilder:
         plans = [
             self._plan(i, items, int(kinds[i]), texts[i], selections, rng) for i in range(len(items))
         ]
+        plans += self._extra_negatives(plans, items, selections, rng)
         rows = [self._row(p, rng) for p in plans]
         batch = _pad(rows, self.vocab.pad_id)
-        batch["kind"] = kinds.astype(np.int64)
+        batch["kind"] = np.array([p.kind for p in plans], dtype=np.int64)
         batch["alignment_labels"] = np.array([p.alignment for p in plans], dtype=np.int64)
+        batch["alignment_groups"] = np.array([p.group for p in plans], dtype=np.int64)
         if table.ndim == 1:
             resolve_visual(batch, table, self.vocab)
         else:
@@ -114,15 +131,32 @@ class ExampleBuilder:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def _plan(self, i, items, kind, text_ids, selections, rng) -> _Plan:
-        video = list(selections[i])
-        alignment = IGNORE_INDEX
-        if kind == JOINT:
-            alignment = ALIGNED
-            donors = [j for j, it in enumerate(items) if it.video_id != items[i].video_id]
-            if donors and rng.random() < self.obj.negative_rate:
-                video = list(selections[int(rng.choice(donors))])
-                alignment = MISALIGNED
-        return _Plan(kind=kind, text_ids=list(text_ids), video=video, alignment=alignment)
+        plan = _Plan(kind=kind, text_ids=list(text_ids), video=list(selections[i]), alignment=IGNORE_INDEX)
+        if kind != JOINT:
+            return plan
+        plan.alignment, plan.group = ALIGNED, i
+        donors = _donors(items, i)
+        if self.obj.negatives_per_positive == 0 and donors and rng.random() < self.obj.negative_rate:
+            plan.video = list(selections[int(rng.choice(donors))])
+            plan.alignment = MISALIGNED
+        elif self.obj.video_span_mask_prob and rng.random() < self.obj.video_span_mask_prob:
+            plan.span_masked = True
+            plan.alignment, plan.group = IGNORE_INDEX, -1
+        return plan
+
+    def _extra_negatives(self, plans, items, selections, rng) -> list[_Plan]:
+        """K rows per aligned joint item (``negatives_per_positive``): its text, other items' videos
+        (distinct donors while there are enough of them)."""
+        k = self.obj.negatives_per_positive
+        extra: list[_Plan] = []
+        for i, plan in enumerate(plans if k else ()):
+            donors = _donors(items, i)
+            if plan.alignment != ALIGNED or not donors:
+                continue
+            chosen = rng.choice(donors, size=k, replace=len(donors) < k)
+            extra += [_Plan(kind=JOINT, text_ids=plan.text_ids, video=list(selections[int(j)]), alignment=MISALIGNED,
+                            group=i) for j in chosen]
+        return extra
 
     def _row(self, plan: _Plan, rng: np.random.Generator) -> dict[str, np.ndarray]:
         v = self.vocab
@@ -142,11 +176,11 @@ class ExampleBuilder:
         text_pos = np.arange(1, 1 + n_text)
         video_pos = np.arange(first_video, first_video + n_video)
         masked = plan.alignment != MISALIGNED or self.obj.mlm_on_negatives
-        labels, label_ref = self._mask(ids, video_ref, text_pos, video_pos, rng, masked)
+        labels, label_ref = self._mask(ids, video_ref, text_pos, video_pos, rng, masked, plan.span_masked)
         return dict(input_ids=ids, token_type_ids=np.array(types, dtype=np.int64), mlm_labels=labels,
                     video_ref=video_ref, label_ref=label_ref)
 
-    def _mask(self, ids, video_ref, text_pos, video_pos, rng, labelled: bool):
+    def _mask(self, ids, video_ref, text_pos, video_pos, rng, labelled: bool, whole_video: bool = False):
         # A misaligned pair (without mlm_on_negatives) is corrupted like any other but carries no
         # labels: were it left clean, the presence of [MASK] alone would tell the alignment head
         # "aligned", and it would learn that instead of comparing the text with the video.
@@ -157,8 +191,13 @@ class ExampleBuilder:
         if labelled:
             labels[chosen_text] = ids[chosen_text]
             label_ref[chosen_video] = video_ref[chosen_video]
+        if whole_video:  # every visual position a target, all [MASK]: nothing of the video stays visible
+            label_ref[video_pos] = video_ref[video_pos]
         self._corrupt(ids, video_ref, chosen_text, rng, self.random_text_ids)
-        self._corrupt(ids, video_ref, chosen_video, rng, None)
+        if whole_video:
+            ids[video_pos], video_ref[video_pos] = self.vocab.mask_id, -1
+        else:
+            self._corrupt(ids, video_ref, chosen_video, rng, None)
         return labels, label_ref
 
     def _corrupt(self, ids, video_ref, positions, rng, random_pool) -> None:
@@ -173,6 +212,11 @@ class ExampleBuilder:
         else:
             ids[to_random] = self.vocab.visual_offset + rng.integers(0, self.vocab.num_visual_tokens, len(to_random))
             video_ref[to_random] = -1
+
+
+def _donors(items: Sequence[TrainingItem], i: int) -> list[int]:
+    """Items of the batch whose video may serve as item ``i``'s negative: those of other videos."""
+    return [j for j, it in enumerate(items) if it.video_id != items[i].video_id]
 
 
 def resolve_visual(batch: dict[str, Any], table_ids, vocab: JointVocab) -> dict[str, Any]:

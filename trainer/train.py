@@ -316,6 +316,9 @@ class Trainer:
                 if self.state.step % cfg.logging.every_steps == 0 or self.state.step == cfg.max_steps:
                     self._log(window, board, bar, peak)
                     window = Window(self.mix.names if self.mix is not None else ())
+                every = cfg.logging.heldout_every_steps
+                if cfg.data.heldout and every and self.state.step % every == 0:
+                    self.evaluate_heldout(board=board)
                 stop = all_reduce_(torch.tensor([float(signals.requested)]), "max").item() > 0
                 if stop or self.state.step % cfg.checkpoint.every_steps == 0:
                     self.save()
@@ -335,8 +338,9 @@ class Trainer:
             stop_workers(self._batches)
             self._batches = None
 
-    def evaluate_heldout(self, max_batches: int | None = None) -> dict[str, float]:
-        """The held-out pass through the engine (``data.heldout``); rank 0 prints and saves it."""
+    def evaluate_heldout(self, max_batches: int | None = None, board: TensorBoard | None = None) -> dict[str, float]:
+        """The held-out pass through the engine (``data.heldout``). At the end of training rank 0
+        prints it and saves it; during training (``board``) its figures are logged at this step."""
 
         cfg = self.cfg
         source = build.inspect_source(cfg.data.heldout, "data.heldout")
@@ -345,7 +349,9 @@ class Trainer:
         results = engine_heldout(self.engine, self.model_inputs, source.urls, builder,
                                  batch_size=cfg.optim.micro_batch_size, seed=cfg.seed, visual=self.visual,
                                  max_batches=max_batches)
-        if self.dist.is_main:
+        if board is not None:
+            board.scalars("heldout", {k: v for k, v in results.items() if isinstance(v, float)}, self.state.step)
+        elif self.dist.is_main:
             write_json(self.run.heldout, results)
             print(format_table(heldout_table(results)))
         return results

@@ -153,3 +153,64 @@ def test_negatives_are_masked_like_positives_but_carry_no_labels(tokenizer, voca
     assert 40 < negative.sum() < 160
     assert abs(masked[negative].mean() - masked[~negative].mean()) < 0.1 and masked[negative].mean() > 0.8
     assert not labelled[negative].any() and labelled[~negative].mean() > 0.8
+
+
+def test_extra_negatives_keep_every_positive_and_its_targets(tokenizer, vocab):
+    """negatives_per_positive=K: each joint item stays aligned with the targets it would have had
+    without negatives, and K more rows pair its text with other videos, grouped with it."""
+    items = _segments(10)
+    masking = dict(text_mask_prob=0.3, video_mask_prob=0.3)
+    plain = ExampleBuilder(vocab, tokenizer, _objectives(**masking), 64).build(items, np.random.default_rng(3))
+    builder = ExampleBuilder(vocab, tokenizer, _objectives(negatives_per_positive=2, negative_rate=0.9, **masking), 64)
+    batch = builder.build(items, np.random.default_rng(3))
+    assert len(batch["input_ids"]) == 10 * 3
+    labels, groups = batch["alignment_labels"], batch["alignment_groups"]
+    assert labels[:10].tolist() == [ALIGNED] * 10 and labels[10:].tolist() == [MISALIGNED] * 20
+    assert groups[:10].tolist() == list(range(10)) and sorted(groups[10:].tolist()) == sorted(list(range(10)) * 2)
+    # every positive keeps MLM targets (the same number as the plain build's rows would draw on average)
+    per_row = (batch["mlm_labels"][:10] != IGNORE_INDEX).sum(axis=1)
+    assert (per_row > 0).all() and abs(per_row.sum() - (plain["mlm_labels"] != IGNORE_INDEX).sum()) < 20
+    assert not (batch["mlm_labels"][10:] != IGNORE_INDEX).any()
+    for row in range(10, 30):  # a negative carries its positive's text and another video's tokens
+        i = groups[row]
+        ids, mask = batch["input_ids"][row], batch["attention_mask"][row] == 1
+        visual = ids[mask & (batch["token_type_ids"][row] == VIDEO_TYPE) & (ids >= vocab.visual_offset)] - vocab.visual_offset
+        own = set(items[i].clips.tolist())
+        assert len(visual) and not set(visual.tolist()) <= own
+
+
+def test_listwise_loss_ranks_each_text_against_its_negatives():
+    """The listwise loss by hand: two groups of three rows and one row outside any group."""
+    import torch
+
+    from videobert.models.videobert import _listwise_cross_entropy
+
+    scores = torch.tensor([2.0, 0.5, -1.0, 0.0, 1.0, 3.0, 7.0])
+    logits = torch.stack([scores, torch.zeros_like(scores)], dim=1).requires_grad_()
+    labels = torch.tensor([ALIGNED, MISALIGNED, MISALIGNED, ALIGNED, MISALIGNED, MISALIGNED, IGNORE_INDEX])
+    groups = torch.tensor([0, 0, 0, 3, 3, 3, -1])
+    loss, correct, count = _listwise_cross_entropy(logits, labels, groups)
+    first = -torch.log_softmax(scores[:3], 0)[0]
+    second = -torch.log_softmax(scores[3:6], 0)[0]
+    assert torch.isclose(loss, (first + second) / 2) and int(correct) == 1 and int(count) == 2
+    loss.backward()
+    assert logits.grad[6].abs().sum() == 0  # an ungrouped row takes no part
+
+
+def test_span_masking_hides_a_whole_video(tokenizer, vocab):
+    """video_span_mask_prob: a chosen row has every visual position [MASK] and a target, and no
+    alignment label; other rows mask as usual."""
+    builder = ExampleBuilder(vocab, tokenizer, _objectives(video_span_mask_prob=0.5, video_mask_prob=0.15), 64)
+    items = _segments(200)
+    batch = builder.build(items, np.random.default_rng(5))
+    video = (batch["token_type_ids"] == VIDEO_TYPE) & (batch["attention_mask"] == 1)
+    video &= batch["input_ids"] != vocab.video_sep_id
+    video &= batch["input_ids"] != vocab.sep_id
+    spans = (batch["input_ids"] == vocab.mask_id).sum(axis=1) == video.sum(axis=1)
+    assert 60 < spans.sum() < 140
+    for row in np.flatnonzero(spans):
+        at = video[row]
+        expected = vocab.visual_offset + items[row].clips
+        assert batch["mlm_labels"][row][at].tolist() == expected.tolist()
+        assert batch["alignment_labels"][row] == IGNORE_INDEX
+    assert (batch["alignment_labels"][~spans] == ALIGNED).all()

@@ -1,11 +1,17 @@
-"""Held-out metrics: alignment accuracy and ROC-AUC, masked text and video token accuracy and perplexity.
+"""Held-out metrics: alignment ROC-AUC and accuracies, masked text and video token accuracy and perplexity.
 
-One deterministic pass over the held-out shards, every example a joint ``[CLS] text [>] video [SEP]``
-sequence, half of them with the video of another segment (alignment negatives), no concatenation and
-no video subsampling, masking as in training. Each figure stands beside its chance level, measured on
-the same targets: for an accuracy the share of the most frequent target (the best a model that
-ignores its input can do); for a perplexity that of always predicting the targets' own frequencies
-(exp of their entropy); for ROC-AUC 0.5.
+One deterministic pass over the held-out shards: every segment a joint ``[CLS] text [>] video [SEP]``
+row with its own video and its masked-token targets, beside ``max(1, K)`` rows pairing its text with
+other segments' videos (alignment negatives, no targets), no concatenation and no video
+subsampling, masking as in training. Each figure stands beside its chance level, measured on the
+same targets: for an accuracy the share of the most frequent target (the best a model that ignores
+its input can do); for a perplexity that of always predicting the targets' own frequencies (exp of
+their entropy); for ROC-AUC and balanced accuracy 0.5.
+
+Alignment is read three ways, because the share of negatives here need not be training's: ROC-AUC
+(threshold-free), balanced accuracy (the mean of the recalls of aligned and misaligned rows at the
+head's decision: prior-free) and the accuracy the same recalls give at training's share of
+negatives (``training_negative_share``), whose chance is that share's larger side.
 
 The work is split by whole shards (``trainer.distributed.share``): batches never cross a shard and draw their
 random choices from (seed, shard index, batch index), so the totals do not depend on the number of
@@ -39,11 +45,21 @@ _HELDOUT_BATCHES = 11
 
 
 def heldout_objectives(train: ObjectivesConfig) -> ObjectivesConfig:
-    """The training objectives made deterministic and cross-modal for evaluation."""
+    """The training objectives made deterministic and cross-modal for evaluation: every segment a
+    joint row with its own video (its masked-token targets kept) and at least one extra row with
+    another segment's video, whatever way training drew its negatives."""
     return dataclasses.replace(
-        train, joint_fraction=1.0, text_fraction=0.0, video_fraction=0.0, negative_rate=0.5,
+        train, joint_fraction=1.0, text_fraction=0.0, video_fraction=0.0,
+        negatives_per_positive=max(1, train.negatives_per_positive), video_span_mask_prob=0.0,
         concat_prob=0.0, concat_max=1, max_stride=1, mlm_on_negatives=False,
     )
+
+
+def training_negative_share(train: ObjectivesConfig) -> float:
+    """The share of misaligned rows among the rows with an alignment label that training sees: the
+    prior at which held-out accuracy is also reported."""
+    k = train.negatives_per_positive
+    return k / (k + 1) if k else train.negative_rate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +232,8 @@ def _model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torc
 def _placeholder(vocab: JointVocab) -> dict[str, torch.Tensor]:
     ids = torch.tensor([[vocab.cls_id, vocab.video_sep_id, vocab.visual_offset, vocab.sep_id]])
     return dict(input_ids=ids, token_type_ids=torch.tensor([[0, 1, 1, 1]]), attention_mask=torch.ones_like(ids),
-                mlm_labels=torch.full_like(ids, IGNORE_INDEX), alignment_labels=torch.tensor([IGNORE_INDEX]))
+                mlm_labels=torch.full_like(ids, IGNORE_INDEX), alignment_labels=torch.tensor([IGNORE_INDEX]),
+                alignment_groups=torch.tensor([-1]))
 
 
 TABLE_ROWS = (("alignment accuracy", "alignment_acc", "alignment_chance", "alignment_count"),
