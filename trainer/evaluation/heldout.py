@@ -143,6 +143,7 @@ class Tally:
                 if name != "alignment":
                     out[f"{name}_perplexity"] = float(np.exp(loss / count))
                     out[f"{name}_perplexity_chance"] = float(np.exp(_entropy(groups[name])))
+        scored = sorted(map(tuple, scored))  # one order whatever the ranks: the bootstrap draws the same examples
         scores, aligned, decided = (np.array(column, np.float64) for column in zip(*scored)) if scored else (np.zeros(0),) * 3
         auc = roc_auc(scores, aligned)
         if auc is not None:
