@@ -122,7 +122,8 @@ def test_the_held_out_tally_gives_intervals_and_balanced_accuracy():
 
 def test_the_tally_records_the_argmax_decision():
     tally = Tally(_vocab())
-    counts = {f"{n}_{part}": torch.tensor(0.0) for n in ("text_mlm", "video_mlm", "alignment") for part in ("count", "correct", "loss")}
+    counts = {f"{n}_{part}": torch.tensor(0.0)
+              for n in ("text_mlm", "video_mlm", "alignment") for part in ("count", "correct", "loss")}
     out = counts | {"alignment_logits": torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0]])}
     inputs = {"mlm_labels": torch.full((3, 4), -100), "alignment_labels": torch.tensor([0, 1, -100])}
     tally.add(out, inputs)

@@ -143,7 +143,8 @@ def balanced_accuracy(predicted: np.ndarray, positive: np.ndarray) -> float | No
 
 
 def balanced_accuracy_interval(predicted: Sequence[bool] | np.ndarray, positive: Sequence[bool] | np.ndarray,
-                               n_resamples: int = N_RESAMPLES, seed: int = SEED, level: float = 0.95) -> tuple[float, float] | None:
+                               n_resamples: int = N_RESAMPLES, seed: int = SEED,
+                               level: float = 0.95) -> tuple[float, float] | None:
     """Interval of ``balanced_accuracy``, resampling the examples (as ``auc_interval``)."""
     predicted, positive = np.asarray(predicted).astype(bool), np.asarray(positive).astype(bool)
     if not positive.any() or positive.all():

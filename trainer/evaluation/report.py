@@ -160,8 +160,8 @@ def zeroshot_markdown(z: dict[str, Any], summary: dict[str, Any]) -> list[str]:
 def heldout_markdown(h: dict[str, float], source: str) -> list[str]:
     lines = ["## Held-out alignment and masked tokens", "",
              f"Shards: `{source}`. Chance: for accuracies the share of the most frequent target, for "
-             "perplexities that of predicting the targets' own frequencies, for ROC-AUC and balanced accuracy 0.5. Tokens are masked "
-             "at random as in training: on a small set that leaves few video targets, whose own frequencies "
+             "perplexities that of predicting the targets' own frequencies, for ROC-AUC and balanced accuracy "
+             "0.5. Tokens are masked at random as in training: on a small set that leaves few video targets, whose own frequencies "
              "make a chance perplexity no real prediction reaches; the next table masks every held-out video "
              "token instead. Balanced accuracy is the mean of the recall on aligned and on misaligned examples. "
              "In brackets: 95 % intervals, Wilson's for accuracies, a bootstrap over the alignment examples for "

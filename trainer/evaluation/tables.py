@@ -130,8 +130,10 @@ def retrieval_table(r: dict[str, Any]) -> Table:
 
 def caption_table(c: dict[str, Any]) -> Table:
     """The captioning table (the paper's Table 3 layout)."""
-    rows = [(c["row_labels"][row], [with_interval(format_score(m, scores[m]), scores.get(f"{m}_ci"), lambda x, m=m: format_score(m, x))
-                                    for m in METRICS]) for row, scores in c["rows"].items()]
+    def cell(scores: dict[str, Any], m: str) -> str:
+        return with_interval(format_score(m, scores[m]), scores.get(f"{m}_ci"), lambda x: format_score(m, x))
+
+    rows = [(c["row_labels"][row], [cell(scores, m) for m in METRICS]) for row, scores in c["rows"].items()]
     tokenizer = next(iter(c["rows"].values()))["tokenizer"] if c["rows"] else ""
     return Table("captioning", [METRIC_LABELS[m] for m in METRICS], rows, label_header="features",
                  note=f"{c['heldout_segments']} held-out segments, {c['distinct_references']} distinct references; "
