@@ -41,7 +41,7 @@ from videobert.trainer.config import ConfigError, TrainConfig, batch_sizes, load
 from videobert.trainer.data import SAMPLE_EPOCHS, SAMPLE_KEYS, StreamPosition, make_loader
 from videobert.trainer.distributed import all_reduce_, end_within, gather_lists, init_distributed, leave_distributed
 from videobert.trainer.engine import build_ds_config, build_engine
-from videobert.trainer.evaluation.heldout import engine_heldout, heldout_objectives
+from videobert.trainer.evaluation.heldout import engine_heldout, heldout_objectives, training_negative_share
 from videobert.trainer.evaluation.tables import format_table, heldout_table
 from videobert.trainer.example_builder import ExampleBuilder, resolve_visual
 from videobert.trainer.metrics import TensorBoard, Window, console_summary, peak_flops
@@ -348,7 +348,7 @@ class Trainer:
         builder = ExampleBuilder(self.vocab, self.tokenizer, heldout_objectives(cfg.objectives), cfg.data.max_seq_len)
         results = engine_heldout(self.engine, self.model_inputs, source.urls, builder,
                                  batch_size=cfg.optim.micro_batch_size, seed=cfg.seed, visual=self.visual,
-                                 max_batches=max_batches)
+                                 max_batches=max_batches, negative_share=training_negative_share(cfg.objectives))
         if board is not None:
             board.scalars("heldout", {k: v for k, v in results.items() if isinstance(v, float)}, self.state.step)
         elif self.dist.is_main:

@@ -22,6 +22,7 @@ from videobert.trainer.evaluation.captioning.features import (
 from videobert.trainer.evaluation.captioning.probes import ProbeLabels, run_probes
 from videobert.trainer.evaluation.captioning.rows import decode
 from videobert.trainer.evaluation.captioning.training import CaptionerSettings, CaptionTrainingError, train_captioner
+from videobert.trainer.evaluation.intervals import wilson
 
 pytestmark = pytest.mark.slow
 
@@ -137,6 +138,8 @@ def test_probes_read_a_planted_label():
     out = run_probes({"planted": (x[:150], x[150:]), "noise": (noise[:150], noise[150:])}, train, test)
     assert out["planted"]["verb"] >= 0.85 and out["noise"]["verb"] <= 0.45
     assert out["constant"]["verb"] == pytest.approx(np.bincount(verbs[150:]).max() / 50)
+    for accuracy in out.values():  # Wilson over the 50 held-out segments
+        assert accuracy["verb_ci"] == pytest.approx(list(wilson(round(accuracy["verb"] * 50), 50)))
 
 
 def _caption_args(corpus, model: Path, out: Path, *extra: str) -> list[str]:

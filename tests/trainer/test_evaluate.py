@@ -83,6 +83,16 @@ def test_cross_modal_beats_the_language_prior(evaluated):
     assert h["alignment_count"] == z["segments"], h
     assert 0.5 <= h["alignment_chance"] <= 1 and 0 <= h["alignment_acc"] <= 1 and 0 <= h["alignment_auc"] <= 1, h
     assert h["text_mlm_perplexity"] < h["text_mlm_perplexity_chance"], h
+    # Each figure but the perplexities has its 95 % interval around it.
+    for key in ("alignment_acc", "alignment_balanced_acc", "alignment_auc", "text_mlm_acc", "video_mlm_acc"):
+        low, high = h[f"{key}_ci"]
+        assert 0 <= low <= h[key] <= high <= 1, (key, h)
+    assert h["alignment_balanced_acc_chance"] == 0.5 and "text_mlm_perplexity_ci" not in h
+    low, high = z["cross_modal_verb_top1_ci"]
+    assert low <= z["cross_modal_verb_top1"] <= high
+    turn = evaluated["heldout_video_in_turn"]
+    assert turn["neighbour_differs_targets"] == round(turn["targets"] * (1 - turn["neighbour_accuracy"]))
+    assert turn["accuracy_ci"][0] <= turn["accuracy"] <= turn["accuracy_ci"][1]
 
 
 def test_roc_auc_is_the_mann_whitney_statistic():
@@ -103,7 +113,8 @@ def test_report_files_and_pictures(evaluated):
     out = Path(evaluated["out"])
     report = (out / "report.md").read_text()
     for heading in ("## Zero-shot action classification", "| cross-modal (with video) |", "## Held-out alignment",
-                    "alignment ROC-AUC", "## Text to video", "## Video to text"):
+                    "alignment ROC-AUC", "| alignment balanced accuracy |", "95 % intervals", "## Text to video",
+                    "## Video to text"):
         assert heading in report
     pictures = ["zeroshot_confusion.png", "text_to_video.png", "video_to_text.png"]
     for name in pictures:
@@ -128,7 +139,7 @@ def test_two_processes_give_the_numbers_of_one(corpus, trained, evaluated, tmp_p
     assert two["model"]["processes"] == 2
     for part in ("zero_shot", "heldout"):
         for key, value in evaluated[part].items():
-            if isinstance(value, float):
+            if isinstance(value, (float, list)):  # a figure or its interval
                 assert two[part][key] == pytest.approx(value, rel=1e-5, abs=1e-9), (part, key)
     ones = {r["key"] for r in map(json.loads, (Path(evaluated["out"]) / "zeroshot.jsonl").read_text().splitlines())}
     twos = {r["key"] for r in map(json.loads, (tmp_path / "zeroshot.jsonl").read_text().splitlines())}

@@ -11,6 +11,7 @@ import torch
 
 from videobert.models.vocab import JointVocab
 from videobert.shards import reader
+from videobert.trainer.evaluation.intervals import wilson
 from videobert.trainer.evaluation.masked_video import InTurnTally, evaluate_in_turn, masked_rows, train_counts
 
 pytestmark = pytest.mark.slow
@@ -49,6 +50,13 @@ def test_the_tally_on_planted_predictions():
     assert r["train_unigram_perplexity"] == pytest.approx(np.exp(-(np.log(1 / 8) + np.log(2 / 8)) / 2))
     assert r["train_unigram_accuracy"] == 0.0  # its best word, 3, is neither target
     assert r["oracle_unigram_perplexity"] == pytest.approx(2.0) and r["neighbour_accuracy"] == 0.5
+    # Where the neighbour's word differs (the second target only): the model misses it too.
+    assert r["neighbour_differs_targets"] == 1 and r["neighbour_differs_accuracy"] == 0.0
+    assert r["neighbour_differs_neighbour_accuracy"] == 0.0 and r["neighbour_differs_train_unigram_accuracy"] == 0.0
+    # Wilson intervals over the targets counted: 1 of 2, 0 of 1.
+    assert r["accuracy_ci"] == pytest.approx(list(wilson(1, 2))) and r["neighbour_accuracy_ci"] == r["accuracy_ci"]
+    assert r["neighbour_differs_accuracy_ci"] == pytest.approx(list(wilson(0, 1)))
+    assert "perplexity_ci" not in r
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +77,7 @@ def test_the_pass_over_held_out_shards(corpus, tmp_path):
     tokens = [np.asarray(s.tokens) for s in samples]
     neighbour_hits = sum(int(t[k] == (t[k - 1] if k else t[1])) for t in tokens for k in range(len(t)))
     assert r["neighbour_accuracy"] == pytest.approx(neighbour_hits / r["targets"])
+    assert r["neighbour_differs_targets"] == r["targets"] - neighbour_hits
     p = (counts + 1) / (counts + 1).sum()
     assert r["train_unigram_perplexity"] == pytest.approx(np.exp(-np.mean([np.log(p[x]) for t in tokens for x in t])))
     assert counts.sum() == sum(len(s.tokens) for s in reader.iter_samples(reader.resolve_shards([str(corpus["train"])])))

@@ -38,6 +38,10 @@ def test_ranks_recalls_and_chance_on_a_planted_matrix():
     assert t2v["r1_chance"] == pytest.approx((0.25 + 0.25 + 0.5 + 0.5) / 4)
     assert t2v["r5_chance"] == 1.0
     assert t2v["median_rank_chance"] == pytest.approx(np.median([5 / 2, 5 / 2, 5 / 3, 5 / 3]))
+    # Intervals: a bootstrap over the four queries (ranks 1, 2, 1, 3), reproducible.
+    assert t2v["r1_ci"][0] <= 0.5 <= t2v["r1_ci"][1] and t2v["r5_ci"] == [1.0, 1.0]
+    assert 1 <= t2v["median_rank_ci"][0] <= 1.5 <= t2v["median_rank_ci"][1] <= 3
+    assert retrieval_metrics(scores, captions) == r
 
 
 def test_ties_count_against_the_query():

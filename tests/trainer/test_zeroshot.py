@@ -13,6 +13,7 @@ from videobert.models.config import preset
 from videobert.models.videobert import VideoBertForPreTraining
 from videobert.models.vocab import JointVocab
 from videobert.trainer.evaluation.heldout import roc_auc
+from videobert.trainer.evaluation.intervals import wilson
 from videobert.trainer.evaluation.labels import (
     LabelError, LabelVocabulary, read_labels, read_vocabulary, words_of_sentence,
 )
@@ -119,6 +120,10 @@ def test_top_k_tally_and_chance_rows():
     assert r["chance_verb_top1"] == pytest.approx(1 / 3) and r["chance_verb_top5"] == 1.0
     assert r["chance_noun_top5"] == pytest.approx(5 / 6)
     assert r["constant_verb_top1"] == 1.0 and r["constant_noun_top1"] == 0.5
+    # Wilson intervals over the 2 segments; uniform chance is exact and has none.
+    assert r["cross_modal_verb_top1_ci"] == pytest.approx(list(wilson(1, 2)))
+    assert r["language_prior_noun_top5_ci"] == pytest.approx(list(wilson(1, 2)))
+    assert r["constant_verb_top1_ci"] == pytest.approx(list(wilson(2, 2))) and "chance_verb_top1_ci" not in r
 
 
 def test_labels_from_both_file_forms(tmp_path):

@@ -13,6 +13,12 @@ Alignment is read three ways, because the share of negatives here need not be tr
 head's decision: prior-free) and the accuracy the same recalls give at training's share of
 negatives (``training_negative_share``), whose chance is that share's larger side.
 
+Each figure has a 95 % interval beside it (``<key>_ci``, ``trainer.evaluation.intervals``): Wilson's
+for the accuracies (the targets counted), a bootstrap over the scored alignment examples for ROC-AUC
+and balanced accuracy (the mean of the recall on aligned and on misaligned examples, each example
+decided by the alignment head's argmax). Perplexities have none: the pass adds up loss totals per
+batch, not losses per target, so there is nothing finer to resample.
+
 The work is split by whole shards (``trainer.distributed.share``): batches never cross a shard and draw their
 random choices from (seed, shard index, batch index), so the totals do not depend on the number of
 ranks. Two ways in:
@@ -38,6 +44,7 @@ from videobert.shards import reader, schema
 from videobert.trainer import distributed
 from videobert.trainer.config import ObjectivesConfig
 from videobert.trainer.data import positional_rng
+from videobert.trainer.evaluation import intervals
 from videobert.trainer.example_builder import ExampleBuilder, TrainingItem
 
 _HELDOUT_BATCHES = 11
@@ -101,18 +108,22 @@ def heldout_batches(urls: Sequence[str], shard_ids: Sequence[int], builder: Exam
 
 
 class Tally:
-    """Correct/count/loss per objective, histograms of targets (for chance levels), alignment scores."""
+    """Correct/count/loss per objective, histograms of targets (for chance levels), alignment scores
+    and decisions (for ROC-AUC, balanced accuracy and their intervals)."""
 
-    def __init__(self, vocab: JointVocab):
+    def __init__(self, vocab: JointVocab, negative_share: float | None = None):
+        """``negative_share``: training's share of misaligned rows, at which accuracy is also read."""
         self.vocab = vocab
+        self.negative_share = negative_share
         self.sums = {name: np.zeros(3) for name in OBJECTIVES}  # correct, count, loss sum
         self.targets = np.zeros(vocab.size_padded + 2, dtype=np.float64)
         self.aligned_prob: list[float] = []
         self.aligned: list[int] = []
+        self.decided_aligned: list[int] = []
         self.unreadable = 0
 
     def add(self, out: Any, inputs: dict[str, torch.Tensor]) -> None:
-        for name in OBJECTIVES:
+        for name in OBJECTIVES[:2]:
             count = float(out[f"{name}_count"])
             self.sums[name] += (float(out[f"{name}_correct"]), count, float(out[f"{name}_loss"]) * count)
         labels = inputs["mlm_labels"][inputs["mlm_labels"] != IGNORE_INDEX].cpu().numpy()
@@ -120,37 +131,57 @@ class Tally:
         has_label = inputs["alignment_labels"] != IGNORE_INDEX
         align = inputs["alignment_labels"][has_label].cpu().numpy()
         np.add.at(self.targets, self.vocab.size_padded + align, 1)
-        probs = torch.softmax(out["alignment_logits"].detach().float(), dim=-1)[has_label, 0]
-        self.aligned_prob += probs.cpu().tolist()
+        logits = out["alignment_logits"].detach().float()[has_label]
+        self.aligned_prob += torch.softmax(logits, dim=-1)[:, 0].cpu().tolist()
         self.aligned += (align == 0).astype(int).tolist()
+        decided = (logits.argmax(dim=-1) == 0).int().cpu().numpy()
+        self.decided_aligned += decided.tolist()
+        # the head's own decisions, whatever form its loss takes (a listwise loss counts ranked groups)
+        count = float(has_label.sum())
+        self.sums["alignment"] += (float((decided == (align == 0)).sum()), count, float(out["alignment_loss"]) * count)
 
     def on_error(self, url: str, error: Exception) -> None:
         self.unreadable += 1
 
-    def reduce(self) -> dict[str, float]:
-        """Totals over all ranks (collective)."""
+    def reduce(self) -> dict[str, Any]:
+        """Totals over all ranks (collective), each figure with its interval (``<key>_ci``)."""
         flat = np.concatenate([*(self.sums[n] for n in OBJECTIVES), [self.unreadable], self.targets])
         total = distributed.sum_across_ranks(flat)
         k = 3 * len(OBJECTIVES)
         sums = {n: total[3 * i : 3 * i + 3] for i, n in enumerate(OBJECTIVES)}
         targets = total[k + 1 :]
-        pairs = distributed.gather_lists(list(zip(self.aligned_prob, self.aligned)))
+        scored = distributed.gather_lists(list(zip(self.aligned_prob, self.aligned, self.decided_aligned)))
         v = self.vocab
         groups = {"alignment": targets[v.size_padded :], "text_mlm": targets[: v.text_vocab_size],
                   "video_mlm": targets[v.visual_offset : v.size]}
-        out: dict[str, float] = {"unreadable_samples": float(total[k])}
+        out: dict[str, Any] = {"unreadable_samples": float(total[k])}
         for name in OBJECTIVES:
             correct, count, loss = sums[name]
             out[f"{name}_count"] = float(count)
             if count:
                 out[f"{name}_acc"] = float(correct / count)
+                out[f"{name}_acc_ci"] = intervals.as_list(intervals.wilson(correct, count))
                 out[f"{name}_chance"] = float(groups[name].max() / max(groups[name].sum(), 1))
                 if name != "alignment":
                     out[f"{name}_perplexity"] = float(np.exp(loss / count))
                     out[f"{name}_perplexity_chance"] = float(np.exp(_entropy(groups[name])))
-        auc = roc_auc(np.array([p for p, _ in pairs]), np.array([a for _, a in pairs]))
+        scored = sorted(map(tuple, scored))  # one order whatever the ranks: the bootstrap draws the same examples
+        scores, aligned, decided = (np.array(column, np.float64) for column in zip(*scored)) if scored else (np.zeros(0),) * 3
+        auc = roc_auc(scores, aligned)
         if auc is not None:
             out["alignment_auc"], out["alignment_auc_chance"] = auc, 0.5
+            out["alignment_auc_ci"] = intervals.as_list(intervals.auc_interval(scores, aligned))
+        balanced = intervals.balanced_accuracy(decided, aligned)
+        if balanced is not None:
+            out["alignment_balanced_acc"], out["alignment_balanced_acc_chance"] = balanced, 0.5
+            out["alignment_balanced_acc_ci"] = intervals.as_list(intervals.balanced_accuracy_interval(decided, aligned))
+        if balanced is not None and self.negative_share is not None:
+            w = 1.0 - self.negative_share
+            out["alignment_prior_acc"] = intervals.balanced_accuracy(decided, aligned, positive_weight=w)
+            out["alignment_prior_acc_chance"] = max(w, 1.0 - w)
+            out["alignment_prior_acc_ci"] = intervals.as_list(
+                intervals.balanced_accuracy_interval(decided, aligned, positive_weight=w))
+            out["alignment_negative_share"] = self.negative_share
         return out
 
 
@@ -196,9 +227,10 @@ def run_pass(forward: Callable[[dict[str, torch.Tensor]], Any], to_inputs: Calla
 
 def engine_heldout(engine, to_inputs: Callable[[dict[str, Any]], dict[str, torch.Tensor]], urls: Sequence[str],
                    builder: ExampleBuilder, *, batch_size: int, seed: int, visual: Any = None,
-                   max_batches: int | None = None) -> dict[str, float]:
-    """The held-out pass through a ZeRO-3 engine (all ranks in lockstep); totals over all ranks."""
-    tally = Tally(builder.vocab)
+                   max_batches: int | None = None, negative_share: float | None = None) -> dict[str, float]:
+    """The held-out pass through a ZeRO-3 engine (all ranks in lockstep); totals over all ranks.
+    ``negative_share``: training's (``training_negative_share``), for the accuracy at that prior."""
+    tally = Tally(builder.vocab, negative_share)
     rank, world_size = distributed.world()
     batches = heldout_batches(urls, distributed.share(urls, rank, world_size), builder, batch_size, seed, visual,
                               tally.on_error)
@@ -215,7 +247,7 @@ def evaluate_model(model: torch.nn.Module, tokenizer: Any, urls: Sequence[str], 
     vocab = model.config.vocab
     device = next(model.parameters()).device
     builder = ExampleBuilder(vocab, tokenizer, heldout_objectives(objectives), max_seq_len)
-    tally = Tally(vocab)
+    tally = Tally(vocab, training_negative_share(objectives))
     rank, world_size = distributed.world()
     batches = heldout_batches(urls, distributed.share(urls, rank, world_size), builder, batch_size, seed, visual,
                               tally.on_error)
@@ -237,9 +269,12 @@ def _placeholder(vocab: JointVocab) -> dict[str, torch.Tensor]:
 
 
 TABLE_ROWS = (("alignment accuracy", "alignment_acc", "alignment_chance", "alignment_count"),
+              ("alignment accuracy at training's prior", "alignment_prior_acc", "alignment_prior_acc_chance", "alignment_count"),
+              ("alignment balanced accuracy", "alignment_balanced_acc", "alignment_balanced_acc_chance", "alignment_count"),
               ("alignment ROC-AUC", "alignment_auc", "alignment_auc_chance", "alignment_count"),
               ("masked text accuracy", "text_mlm_acc", "text_mlm_chance", "text_mlm_count"),
               ("masked text perplexity", "text_mlm_perplexity", "text_mlm_perplexity_chance", "text_mlm_count"),
               ("masked video accuracy", "video_mlm_acc", "video_mlm_chance", "video_mlm_count"),
               ("masked video perplexity", "video_mlm_perplexity", "video_mlm_perplexity_chance", "video_mlm_count"))
-"""(label, value key, chance key, count key) of each held-out figure, in the order tables show them."""
+"""(label, value key, chance key, count key) of each held-out figure, in the order tables show them;
+a figure's interval, when it has one, is under ``<value key>_ci``."""

@@ -14,6 +14,15 @@ Scores, each over the same targets:
   prediction that ignores the segment), the held-out targets' own frequencies (an oracle unigram,
   exp of their entropy), and copying a neighbouring clip's visual word (the previous one, else the
   next: the cheapest way to use the context, since neighbouring clips often share a word).
+
+Copying the neighbour is right wherever a clip repeats its neighbour's word, so the figures are also
+given on the targets where it is wrong (``neighbour_differs_*``): the neighbour's word differs from
+the target, or the segment has a single clip and no neighbour. There copying scores 0 by
+construction, and the model's accuracy shows what it predicts beyond repeating a word.
+
+Every accuracy has its Wilson 95 % interval (``<key>_ci``, ``trainer.evaluation.intervals``), the
+targets counted as independent (tokens of one segment are not quite: the intervals are on the narrow
+side). Perplexities have none.
 """
 
 from __future__ import annotations
@@ -26,10 +35,12 @@ import torch
 from videobert.models.vocab import JOINT_SPECIAL_COUNT, JointVocab, fit_lengths
 from videobert.shards import reader
 from videobert.trainer import distributed
+from videobert.trainer.evaluation import intervals
 from videobert.trainer.evaluation.heldout import shard_segments
 
 _SUMS = ("targets", "correct_visual", "nll_visual", "correct_all", "nll_all", "nll_train_unigram", "correct_neighbour",
-         "correct_train_unigram")
+         "correct_train_unigram", "neighbour_differs", "correct_visual_neighbour_differs",
+         "correct_train_unigram_neighbour_differs")
 
 
 def train_counts(urls: Sequence[str], num_visual: int, max_samples: int = 50_000) -> np.ndarray:
@@ -84,16 +95,21 @@ class InTurnTally:
         s["nll_train_unigram"] -= float(self.log_unigram[targets].sum())
         s["correct_train_unigram"] += float((targets == self.unigram_best).sum())
         s["correct_neighbour"] += float((neighbours == targets).sum())
+        differs = neighbours != targets
+        s["neighbour_differs"] += float(differs.sum())
+        s["correct_visual_neighbour_differs"] += float(((visual.argmax(dim=-1) == t).numpy() & differs).sum())
+        s["correct_train_unigram_neighbour_differs"] += float(((targets == self.unigram_best) & differs).sum())
         np.add.at(self.histogram, targets, 1)
 
-    def reduce(self) -> dict[str, float]:
-        """Figures over all ranks (collective)."""
+    def reduce(self) -> dict[str, float | list[float]]:
+        """Figures over all ranks (collective), each accuracy with its interval (``<key>_ci``)."""
         total = distributed.sum_across_ranks(np.concatenate([[self.sums[k] for k in _SUMS], self.histogram]))
         s = dict(zip(_SUMS, total[: len(_SUMS)]))
         histogram = total[len(_SUMS) :]
         n = max(s["targets"], 1.0)
         p = histogram[histogram > 0] / n
-        return {
+        m = max(s["neighbour_differs"], 1.0)
+        out: dict[str, float | list[float]] = {
             "targets": float(s["targets"]),
             "accuracy": s["correct_visual"] / n, "perplexity": float(np.exp(s["nll_visual"] / n)),
             "accuracy_all_words": s["correct_all"] / n, "perplexity_all_words": float(np.exp(s["nll_all"] / n)),
@@ -101,7 +117,22 @@ class InTurnTally:
             "train_unigram_perplexity": float(np.exp(s["nll_train_unigram"] / n)),
             "oracle_unigram_accuracy": float(histogram.max() / n), "oracle_unigram_perplexity": float(np.exp(-(p * np.log(p)).sum())),
             "neighbour_accuracy": s["correct_neighbour"] / n,
+            "neighbour_differs_targets": float(s["neighbour_differs"]),
+            "neighbour_differs_accuracy": s["correct_visual_neighbour_differs"] / m,
+            "neighbour_differs_train_unigram_accuracy": s["correct_train_unigram_neighbour_differs"] / m,
+            "neighbour_differs_neighbour_accuracy": 0.0,
         }
+        hits = {"accuracy": s["correct_visual"], "accuracy_all_words": s["correct_all"],
+                "train_unigram_accuracy": s["correct_train_unigram"], "oracle_unigram_accuracy": histogram.max(initial=0.0),
+                "neighbour_accuracy": s["correct_neighbour"]}
+        for key, correct in hits.items():
+            out[f"{key}_ci"] = intervals.as_list(intervals.wilson(float(correct), s["targets"]))
+        differs = {"neighbour_differs_accuracy": s["correct_visual_neighbour_differs"],
+                   "neighbour_differs_train_unigram_accuracy": s["correct_train_unigram_neighbour_differs"],
+                   "neighbour_differs_neighbour_accuracy": 0.0}
+        for key, correct in differs.items():
+            out[f"{key}_ci"] = intervals.as_list(intervals.wilson(float(correct), s["neighbour_differs"]))
+        return out
 
 
 @torch.no_grad()
@@ -142,5 +173,9 @@ TABLE_ROWS = (
     ("unigram of the training tokens", "train_unigram_accuracy", "train_unigram_perplexity"),
     ("unigram of these targets (oracle)", "oracle_unigram_accuracy", "oracle_unigram_perplexity"),
     ("copy a neighbouring clip's word", "neighbour_accuracy", None),
+    ("model, where the neighbour's word differs", "neighbour_differs_accuracy", None),
+    ("training unigram, there", "neighbour_differs_train_unigram_accuracy", None),
+    ("copy a neighbouring clip's word, there", "neighbour_differs_neighbour_accuracy", None),
 )
-"""(label, accuracy key, perplexity key) of each row, in table order."""
+"""(label, accuracy key, perplexity key) of each row, in table order; an accuracy's interval is under
+``<accuracy key>_ci``."""

@@ -142,7 +142,8 @@ def zeroshot_markdown(z: dict[str, Any], summary: dict[str, Any]) -> list[str]:
              f"Template: `[CLS] {summary['template_masked']} [>] video tokens [SEP]`; the verb is read at the "
              "first mask and the noun at the second, restricted to the label vocabulary "
              f"({summary['verbs']} verbs, {summary['nouns']} nouns). The language prior is the same model "
-             "given the sentence alone; the best constant guess is the share of the most frequent true labels.", "",
+             "given the sentence alone; the best constant guess is the share of the most frequent true labels. "
+             "In brackets: 95 % Wilson intervals over the segments (uniform chance is exact).", "",
              ]
     lines += markdown_table(zeroshot_table(z))
     prior = z.get("language_prior_top", {})
@@ -159,10 +160,13 @@ def zeroshot_markdown(z: dict[str, Any], summary: dict[str, Any]) -> list[str]:
 def heldout_markdown(h: dict[str, float], source: str) -> list[str]:
     lines = ["## Held-out alignment and masked tokens", "",
              f"Shards: `{source}`. Chance: for accuracies the share of the most frequent target, for "
-             "perplexities that of predicting the targets' own frequencies, for ROC-AUC 0.5. Tokens are masked "
-             "at random as in training: on a small set that leaves few video targets, whose own frequencies "
+             "perplexities that of predicting the targets' own frequencies, for ROC-AUC and balanced accuracy "
+             "0.5. Tokens are masked at random as in training: on a small set that leaves few video targets, whose own frequencies "
              "make a chance perplexity no real prediction reaches; the next table masks every held-out video "
-             "token instead.", "",
+             "token instead. Balanced accuracy is the mean of the recall on aligned and on misaligned examples. "
+             "In brackets: 95 % intervals, Wilson's for accuracies, a bootstrap over the alignment examples for "
+             "balanced accuracy and ROC-AUC; perplexities have none (the pass keeps loss totals, not per-target "
+             "losses).", "",
              ]
     return lines + markdown_table(heldout_table(h)) + [""]
 
@@ -174,7 +178,10 @@ def in_turn_markdown(r: dict[str, float]) -> list[str]:
              f"Every visual token of the held-out segments is masked in turn ({int(r['targets'])} targets) and "
              "predicted from the segment's text and its other clips. The training unigram "
              f"({unigram}) is the best prediction that ignores the segment; the oracle unigram is fitted on "
-             "these very targets.", ""]
+             "these very targets. The rows marked \"there\" are over the "
+             f"{int(r.get('neighbour_differs_targets', 0))} targets where copying the neighbouring clip's word is wrong "
+             "(it differs, or there is no neighbour), so copying scores 0 there by construction. In brackets: 95 % "
+             "Wilson intervals (targets counted as independent); perplexities have none.", ""]
     return lines + markdown_table(in_turn_table(r)) + [""]
 
 
@@ -183,7 +190,8 @@ def retrieval_markdown(r: dict[str, Any], picture: bool = False) -> list[str]:
              f"{r['segments']} held-out segments of `{r.get('source', '')}` ({r['distinct_captions']} distinct captions), "
              "every caption read with every video; ranked by the alignment head's probability of \"aligned\". A "
              "retrieval is correct when it finds the query's own segment or one with an identical caption. "
-             "Chance (a random ranking) in brackets.", "",
+             "Chance (a random ranking) in round brackets; 95 % intervals in square brackets, a bootstrap over "
+             "the query segments (the set ranked against held fixed).", "",
              "The masked-words ranking reads each video once after the zero-shot template and scores a caption by "
              "the log-probability of its own verb and noun at the masks.", ""]
     lines += markdown_table(retrieval_table(r))
@@ -222,7 +230,10 @@ def caption_markdown(c: dict[str, Any], pictures: str = "") -> list[str]:
              f"{c['steps']} steps per row, {c['decoding']} decoding, scored on {c['heldout_segments']} held-out segments "
              f"({c['distinct_references']} distinct reference sentences). VideoBERT features: the frozen model reads "
              f"`{c['template']}` before the video tokens; its outputs at the video tokens and at the masks are "
-             f"averaged and concatenated. Tokens: {tokenizer}. BLEU, METEOR and ROUGE-L in %.", ""]
+             f"averaged and concatenated. Tokens: {tokenizer}. BLEU, METEOR and ROUGE-L in %. In brackets: "
+             "95 % intervals, a bootstrap over the held-out segments (BLEU recomputed from each resample's n-gram "
+             "counts, ROUGE-L and CIDEr as means of per-segment scores with CIDEr's document frequencies kept from "
+             "the whole set); METEOR has none, its corpus score not being made of per-segment parts.", ""]
     lines += markdown_table(caption_table(c))
     if c.get("skipped_rows"):
         lines += ["", f"Rows without their features (no encoder features in the shards): {', '.join(c['skipped_rows'])}."]
@@ -244,8 +255,8 @@ def _probe_markdown(probes: dict[str, Any]) -> list[str]:
         return []
     lines = ["### Linear probes", "",
              f"Logistic regression on standardised frozen features, fitted on {probes['train_segments']} labelled "
-             f"training segments, held-out accuracy on {probes['heldout_segments']}.", ""]
-    return lines + markdown_table(probe_table(accuracy)) + [""]
+             f"training segments, held-out accuracy on {probes['heldout_segments']}, with 95 % Wilson intervals in brackets.", ""]
+    return lines + markdown_table(probe_table(accuracy, probes.get("heldout_segments"))) + [""]
 
 
 def write_caption_report(folder: Any, results: dict[str, Any], pictures: dict[str, bool]) -> Path:

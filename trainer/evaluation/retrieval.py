@@ -8,7 +8,9 @@ when the retrieved segment is the query's own or carries an identical caption (s
 captions repeat some); the rank of a query is that of its first correct item, ties counted against
 it. Reported: R@1, R@5, R@10 and the median rank, each beside a uniformly random ranking's
 (for a query with c correct items among S, P(rank <= K) = 1 - C(S - c, K) / C(S, K), expected
-rank (S + 1) / (c + 1)), and the number of distinct captions.
+rank (S + 1) / (c + 1)), and the number of distinct captions. R@K and the median rank have 95 %
+intervals (``r{k}_ci``, ``median_rank_ci``): a bootstrap over the query segments, the set ranked
+against held fixed (``trainer.evaluation.intervals``).
 
 Cost: S^2 sequences of (caption + video + 3) tokens, S times the work of reading each segment
 once; ``max_segments`` caps S (the first S readable segments). Under a launcher the ranks share the
@@ -31,6 +33,7 @@ import torch
 
 from videobert.models.vocab import JOINT_SPECIAL_COUNT, JointVocab, fit_lengths
 from videobert.trainer import distributed
+from videobert.trainer.evaluation import intervals
 from videobert.trainer.evaluation.labels import words_of_sentence
 
 RECALL_AT = (1, 5, 10)
@@ -112,16 +115,20 @@ def chance_recall(items: int, correct: np.ndarray, k: int) -> float:
 
 
 def retrieval_metrics(scores: np.ndarray, captions: Sequence[str]) -> dict[str, Any]:
-    """R@K, median rank and their chance levels for both directions of the (S, S) ``scores``."""
+    """R@K, median rank, their intervals and their chance levels for both directions of the (S, S) ``scores``."""
     normal = [" ".join(c.lower().split()) for c in captions]
     same = np.array([[a == b for b in normal] for a in normal])  # (S, S): identical captions
     counts = same.sum(axis=1)
     out: dict[str, Any] = {"segments": len(captions), "distinct_captions": len(set(normal))}
     for direction, matrix in (("text_to_video", scores), ("video_to_text", scores.T)):
         ranks = first_correct_ranks(matrix, same)
-        row = {f"r{k}": float(np.mean(ranks <= k)) for k in RECALL_AT}
+        row: dict[str, Any] = {}
+        for k in RECALL_AT:
+            row[f"r{k}"] = float(np.mean(ranks <= k))
+            row[f"r{k}_ci"] = intervals.as_list(intervals.recall_interval(ranks, k))
         row |= {f"r{k}_chance": chance_recall(len(captions), counts, k) for k in RECALL_AT}
         row["median_rank"] = float(np.median(ranks))
+        row["median_rank_ci"] = intervals.as_list(intervals.median_interval(ranks))
         row["median_rank_chance"] = float(np.median((len(captions) + 1) / (counts + 1)))
         out[direction] = row
     return out

@@ -1,12 +1,16 @@
 """The evaluation tables, laid out once: each is built as a ``Table`` from the results and then
 printed as aligned plain text (``format_table``: what ``eval``, ``caption``, ``train`` and ``demo``
 print) or written as markdown (``markdown_table``: ``report.md``), so both show the same cells.
+
+A figure with a 95 % interval in the results (``<key>_ci``, ``trainer.evaluation.intervals``) is
+shown as ``value [low, high]``, the bounds in the value's own number format; chance levels are exact
+and have none. Each table says how many targets or segments its figures are over.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from videobert.trainer.evaluation.captioning.metrics import METRIC_LABELS, METRICS, format_score
 from videobert.trainer.evaluation.heldout import TABLE_ROWS as HELDOUT_ROWS
@@ -55,6 +59,25 @@ def percent(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def with_interval(value: str, interval: Sequence[float] | None, bound: Callable[[float], str]) -> str:
+    """A cell: the formatted value, then its interval's bounds formatted by ``bound`` (the value's
+    number format), or the value alone when there is no interval."""
+    return value if interval is None else f"{value} [{bound(interval[0])}, {bound(interval[1])}]"
+
+
+def percent_cell(results: dict[str, Any], key: str) -> str:
+    """``results[key]`` in percent with its interval (``results[key + "_ci"]``) when there is one."""
+    return with_interval(percent(results[key]), results.get(f"{key}_ci"), lambda x: f"{100 * x:.1f}")
+
+
+def fixed_cell(results: dict[str, Any], key: str, digits: int = 3) -> str:
+    """``results[key]`` with ``digits`` decimals and its interval when there is one."""
+    return with_interval(f"{results[key]:.{digits}f}", results.get(f"{key}_ci"), lambda x: f"{x:.{digits}f}")
+
+
+INTERVALS = "95 % intervals in brackets"
+
+
 # ---------------------------------------------------------------------------------------------
 # the tables
 
@@ -65,23 +88,29 @@ ZEROSHOT_ROWS = (("chance (uniform guess)", "chance"), ("best constant guess", "
 
 def zeroshot_table(z: dict[str, Any]) -> Table:
     """The paper's Table 1 layout, in percent."""
-    rows = [(label, [percent(z[f"{prefix}_{s}_top{k}"]) for s in SLOTS for k in TOP_K]) for label, prefix in ZEROSHOT_ROWS]
+    rows = [(label, [percent_cell(z, f"{prefix}_{s}_top{k}") for s in SLOTS for k in TOP_K]) for label, prefix in ZEROSHOT_ROWS]
     return Table("zero-shot classification", [f"{s} top-{k}" for s in SLOTS for k in TOP_K], rows,
-                 note=f"{int(z['segments'])} labelled held-out segments")
+                 note=f"{int(z['segments'])} labelled held-out segments; {INTERVALS} (Wilson)")
 
 
-def heldout_table(h: dict[str, float]) -> Table:
+def heldout_table(h: dict[str, Any]) -> Table:
     """Held-out figures beside their chance levels."""
-    rows = [(label, [f"{h[value]:.3f}", f"{h[chance]:.3f}", str(int(h[count]))])
+    rows = [(label, [fixed_cell(h, value), f"{h[chance]:.3f}", str(int(h[count]))])
             for label, value, chance, count in HELDOUT_ROWS if value in h]
-    return Table("held-out", ["model", "chance", "targets"], rows)
+    return Table("held-out", ["model", "chance", "targets"], rows,
+                 note=f"{INTERVALS}: Wilson for accuracies, a bootstrap over the alignment examples for balanced "
+                      "accuracy and ROC-AUC; perplexities have none (the pass keeps loss totals, not per-target losses)")
 
 
-def in_turn_table(r: dict[str, float]) -> Table:
-    """Every held-out video token masked once: the model against unigrams and copying a neighbour."""
-    rows = [(label, [f"{r[acc]:.3f}", f"{r[ppl]:.2f}" if ppl else "-"]) for label, acc, ppl in IN_TURN_ROWS]
+def in_turn_table(r: dict[str, Any]) -> Table:
+    """Every held-out video token masked once: the model against unigrams and copying a neighbour,
+    then the same on the targets where the neighbour's word differs ("there")."""
+    rows = [(label, [fixed_cell(r, acc), f"{r[ppl]:.2f}" if ppl else "-"]) for label, acc, ppl in IN_TURN_ROWS if acc in r]
+    there = (f"; there: the {int(r['neighbour_differs_targets'])} whose neighbouring clip's word differs, where copying "
+             "scores 0" if "neighbour_differs_targets" in r else "")
     return Table("video tokens masked in turn", ["accuracy", "perplexity"], rows,
-                 note=f"{int(r['targets'])} held-out visual tokens, each masked once")
+                 note=f"{int(r['targets'])} held-out visual tokens, each masked once{there}; "
+                      f"{INTERVALS} (Wilson), none for perplexities")
 
 
 def retrieval_table(r: dict[str, Any]) -> Table:
@@ -91,30 +120,37 @@ def retrieval_table(r: dict[str, Any]) -> Table:
         ranking = r if key is None else r.get(key)
         for direction in DIRECTIONS if ranking else ():
             d = ranking[direction]
-            cells = [f"{percent(d[f'r{k}'])} ({percent(d[f'r{k}_chance'])})" for k in RECALL_AT]
+            cells = [f"{percent_cell(d, f'r{k}')} ({percent(d[f'r{k}_chance'])})" for k in RECALL_AT]
             rows.append((f"{direction.replace('_', ' ')}, {label}",
-                         cells + [f"{d['median_rank']:.1f} ({d['median_rank_chance']:.1f})"]))
+                         cells + [f"{fixed_cell(d, 'median_rank', 1)} ({d['median_rank_chance']:.1f})"]))
     return Table("retrieval", [f"R@{k}" for k in RECALL_AT] + ["median rank"], rows, label_header="direction, ranked by",
-                 note=f"{r['segments']} held-out segments, {r['distinct_captions']} distinct captions; chance in brackets")
+                 note=f"{r['segments']} held-out segments (queries), {r['distinct_captions']} distinct captions; "
+                      f"chance in round brackets, {INTERVALS.replace('brackets', 'square brackets')} (bootstrap over the queries)")
 
 
 def caption_table(c: dict[str, Any]) -> Table:
     """The captioning table (the paper's Table 3 layout)."""
-    rows = [(c["row_labels"][row], [format_score(m, scores[m]) for m in METRICS]) for row, scores in c["rows"].items()]
+    def cell(scores: dict[str, Any], m: str) -> str:
+        return with_interval(format_score(m, scores[m]), scores.get(f"{m}_ci"), lambda x: format_score(m, x))
+
+    rows = [(c["row_labels"][row], [cell(scores, m) for m in METRICS]) for row, scores in c["rows"].items()]
     tokenizer = next(iter(c["rows"].values()))["tokenizer"] if c["rows"] else ""
     return Table("captioning", [METRIC_LABELS[m] for m in METRICS], rows, label_header="features",
                  note=f"{c['heldout_segments']} held-out segments, {c['distinct_references']} distinct references; "
-                      f"{c['decoding']} decoding; tokens: {tokenizer}; BLEU, METEOR, ROUGE-L in %")
+                      f"{c['decoding']} decoding; tokens: {tokenizer}; BLEU, METEOR, ROUGE-L in %; {INTERVALS} "
+                      "(bootstrap over the segments; none for METEOR, whose corpus score is not made of per-segment parts)")
 
 
 PROBE_ROWS = (("constant", "best constant guess"), ("encoder", "clip encoder features"), ("videobert", "VideoBERT features"))
 
 
-def probe_table(accuracy: dict[str, dict[str, float]]) -> Table:
-    """Linear probes' held-out accuracy by features."""
-    rows = [(label, [percent(accuracy[name]["verb"]), percent(accuracy[name]["noun"])])
+def probe_table(accuracy: dict[str, dict[str, Any]], segments: int | None = None) -> Table:
+    """Linear probes' held-out accuracy by features (``segments``: how many held-out segments)."""
+    rows = [(label, [percent_cell(accuracy[name], "verb"), percent_cell(accuracy[name], "noun")])
             for name, label in PROBE_ROWS if name in accuracy]
-    return Table("linear probe (held-out accuracy)", ["verb", "noun"], rows, label_header="features")
+    counted = f"{segments} labelled held-out segments; " if segments is not None else ""
+    return Table("linear probe (held-out accuracy)", ["verb", "noun"], rows, label_header="features",
+                 note=f"{counted}{INTERVALS} (Wilson)")
 
 
 def format_caption_tables(c: dict[str, Any]) -> str:
@@ -122,7 +158,7 @@ def format_caption_tables(c: dict[str, Any]) -> str:
     parts = [format_table(caption_table(c))]
     probes = c.get("probes", {}).get("accuracy")
     if probes:
-        parts.append(format_table(probe_table(probes)))
+        parts.append(format_table(probe_table(probes, c["probes"].get("heldout_segments"))))
     return "\n\n".join(parts)
 
 

@@ -9,7 +9,8 @@ vocabulary (``trainer.evaluation.labels``); top-1 and top-5 accuracies are repor
 paper's Table 1: the language prior (the same model given the sentence alone, ``[CLS] sentence
 [SEP]``: one prediction for every segment), uniform chance (k / classes), and the best constant
 guess (the share of the k most frequent true labels: the most any prediction that ignores the video
-can reach, the language prior included).
+can reach, the language prior included). Each accuracy but uniform chance (exact) has its Wilson 95 %
+interval over the segments (``<key>_ci``, ``trainer.evaluation.intervals``).
 
 Labels of several WordPieces. A label of k pieces is scored in a sentence with k masks in its slot
 (the other slot keeps the number of masks most labels of its kind need), as the mean of the
@@ -31,6 +32,7 @@ import torch
 from videobert.models.errors import VideoBertError
 from videobert.models.vocab import JOINT_SPECIAL_COUNT, JointVocab, fit_lengths
 from videobert.trainer import distributed
+from videobert.trainer.evaluation import intervals
 from videobert.trainer.evaluation.labels import LabelIndex, LabelVocabulary
 
 PAPER_TEMPLATE = "now let me show you how to {verb} the {noun}"
@@ -181,23 +183,25 @@ class ZeroShotTally:
         for slot in SLOTS:
             np.add.at(self.histograms[slot], targets[slot], 1)
 
-    def reduce(self) -> dict[str, float]:
-        """Accuracies over all ranks (collective)."""
+    def reduce(self) -> dict[str, Any]:
+        """Accuracies over all ranks (collective), with their intervals (``<key>_ci``)."""
         flat = np.concatenate([[self.count], self.hits.ravel(), *(self.histograms[s] for s in SLOTS)])
         total = distributed.sum_across_ranks(flat)
         count = total[0]
         hits = total[1 : 1 + self.hits.size].reshape(self.hits.shape)
         rest = total[1 + self.hits.size :]
         histograms = {"verb": rest[: self.n_classes["verb"]], "noun": rest[self.n_classes["verb"] :]}
-        out: dict[str, float] = {"segments": float(count)}
+        out: dict[str, Any] = {"segments": float(count)}
         for s, slot in enumerate(SLOTS):
             n = self.n_classes[slot]
             frequent = np.sort(histograms[slot])[::-1]
             for k_index, k in enumerate(TOP_K):
                 out[f"chance_{slot}_top{k}"] = min(k, n) / n
                 out[f"constant_{slot}_top{k}"] = float(frequent[:k].sum() / max(count, 1))
+                out[f"constant_{slot}_top{k}_ci"] = intervals.as_list(intervals.wilson(float(frequent[:k].sum()), count))
                 for m, mode in enumerate(MODES):
                     out[f"{mode}_{slot}_top{k}"] = float(hits[m, s, k_index] / max(count, 1))
+                    out[f"{mode}_{slot}_top{k}_ci"] = intervals.as_list(intervals.wilson(float(hits[m, s, k_index]), count))
         return out
 
 

@@ -10,6 +10,13 @@ Sentences are tokenized by the Stanford PTB tokenizer (lower case, punctuation d
 a plain tokenization (lower case, split at spaces and punctuation: the same tokens the PTB tokenizer
 gives for plain sentences), the scores say so (``tokenizer``), and METEOR is None: the tables print
 "needs Java" in its column rather than a different METEOR.
+
+95 % intervals (``trainer.evaluation.intervals``), a seeded bootstrap over the held-out segments:
+BLEU is recomputed on each resample from the segments' own n-gram counts (its pooled formula, as
+the COCO code computes it); ROUGE-L and CIDEr, whose corpus scores are means of per-segment scores,
+by the mean of those scores (CIDEr's document frequencies stay those of the whole set). METEOR has
+none: its corpus score comes from pooled alignment statistics that its scorer does not expose per
+segment.
 """
 
 from __future__ import annotations
@@ -19,8 +26,12 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
+
+import numpy as np
+
+from videobert.trainer.evaluation import intervals
 
 METRICS = ("bleu3", "bleu4", "meteor", "rouge_l", "cider")
 """Score names, in table order."""
@@ -52,9 +63,16 @@ class CaptionScores:
     cider: float
     segments: int
     tokenizer: str
+    intervals: dict[str, list[float]] = field(default_factory=dict)
+    """95 % intervals by score name (no METEOR)."""
 
-    def as_dict(self) -> dict[str, float | int | str | None]:
-        return {name: getattr(self, name) for name in (*METRICS, "segments", "tokenizer")}
+    def as_dict(self) -> dict[str, float | int | str | list[float] | None]:
+        out: dict[str, float | int | str | list[float] | None] = {}
+        for name in METRICS:
+            out[name] = getattr(self, name)
+            if name in self.intervals:
+                out[f"{name}_ci"] = self.intervals[name]
+        return out | {"segments": self.segments, "tokenizer": self.tokenizer}
 
 
 class CaptionScorer:
@@ -125,11 +143,15 @@ class CaptionScorer:
         from pycocoevalcap.rouge.rouge import Rouge
 
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-        rouge, _ = Rouge().compute_score(gts, res)
-        cider, _ = Cider().compute_score(gts, res)
+        rouge, rouge_each = Rouge().compute_score(gts, res)
+        cider, cider_each = Cider().compute_score(gts, res)
+        stats = bleu_statistics(gts, res)
+        found = {"bleu3": intervals.corpus_bleu_interval(stats, 3), "bleu4": intervals.corpus_bleu_interval(stats, 4),
+                 "rouge_l": intervals.bootstrap_mean(rouge_each), "cider": intervals.bootstrap_mean(cider_each)}
         return CaptionScores(bleu3=float(bleu[2]), bleu4=float(bleu[3]), meteor=self._meteor_score(gts, res),
                              rouge_l=float(rouge), cider=float(cider), segments=len(gts),
-                             tokenizer=PTB if self.java else PLAIN)
+                             tokenizer=PTB if self.java else PLAIN,
+                             intervals={k: intervals.as_list(v) for k, v in found.items() if v is not None})
 
     def _meteor_score(self, gts: dict[str, list[str]], res: dict[str, list[str]]) -> float | None:
         if not self.java:
@@ -137,6 +159,22 @@ class CaptionScorer:
         self.start()
         score, _ = self._meteor.compute_score(gts, res)
         return float(score)
+
+
+def bleu_statistics(gts: Mapping[str, list[str]], res: Mapping[str, list[str]], n: int = 4) -> np.ndarray:
+    """(segments, 2 + 2 n) BLEU statistics of each segment, as the COCO code's ``BleuScorer`` keeps
+    them: candidate length, the closest reference length, then the candidate's n-grams and its
+    clipped matches for each order (``intervals.bleu_from_stats`` pools them into BLEU)."""
+    from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
+
+    rows = []
+    for key in gts:
+        refs = cook_refs(gts[key], n=n)
+        comps = cook_test(res[key][0], refs, n=n)
+        test = comps["testlen"]
+        closest = min((abs(length - test), length) for length in refs[0])[1]
+        rows.append([test, closest, *(x for k in range(n) for x in (comps["guess"][k], comps["correct"][k]))])
+    return np.array(rows, np.float64).reshape(len(rows), 2 + 2 * n)
 
 
 @contextlib.contextmanager

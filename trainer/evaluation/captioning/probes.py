@@ -4,6 +4,7 @@ A probe is scikit-learn's ``LogisticRegression`` (multinomial, L2) on standardis
 the labelled training segments and scored on the held-out ones, one per (features, label slot). The
 rows compare the clip encoder's features with VideoBERT's (``trainer.evaluation.captioning.features``) on the
 same segments; beside them, the best constant guess (the held-out share of the most frequent label).
+Each accuracy has its Wilson 95 % interval over the held-out segments (``<slot>_ci``).
 Segments without a label (``trainer.evaluation.labels.LabelIndex.find``) are left out and counted.
 """
 
@@ -14,6 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from videobert.trainer.evaluation import intervals
 from videobert.trainer.evaluation.captioning.features import LabelledSegment
 from videobert.trainer.evaluation.labels import LabelIndex, LabelVocabulary
 
@@ -55,12 +57,15 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
 
 
 def run_probes(features: Mapping[str, tuple[np.ndarray, np.ndarray]], train: ProbeLabels, test: ProbeLabels,
-               seed: int = 0) -> dict[str, dict[str, float]]:
-    """{features name: {"verb": acc, "noun": acc}} plus {"constant": ...}; ``features``: name ->
-    (training matrix, held-out matrix) over all segments of each set."""
+               seed: int = 0) -> dict[str, dict[str, float | list[float]]]:
+    """{features name: {"verb": acc, "noun": acc, "verb_ci": [low, high], "noun_ci": ...}} plus
+    {"constant": ...}; ``features``: name -> (training matrix, held-out matrix) over all segments of each set."""
     out: dict[str, dict[str, float]] = {}
     for name, (train_x, test_x) in features.items():
         out[name] = {slot: probe_accuracy(train_x[train.rows], train.classes[slot], test_x[test.rows], test.classes[slot], seed)
                      for slot in SLOTS}
     out["constant"] = {slot: float(np.bincount(test.classes[slot]).max() / max(len(test.rows), 1)) for slot in SLOTS}
+    n = len(test.rows)
+    for accuracy in out.values():
+        accuracy |= {f"{slot}_ci": intervals.as_list(intervals.wilson(round(accuracy[slot] * n), n)) for slot in SLOTS}
     return out
