@@ -38,14 +38,16 @@ the values as loaded, and every condition must hold (a genuinely trained BERT fa
 - an embedding table, or a bias of its own (the decoder's): exactly all zeros. A trained-looking
   table carries no bias to anchor the judgement, so a normal-looking one is never flagged.
 
-Such parameters join ``new_parameter_names`` and are re-initialised as the constructors do. They
-carry no information (a draw, or the constants the constructor writes), so nothing is lost, and the
-re-initialised model starts from what a fresh model of the same config and seed would hold: the
-weights follow the config's initializer_range (not a draw shrunk by someone else's weight decay) and
-the result does not depend on which untrained copy of the checkpoint was read. Each is logged at
-INFO with the statistic that decided, apart from the parameters the checkpoint lacks.
-``untrained_as_new=False`` keeps every carried value and counts only the absent ones (reloading an
-exported model bit for bit, heads not yet trained included).
+Such parameters join ``new_parameter_names`` (so ``optim.new_parameters_lr_multiplier`` applies to
+them) and keep the values they were loaded with; they are not re-initialised. A re-draw would carry
+no more information than the draw they hold (a LayerNorm at ones/zeros or a zero bias would come out
+identical), while keeping them makes loading a pure function of the files: no draw from torch's
+global generator, so an exported model (whose heads may still be at their initial values, as at
+step 0 or with an objective switched off) reloads bit for bit, and an evaluation's processes, each
+loading the export, hold the same weights however their generators stand. The one difference a
+re-draw would make is the scale of a decayed draw (MiniLM's pooler: std 0.0091 rather than 0.02);
+both are random starts. Each is logged at INFO with the statistic that decided, apart from the
+parameters the checkpoint lacks. ``untrained_as_new=False`` counts only the absent ones.
 """
 
 from __future__ import annotations
@@ -260,8 +262,8 @@ def untrained_weight_reason(weight: torch.Tensor, initializer_range: float) -> s
 
 def untrained_parameters(
     model: VideoBertForPreTraining, carried: set[str], initializer_range: float
-) -> list[tuple[tuple[str, ...], nn.Module | None, str]]:
-    """(names, owning module, why) for each group of carried parameters judged never trained: a
+) -> list[tuple[tuple[str, ...], str]]:
+    """(names, why) for each group of carried parameters judged never trained (module doc): a
     Linear's weight and bias, a LayerNorm's weight and bias, an embedding table, the decoder bias."""
     found = []
     for prefix, module in model.named_modules():
@@ -272,14 +274,14 @@ def untrained_parameters(
             if not torch.count_nonzero(module.bias):
                 reason = untrained_weight_reason(module.weight, initializer_range)
                 if reason is not None:
-                    found.append((tuple(names.values()), module, f"bias all zero; {reason}"))
+                    found.append((tuple(names.values()), f"bias all zero; {reason}"))
         elif isinstance(module, nn.LayerNorm) and module.weight is not None and module.bias is not None:
             if bool((module.weight == 1).all()) and not torch.count_nonzero(module.bias):
-                found.append((tuple(names.values()), module, "weight all ones and bias all zeros"))
+                found.append((tuple(names.values()), "weight all ones and bias all zeros"))
         elif isinstance(module, nn.Embedding) and not torch.count_nonzero(module.weight):
-            found.append((tuple(names.values()), module, "table all zeros"))
+            found.append((tuple(names.values()), "table all zeros"))
     if DECODER_BIAS in carried and not torch.count_nonzero(model.mlm_head.decoder.bias):
-        found.append(((DECODER_BIAS,), None, "all zeros"))
+        found.append(((DECODER_BIAS,), "all zeros"))
     return found
 
 
@@ -300,7 +302,7 @@ def load_pretrained_bert(
     holding the weights of the BERT in ``bert_dir``; heads the directory lacks start as BERT's do.
 
     ``model.new_parameter_names`` lists the parameters the directory lacks and, with
-    ``untrained_as_new``, those it carries but never trained (module doc), re-initialised."""
+    ``untrained_as_new``, those it carries but never trained (module doc; their values are kept)."""
     state, absent = bert_to_videobert_state(read_bert_state(bert_dir), config)
     model = VideoBertForPreTraining(config)  # the constructors initialise the absent heads as BERT does
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -311,16 +313,10 @@ def load_pretrained_bert(
     untrained: list[str] = []
     if untrained_as_new:
         carried = set(state) - {DECODER_WEIGHT}
-        groups = untrained_parameters(model, carried, _checkpoint_initializer_range(bert_dir, config))
-        with torch.no_grad():
-            for names, module, reason in groups:
-                if module is None:
-                    model.mlm_head.decoder.bias.zero_()
-                else:
-                    module.reset_parameters()
-                untrained += names
-                logger.info("%s: %s judged never trained (%s); initialised as BERT does and counted as new",
-                            bert_dir, ", ".join(names), reason)
+        for names, reason in untrained_parameters(model, carried, _checkpoint_initializer_range(bert_dir, config)):
+            untrained += names
+            logger.info("%s: %s judged never trained (%s); kept as loaded and counted as new",
+                        bert_dir, ", ".join(names), reason)
     model.new_parameter_names = tuple(sorted(absent + untrained))
     if absent:
         logger.info("%s has no weights for %s; initialised as BERT does", bert_dir, ", ".join(absent))
