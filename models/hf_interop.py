@@ -16,18 +16,52 @@ existing embeddings, at the scale LayerNorm and attention were trained on, and d
 other (a shared mean vector would make every visual word identical). Their MLM output biases start
 at the mean pretrained bias, so the new words begin with an average prior rather than an extreme one.
 The draw uses torch's global generator: seed it for a reproducible start.
+
+Parameters a checkpoint carries but never trained count as new, as the ones it lacks do
+(``load_pretrained_bert(..., untrained_as_new=True)``, the default). A sentence-transformers model
+such as the packaged MiniLM ships BERT's pooler although it was trained through mean pooling: no
+gradient ever reached it, so it holds its initial draw (shrunk by weight decay: the MiniLM pooler's
+std is 0.0091, not its initializer_range 0.02) and a zero bias. The rule is judged per module, on
+the values as loaded, and every condition must hold (a genuinely trained BERT fails several):
+
+- a Linear: its bias exactly zero (gradient descent never leaves a whole bias at exactly 0), and its
+  weight an i.i.d. normal(0, s) draw with s at most the checkpoint's ``initializer_range`` (decay
+  only shrinks; up to ``UNTRAINED_STD_SLACK`` above it, more for a small matrix's sampling error):
+  mean within ``UNTRAINED_SIGMAS`` standard errors of 0, excess kurtosis within
+  ``UNTRAINED_KURTOSIS_SLACK`` plus ``UNTRAINED_SIGMAS`` standard errors (sqrt(24/n)) of 0, and top
+  singular value within ``UNTRAINED_EDGE_SLACK`` of the edge s * (sqrt(rows) + sqrt(cols)) of a
+  random matrix's spectrum. MiniLM's trained encoder matrices fail all of these but, mostly, the mean:
+  no zero bias, std 0.039 to 0.095 (1.9 to 4.8 x initializer_range), excess kurtosis 0.22 to 1582,
+  top singular value 1.11 to 4.13 x the edge; its pooler passes them all (zero bias, std 0.0091,
+  mean 2.3 standard errors from 0, excess kurtosis -0.017, top singular value 0.986 x the edge).
+- a LayerNorm: weight exactly all ones and bias exactly all zeros.
+- an embedding table, or a bias of its own (the decoder's): exactly all zeros. A trained-looking
+  table carries no bias to anchor the judgement, so a normal-looking one is never flagged.
+
+Such parameters join ``new_parameter_names`` (so ``optim.new_parameters_lr_multiplier`` applies to
+them) and keep the values they were loaded with; they are not re-initialised. A re-draw would carry
+no more information than the draw they hold (a LayerNorm at ones/zeros or a zero bias would come out
+identical), while keeping them makes loading a pure function of the files: no draw from torch's
+global generator, so an exported model (whose heads may still be at their initial values, as at
+step 0 or with an objective switched off) reloads bit for bit, and an evaluation's processes, each
+loading the export, hold the same weights however their generators stand. The one difference a
+re-draw would make is the scale of a decayed draw (MiniLM's pooler: std 0.0091 rather than 0.02);
+both are random starts. Each is logged at INFO with the statistic that decided, apart from the
+parameters the checkpoint lacks. ``untrained_as_new=False`` counts only the absent ones.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 from transformers import BertConfig, BertTokenizerFast, PreTrainedTokenizerFast
 
 from videobert.models.config import BERT_SHAPE_FIELDS, VideoBertConfig, config_from_bert_dir
@@ -50,6 +84,16 @@ _REGULARISATION_FIELDS = {"hidden_dropout_prob", "attention_probs_dropout_prob",
 
 _BERT_MODEL_ROOTS = ("embeddings.", "encoder.", "pooler.")
 """How a ``BertModel`` names its parameters (``BertForPreTraining`` adds the ``bert.`` prefix)."""
+
+UNTRAINED_SIGMAS = 4.0
+"""How many standard errors the mean and the excess kurtosis of an untrained weight may stray from 0."""
+UNTRAINED_KURTOSIS_SLACK = 0.05
+"""Excess kurtosis an untrained weight may show beyond its standard errors (float rounding, the
+initialiser's own tails)."""
+UNTRAINED_STD_SLACK = 0.05
+"""How far (relatively) an untrained weight's std may exceed the checkpoint's initializer_range."""
+UNTRAINED_EDGE_SLACK = 0.1
+"""How far (relatively) an untrained weight's top singular value may stray from the random edge."""
 
 _IGNORED_BERT_KEYS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
 """Buffers some checkpoints store; they are recomputed, not learned."""
@@ -176,21 +220,89 @@ def read_bert_state(bert_dir: str | Path) -> dict[str, torch.Tensor]:
     raise MissingFileError(f"no model.safetensors(.index.json) or pytorch_model.bin in {root}")
 
 
-def from_pretrained_bert(bert_dir: str | Path, vocab: JointVocab, **config_overrides: Any) -> VideoBertForPreTraining:
+def from_pretrained_bert(
+    bert_dir: str | Path, vocab: JointVocab, *, untrained_as_new: bool = True, **config_overrides: Any
+) -> VideoBertForPreTraining:
     """A VideoBERT whose encoder (and heads, where present) are the BERT in ``bert_dir``.
 
     ``config_overrides`` set fields other than the shape (dropouts, loss weights, checkpointing...);
-    the shape comes from the directory.
+    the shape comes from the directory. ``untrained_as_new``: see ``load_pretrained_bert``.
     """
     shape_overrides = sorted(set(config_overrides) & set(BERT_SHAPE_FIELDS) - _REGULARISATION_FIELDS)
     if shape_overrides:
         raise ValueError(f"{shape_overrides} come from {bert_dir}/config.json and cannot be overridden here")
-    return load_pretrained_bert(bert_dir, config_from_bert_dir(bert_dir, vocab, **config_overrides))
+    config = config_from_bert_dir(bert_dir, vocab, **config_overrides)
+    return load_pretrained_bert(bert_dir, config, untrained_as_new=untrained_as_new)
 
 
-def load_pretrained_bert(bert_dir: str | Path, config: VideoBertConfig) -> VideoBertForPreTraining:
+def untrained_weight_reason(weight: torch.Tensor, initializer_range: float) -> str | None:
+    """Why ``weight`` (a matrix) looks like an untouched normal(0, s <= initializer_range) draw, or
+    None where it does not (see the module doc)."""
+    w = weight.detach().to("cpu", torch.float64)
+    n = w.numel()
+    if w.dim() != 2 or n < 2:
+        return None
+    mean, std = float(w.mean()), float(w.std())
+    if std == 0.0 or not math.isfinite(std):
+        return None
+    std_limit = initializer_range * (1.0 + max(UNTRAINED_STD_SLACK, UNTRAINED_SIGMAS / math.sqrt(2 * n)))
+    if std > std_limit or abs(mean) > UNTRAINED_SIGMAS * std / math.sqrt(n):
+        return None
+    kurtosis = float((((w - mean) / std) ** 4).mean()) - 3.0
+    if abs(kurtosis) > UNTRAINED_KURTOSIS_SLACK + UNTRAINED_SIGMAS * math.sqrt(24.0 / n):
+        return None
+    edge = std * (math.sqrt(w.shape[0]) + math.sqrt(w.shape[1]))
+    top = float(torch.linalg.matrix_norm(w, ord=2))
+    if abs(top / edge - 1.0) > UNTRAINED_EDGE_SLACK:
+        return None
+    return (f"weight mean {mean:+.2e} ({abs(mean) / (std / math.sqrt(n)):.2f} standard errors), std {std:.5f} "
+            f"({std / initializer_range:.3f} x initializer_range), excess kurtosis {kurtosis:+.3f}, "
+            f"top singular value {top / edge:.3f} x the random edge")
+
+
+def untrained_parameters(
+    model: VideoBertForPreTraining, carried: set[str], initializer_range: float
+) -> list[tuple[tuple[str, ...], str]]:
+    """(names, why) for each group of carried parameters judged never trained (module doc): a
+    Linear's weight and bias, a LayerNorm's weight and bias, an embedding table, the decoder bias."""
+    found = []
+    for prefix, module in model.named_modules():
+        names = {s: f"{prefix}.{s}" for s, _ in module.named_parameters(recurse=False)}
+        if prefix.startswith("mlm_head.decoder") or not names or not set(names.values()) <= carried:
+            continue  # the decoder's bias is judged below, its weight is the word table
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            if not torch.count_nonzero(module.bias):
+                reason = untrained_weight_reason(module.weight, initializer_range)
+                if reason is not None:
+                    found.append((tuple(names.values()), f"bias all zero; {reason}"))
+        elif isinstance(module, nn.LayerNorm) and module.weight is not None and module.bias is not None:
+            if bool((module.weight == 1).all()) and not torch.count_nonzero(module.bias):
+                found.append((tuple(names.values()), "weight all ones and bias all zeros"))
+        elif isinstance(module, nn.Embedding) and not torch.count_nonzero(module.weight):
+            found.append((tuple(names.values()), "table all zeros"))
+    if DECODER_BIAS in carried and not torch.count_nonzero(model.mlm_head.decoder.bias):
+        found.append(((DECODER_BIAS,), "all zeros"))
+    return found
+
+
+def _checkpoint_initializer_range(bert_dir: str | Path, config: VideoBertConfig) -> float:
+    """The initializer_range the checkpoint was drawn with (its config.json), else the model's."""
+    path = Path(bert_dir) / "config.json"
+    if path.is_file():
+        value = json.loads(path.read_text()).get("initializer_range")
+        if isinstance(value, (int, float)) and value > 0:
+            return float(value)
+    return config.initializer_range
+
+
+def load_pretrained_bert(
+    bert_dir: str | Path, config: VideoBertConfig, *, untrained_as_new: bool = True
+) -> VideoBertForPreTraining:
     """A VideoBERT of ``config`` (whose shape is the one of ``bert_dir``: ``config_from_bert_dir``)
-    holding the weights of the BERT in ``bert_dir``; heads the directory lacks start as BERT's do."""
+    holding the weights of the BERT in ``bert_dir``; heads the directory lacks start as BERT's do.
+
+    ``model.new_parameter_names`` lists the parameters the directory lacks and, with
+    ``untrained_as_new``, those it carries but never trained (module doc; their values are kept)."""
     state, absent = bert_to_videobert_state(read_bert_state(bert_dir), config)
     model = VideoBertForPreTraining(config)  # the constructors initialise the absent heads as BERT does
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -198,7 +310,14 @@ def load_pretrained_bert(bert_dir: str | Path, config: VideoBertConfig) -> Video
     if not_loaded or unexpected:
         raise RuntimeError(f"state mismatch loading {bert_dir}: missing {not_loaded}, unexpected {unexpected}")
     model.tie_weights()
-    model.new_parameter_names = tuple(sorted(absent))
+    untrained: list[str] = []
+    if untrained_as_new:
+        carried = set(state) - {DECODER_WEIGHT}
+        for names, reason in untrained_parameters(model, carried, _checkpoint_initializer_range(bert_dir, config)):
+            untrained += names
+            logger.info("%s: %s judged never trained (%s); kept as loaded and counted as new",
+                        bert_dir, ", ".join(names), reason)
+    model.new_parameter_names = tuple(sorted(absent + untrained))
     if absent:
         logger.info("%s has no weights for %s; initialised as BERT does", bert_dir, ", ".join(absent))
     return model

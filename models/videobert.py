@@ -174,8 +174,8 @@ class VideoBertForPreTraining(nn.Module):
         self.mlm_head = MlmHead(config, self.embeddings.word.weight)
         self.alignment_head = AlignmentHead(config)
         self.new_parameter_names: tuple[str, ...] = ()
-        """Parameters that a pretrained checkpoint did not provide (set by ``from_pretrained_bert``);
-        the trainer may give them a larger learning rate."""
+        """Parameters that a pretrained checkpoint did not provide, or provided but never trained (set
+        by ``from_pretrained_bert``); the trainer may give them a larger learning rate."""
         self.kernels = "reference"
         """Name of the kernel set the fusable operations run on (``set_kernels``)."""
 

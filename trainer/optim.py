@@ -11,7 +11,8 @@ from videobert.trainer.config import TrainConfig
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; biases and LayerNorm weights are not decayed (as BERT). Parameters the pretrained
-    checkpoint lacked (``model.new_parameter_names``) learn at ``optim.new_parameters_lr_multiplier`` x lr."""
+    checkpoint lacked or never trained (``model.new_parameter_names``) learn at
+    ``optim.new_parameters_lr_multiplier`` x lr."""
     o = cfg.optim
     new_names = set(getattr(model, "new_parameter_names", ()))
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import BertForPreTraining, BertTokenizerFast
 
 from videobert.models.hf_interop import (
@@ -36,7 +36,8 @@ def theirs(minilm_dir):
 
 @pytest.fixture(scope="module")
 def with_heads(complete_bert_dir, minilm_vocab):
-    """Ours and transformers' model, both from a directory that has the MLM and next-sentence heads."""
+    """Ours and transformers' model, both from a directory that has the MLM and next-sentence heads
+    (at transformers' initial values: judged never trained, but kept as loaded)."""
     ours = from_pretrained_bert(complete_bert_dir, minilm_vocab).eval()
     return ours, BertForPreTraining.from_pretrained(complete_bert_dir).eval()
 
@@ -88,7 +89,7 @@ def test_every_pretrained_weight_is_kept(ours, minilm_dir, minilm_vocab):
     exported = videobert_to_bert_state(ours.state_dict(), ours.config)
     placed = [k for k in source if k in exported]
     assert len(placed) == len(source) - 1  # all but the position_ids buffer
-    for key in placed:
+    for key in placed:  # the never-trained pooler included: counted as new, kept as loaded
         mine = exported[key]
         if key == "bert.embeddings.word_embeddings.weight":
             mine = mine[: minilm_vocab.text_vocab_size]
@@ -107,8 +108,11 @@ def test_new_word_rows_follow_the_pretrained_rows(ours, minilm_vocab):
 def test_absent_heads_are_initialised_and_logged(minilm_dir, minilm_vocab, caplog):
     with caplog.at_level(logging.INFO, logger="videobert.models.hf_interop"):
         model = from_pretrained_bert(minilm_dir, minilm_vocab, hidden_dropout_prob=0.0)
-    assert "mlm_head.dense.weight" in caplog.text and "alignment_head.classifier.weight" in caplog.text
-    assert "alignment_head.pooler" not in caplog.text  # MiniLM ships a pooler
+    absent = [r.getMessage() for r in caplog.records if "has no weights for" in r.getMessage()]
+    assert len(absent) == 1 and "mlm_head.dense.weight" in absent[0]
+    assert "alignment_head.classifier.weight" in absent[0]
+    assert "alignment_head.pooler" not in absent[0]  # MiniLM ships a pooler (judged never trained: logged apart)
+    assert "alignment_head.pooler.weight, alignment_head.pooler.bias judged never trained (bias all zero" in caplog.text
     weight = model.mlm_head.dense.weight.detach()
     assert abs(float(weight.std()) - model.config.initializer_range) < 0.002
     assert float(model.mlm_head.decoder.bias.detach().abs().max()) == 0.0
@@ -162,6 +166,60 @@ def test_export_reloads_into_videobert(ours, minilm_vocab, minilm_tokenizer, tmp
     theirs_state, mine_state = again.state_dict(), ours.state_dict()
     assert theirs_state.keys() == mine_state.keys()
     assert all(torch.equal(theirs_state[k], mine_state[k]) for k in mine_state)
+    # ours was never trained: its heads, still at their initial values, count as new again (kept as they are)
+    judged = again.new_parameter_names
+    assert {"alignment_head.pooler.weight", "mlm_head.dense.weight", "mlm_head.norm.bias"} <= set(judged)
+    assert all(name.startswith(("alignment_head.", "mlm_head.")) for name in judged)
+    assert from_pretrained_bert(out, minilm_vocab, untrained_as_new=False).new_parameter_names == ()
+
+
+def _write_bert_dir(minilm_dir, out, **replace):
+    """A copy of the packaged MiniLM (config and weights) with the tensors ``replace`` names swapped."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(minilm_dir / "config.json", out / "config.json")
+    state = load_file(minilm_dir / "model.safetensors")
+    state.update({k.replace("__", "."): v.contiguous() for k, v in replace.items()})
+    save_file(state, out / "model.safetensors")
+    return out
+
+
+def test_the_minilm_pooler_is_judged_never_trained(ours, minilm_dir, minilm_vocab):
+    """MiniLM was trained through mean pooling: its pooler is a zero bias and a (decayed) normal draw."""
+    new = set(ours.new_parameter_names)
+    assert {"alignment_head.pooler.weight", "alignment_head.pooler.bias"} <= new
+    body = [name for name, _ in ours.named_parameters() if name.startswith(("embeddings.", "encoder."))]
+    assert body and not new & set(body)
+    source = load_file(minilm_dir / "model.safetensors")
+    assert torch.equal(ours.alignment_head.pooler.weight.detach(), source["pooler.dense.weight"])  # kept as loaded
+    off = from_pretrained_bert(minilm_dir, minilm_vocab, untrained_as_new=False)
+    assert not {n for n in off.new_parameter_names if n.startswith("alignment_head.pooler")}
+
+
+@pytest.mark.parametrize("change", ["bias", "weight"])
+def test_a_trained_looking_pooler_is_kept(minilm_dir, minilm_vocab, tmp_path, change):
+    source = load_file(minilm_dir / "model.safetensors")
+    g = torch.Generator().manual_seed(0)
+    if change == "bias":  # the same draw, but a bias that moved
+        replace = {"pooler__dense__bias": 1e-3 * torch.randn(384, generator=g)}
+    else:  # a zero bias, but a weight with a trained matrix's statistics
+        replace = {"pooler__dense__weight": source["encoder.layer.0.attention.output.dense.weight"].clone()}
+    bert_dir = _write_bert_dir(minilm_dir, tmp_path / "bert", **replace)
+    model = from_pretrained_bert(bert_dir, minilm_vocab)
+    assert not {n for n in model.new_parameter_names if n.startswith("alignment_head.pooler")}
+    expected = replace.popitem()[1]
+    mine = model.alignment_head.pooler.bias if change == "bias" else model.alignment_head.pooler.weight
+    assert torch.equal(mine.detach(), expected)
+
+
+def test_a_layer_norm_at_its_initial_values_is_new(minilm_dir, minilm_vocab, tmp_path, caplog):
+    bert_dir = _write_bert_dir(minilm_dir, tmp_path / "bert", embeddings__LayerNorm__weight=torch.ones(384),
+                               embeddings__LayerNorm__bias=torch.zeros(384))
+    with caplog.at_level(logging.INFO, logger="videobert.models.hf_interop"):
+        model = from_pretrained_bert(bert_dir, minilm_vocab)
+    assert {"embeddings.norm.weight", "embeddings.norm.bias"} <= set(model.new_parameter_names)
+    assert not [n for n in model.new_parameter_names if n.startswith("encoder.")]
+    why = "embeddings.norm.weight, embeddings.norm.bias judged never trained (weight all ones and bias all zeros)"
+    assert why in caplog.text
 
 
 def test_pytorch_model_bin_directory(minilm_dir, minilm_vocab, ours, tmp_path):
