@@ -52,6 +52,9 @@ LOSS_WEIGHT_FIELDS = ("text_mlm_weight", "video_mlm_weight", "alignment_weight")
 ALIGNMENT_LOSSES = ("binary", "listwise")
 """The forms of the alignment loss (``VideoBertConfig.alignment_loss``)."""
 
+MLM_CANDIDATES = ("modality", "joint")
+"""The words a masked position is predicted among (``VideoBertConfig.mlm_candidates``)."""
+
 
 @dataclass(frozen=True)
 class ConfigProblem:
@@ -113,6 +116,14 @@ class VideoBertConfig:
     """Weight of the masked visual-token loss in the total loss."""
     alignment_weight: float = 1.0
     """Weight of the text-video alignment loss in the total loss."""
+    mlm_candidates: str = "modality"
+    """The words a masked position is predicted among. ``modality``: a text position among the text
+    vocabulary, a video position among the visual words (the other modality's rows are never a
+    target there, and take no gradient from it). ``joint``: every row of the tied word table. With
+    ``joint``, every text target's softmax pushes all visual rows down the same way each step, and
+    Adam turns that small shared gradient into a full-size step: the visual words' input
+    embeddings drift together, faster than their differences grow, and the model stops telling
+    one video from another (alignment, and the text's use of the video, stay at chance)."""
     alignment_loss: str = "binary"
     """``binary``: the 2-way classifier's cross-entropy on each row (the paper's). ``listwise``: a
     softmax over the rows of one text (``alignment_groups``), each scored by the same classifier
@@ -214,6 +225,8 @@ def _value_problems(cfg: VideoBertConfig) -> list[ConfigProblem]:
     weights = {name: getattr(cfg, name) for name in LOSS_WEIGHT_FIELDS}
     if min(weights.values()) < 0 or max(weights.values()) <= 0:
         problem(LOSS_WEIGHT_FIELDS, f"loss weights must be non-negative with at least one positive, got {weights}")
+    if cfg.mlm_candidates not in MLM_CANDIDATES:
+        problem(("mlm_candidates",), f"mlm_candidates {cfg.mlm_candidates!r}: use one of {', '.join(MLM_CANDIDATES)}")
     if cfg.alignment_loss not in ALIGNMENT_LOSSES:
         problem(("alignment_loss",), f"alignment_loss {cfg.alignment_loss!r}: use one of {', '.join(ALIGNMENT_LOSSES)}")
     return problems

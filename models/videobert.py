@@ -77,11 +77,13 @@ class TiedDecoder(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab.size_padded))
         self.ops = get_ops("reference")  # until VideoBertForPreTraining.set_kernels swaps in another set
 
-    def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None):
-        """(N, H) -> logits (N, V); with labels (N,): (mean loss, correct count) without keeping logits."""
+    def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None, rows: slice | None = None):
+        """(N, H) -> logits (N, V); with labels (N,): (mean loss, correct count) without keeping logits.
+        ``rows``: score only these rows of the table (labels then count from its start)."""
+        weight, bias = (self.weight, self.bias) if rows is None else (self.weight[rows], self.bias[rows])
         if labels is None:
-            return F.linear(hidden, self.weight, self.bias)
-        return self.ops.linear_cross_entropy(hidden, self.weight, self.bias, labels, return_correct=True)
+            return F.linear(hidden, weight, bias)
+        return self.ops.linear_cross_entropy(hidden, weight, bias, labels, return_correct=True)
 
 
 class MlmHead(nn.Module):
@@ -94,8 +96,8 @@ class MlmHead(nn.Module):
         self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.decoder = TiedDecoder(word_weight, config)
 
-    def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None):
-        return self.decoder(self.norm(self.dense(hidden)), labels)
+    def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None, rows: slice | None = None):
+        return self.decoder(self.norm(self.dense(hidden)), labels, rows)
 
 
 class AlignmentHead(nn.Module):
@@ -125,7 +127,9 @@ def _listwise_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, groups: 
     masked = torch.where(member, score, torch.full_like(score, low))
     top = torch.full((rows,), low, dtype=score.dtype, device=score.device).scatter_reduce(
         0, group, masked, reduce="amax", include_self=True).detach()
-    exp = torch.where(member, torch.exp(score - top[group]), torch.zeros_like(score))
+    # exp of 0 off the groups: an unselected inf would still turn the backward pass into NaN
+    exp = torch.where(member, torch.exp(torch.where(member, score - top[group], torch.zeros_like(score))),
+                      torch.zeros_like(score))
     total = torch.zeros_like(top).scatter_add(0, group, exp)
     aligned = member & (labels == 0)
     own = torch.zeros_like(top).scatter_add(0, group, torch.where(aligned, score, torch.zeros_like(score)))
@@ -259,8 +263,12 @@ class VideoBertForPreTraining(nn.Module):
             alignment_labels = torch.full_like(input_ids[:, 0], IGNORE_INDEX)
         video_at = self.vocab.is_visual(mlm_labels)  # (B, T)
         text_at = (mlm_labels != IGNORE_INDEX) & ~video_at
-        text_loss, text_correct = self.mlm_head(hidden[text_at], mlm_labels[text_at])  # gathered (N_text, H)
-        video_loss, video_correct = self.mlm_head(hidden[video_at], mlm_labels[video_at])
+        text_rows, video_rows, shift = None, None, 0
+        if self.config.mlm_candidates == "modality":  # each position over the words of its own modality
+            text_rows, video_rows = slice(0, self.vocab.visual_offset), slice(self.vocab.visual_offset, self.vocab.size)
+            shift = self.vocab.visual_offset
+        text_loss, text_correct = self.mlm_head(hidden[text_at], mlm_labels[text_at], text_rows)  # gathered (N_text, H)
+        video_loss, video_correct = self.mlm_head(hidden[video_at], mlm_labels[video_at] - shift, video_rows)
         align_logits = self.alignment_head(hidden)
         cfg = self.config
         if cfg.alignment_loss == "listwise" and alignment_groups is not None:

@@ -41,7 +41,12 @@ def test_gathered_head_equals_the_full_head_at_masked_positions(model, small_voc
     torch.testing.assert_close(gathered, full[at], rtol=0, atol=1e-6)
 
 
-def test_losses_counts_and_accuracies_match_a_hand_computation(model, small_vocab, make_joint_batch):
+@pytest.mark.parametrize("candidates", ["modality", "joint"])
+def test_losses_counts_and_accuracies_match_a_hand_computation(small_vocab, make_joint_batch, candidates):
+    torch.manual_seed(0)
+    model = VideoBertForPreTraining(preset(
+        "tiny", small_vocab, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, text_mlm_weight=0.7,
+        video_mlm_weight=1.3, alignment_weight=0.4, mlm_candidates=candidates)).eval()
     ids, types, mask = make_joint_batch(small_vocab, batch=4)
     ids, labels = _mask_labels(small_vocab, ids)
     alignment = torch.tensor([0, 1, IGNORE_INDEX, 1])
@@ -53,11 +58,16 @@ def test_losses_counts_and_accuracies_match_a_hand_computation(model, small_voca
     targets = labels[labels != IGNORE_INDEX]
     video = (targets >= small_vocab.visual_offset) & (targets < small_vocab.size)  # by the layout, not is_visual
     assert int(out.video_mlm_count) == int(video.sum()) > 0 and int(out.text_mlm_count) == int((~video).sum()) > 0
-    torch.testing.assert_close(out.text_mlm_loss, F.cross_entropy(logits[~video], targets[~video]))
-    torch.testing.assert_close(out.video_mlm_loss, F.cross_entropy(logits[video], targets[video]))
-    predicted = logits.argmax(-1)
-    assert int(out.text_mlm_correct) == int((predicted[~video] == targets[~video]).sum())
-    assert int(out.video_mlm_correct) == int((predicted[video] == targets[video]).sum())
+    text_logits, text_targets = logits[~video], targets[~video]
+    video_logits, video_targets = logits[video], targets[video]
+    if candidates == "modality":  # each modality among its own rows of the table
+        text_logits = text_logits[:, : small_vocab.visual_offset]
+        video_logits = video_logits[:, small_vocab.visual_offset : small_vocab.size]
+        video_targets = video_targets - small_vocab.visual_offset
+    torch.testing.assert_close(out.text_mlm_loss, F.cross_entropy(text_logits, text_targets))
+    torch.testing.assert_close(out.video_mlm_loss, F.cross_entropy(video_logits, video_targets))
+    assert int(out.text_mlm_correct) == int((text_logits.argmax(-1) == text_targets).sum())
+    assert int(out.video_mlm_correct) == int((video_logits.argmax(-1) == video_targets).sum())
     keep = alignment != IGNORE_INDEX
     torch.testing.assert_close(out.alignment_loss, F.cross_entropy(align_logits[keep], alignment[keep]))
     assert int(out.alignment_count) == 3
@@ -67,10 +77,29 @@ def test_losses_counts_and_accuracies_match_a_hand_computation(model, small_voca
     torch.testing.assert_close(out.loss, expected)
 
 
-def test_accuracy_counts_a_model_that_is_right(small_vocab, make_joint_batch):
+def test_text_targets_leave_the_visual_rows_alone_unless_the_softmax_is_joint(small_vocab, make_joint_batch):
+    """With ``mlm_candidates=modality`` a text target's loss gives the visual words' rows of the tied
+    table no gradient (with ``joint`` it pushes every one of them)."""
+    ids, types, mask = make_joint_batch(small_vocab, batch=4)
+    ids, labels = _mask_labels(small_vocab, ids)
+    text_only = torch.where((labels >= small_vocab.visual_offset), torch.full_like(labels, IGNORE_INDEX), labels)
+    visual = slice(small_vocab.visual_offset, small_vocab.size)
+    for candidates, moved in (("modality", False), ("joint", True)):
+        torch.manual_seed(0)
+        model = VideoBertForPreTraining(preset("tiny", small_vocab, mlm_candidates=candidates, video_mlm_weight=0.0,
+                                               alignment_weight=0.0))
+        # only text in the input too, so that nothing reaches the visual rows through the embeddings
+        text_ids = torch.where(ids >= small_vocab.visual_offset, torch.full_like(ids, small_vocab.mask_id), ids)
+        model(text_ids, types, mask, text_only).loss.backward()
+        grad = model.embeddings.word.weight.grad[visual]
+        assert bool(grad.abs().sum() > 0) == moved, candidates
+
+
+@pytest.mark.parametrize("candidates", ["modality", "joint"])
+def test_accuracy_counts_a_model_that_is_right(small_vocab, make_joint_batch, candidates):
     """Make the head predict the label: the decoder bias puts a huge prior on one text and one visual id."""
     torch.manual_seed(0)
-    model = VideoBertForPreTraining(preset("tiny", small_vocab)).eval()
+    model = VideoBertForPreTraining(preset("tiny", small_vocab, mlm_candidates=candidates)).eval()
     ids, types, mask = make_joint_batch(small_vocab, batch=2)
     text_id, visual_id = 7, small_vocab.visual_offset + 3
     labels = torch.full_like(ids, IGNORE_INDEX)
@@ -80,7 +109,8 @@ def test_accuracy_counts_a_model_that_is_right(small_vocab, make_joint_batch):
         model.mlm_head.decoder.bias[visual_id] = 1e3
         out = model(ids, types, mask, labels, None)
     assert (int(out.text_mlm_correct), int(out.text_mlm_count)) == (2, 4)
-    assert (int(out.video_mlm_correct), int(out.video_mlm_count)) == (0, 2)  # the text id wins everywhere
+    # jointly, the text id wins everywhere; among the visual words only, the visual id wins at video targets
+    assert (int(out.video_mlm_correct), int(out.video_mlm_count)) == ((0, 2) if candidates == "joint" else (2, 2))
 
 
 def _every_parameter_gets_a_gradient(model: VideoBertForPreTraining, out: PreTrainingOutput) -> None:
