@@ -103,6 +103,7 @@ MODEL_KEYS: dict[str, str] = {
     "video_mlm_weight": "objectives.video_mlm_weight",
     "alignment_weight": "objectives.alignment_weight",
     "alignment_loss": "objectives.alignment_loss",
+    "mlm_candidates": "objectives.mlm_candidates",
 }
 """Model config field -> the run config key that sets it. The model config owns each field; the run
 config passes only what the user set (None keeps the preset's or the checkpoint's value)."""

@@ -135,6 +135,10 @@ class ObjectivesConfig:
     pair its text with other segments' videos (``negative_rate`` is then unused; a micro-batch of
     B examples carries up to B x (1 + K x joint_fraction) rows). 0: negatives replace positives
     at ``negative_rate``, as in the paper."""
+    mlm_candidates: str | None = None
+    """The words a masked position is predicted among: ``modality`` (its own modality's) or
+    ``joint`` (the whole table); None keeps the model's (``modality`` unless a checkpoint says
+    otherwise). See ``VideoBertConfig.mlm_candidates``."""
     alignment_loss: str = "binary"
     """``binary``: the paper's 2-way classifier loss on each row. ``listwise``: with
     ``negatives_per_positive`` >= 1, a softmax over each text's rows (its own video and K others,

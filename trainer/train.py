@@ -317,7 +317,7 @@ class Trainer:
                     self._log(window, board, bar, peak)
                     window = Window(self.mix.names if self.mix is not None else ())
                 every = cfg.logging.heldout_every_steps
-                if cfg.data.heldout and every and self.state.step % every == 0:
+                if cfg.data.heldout and every and self.state.step % every == 0 and self.state.step < cfg.max_steps:
                     self.evaluate_heldout(board=board)
                 stop = all_reduce_(torch.tensor([float(signals.requested)]), "max").item() > 0
                 if stop or self.state.step % cfg.checkpoint.every_steps == 0:
@@ -339,8 +339,8 @@ class Trainer:
             self._batches = None
 
     def evaluate_heldout(self, max_batches: int | None = None, board: TensorBoard | None = None) -> dict[str, float]:
-        """The held-out pass through the engine (``data.heldout``). At the end of training rank 0
-        prints it and saves it; during training (``board``) its figures are logged at this step."""
+        """The held-out pass through the engine (``data.heldout``), its figures logged at this step as
+        ``heldout/*`` (on ``board`` during training); at the end rank 0 also prints and saves it."""
 
         cfg = self.cfg
         source = build.inspect_source(cfg.data.heldout, "data.heldout")
@@ -349,9 +349,14 @@ class Trainer:
         results = engine_heldout(self.engine, self.model_inputs, source.urls, builder,
                                  batch_size=cfg.optim.micro_batch_size, seed=cfg.seed, visual=self.visual,
                                  max_batches=max_batches, negative_share=training_negative_share(cfg.objectives))
+        scalars = {k: v for k, v in results.items() if isinstance(v, float)}
         if board is not None:
-            board.scalars("heldout", {k: v for k, v in results.items() if isinstance(v, float)}, self.state.step)
-        elif self.dist.is_main:
+            board.scalars("heldout", scalars, self.state.step)
+            return results
+        if self.dist.is_main:
+            end = TensorBoard(self.run, True)
+            end.scalars("heldout", scalars, self.state.step)
+            end.close()
             write_json(self.run.heldout, results)
             print(format_table(heldout_table(results)))
         return results

@@ -31,7 +31,10 @@ RESOLVED_BEFORE = json.loads((Path(__file__).parent / "data" / "recipes_resolved
 OWNED_BY_THE_MODEL = {"model.gradient_checkpointing", "objectives.text_mlm_weight", "objectives.video_mlm_weight",
                       "objectives.alignment_weight"}
 """Keys whose unset value is now None (the model's or the preset's own value) instead of a copy of it."""
-ADDED_SINCE = {"model.kernels": "auto", "data.audit": False, "optim.global_batch_size": 0, "dist_timeout_s": 0.0}
+ADDED_SINCE = {"model.kernels": "auto", "data.audit": False, "optim.global_batch_size": 0, "dist_timeout_s": 0.0,
+               "objectives.negatives_per_positive": 0, "objectives.alignment_loss": "binary",
+               "objectives.video_span_mask_prob": 0.0, "objectives.mlm_candidates": None,
+               "logging.heldout_every_steps": 0}
 """Keys the config gained after that snapshot, with the defaults that keep the recorded behaviour."""
 SAME_MEANING = {"deepspeed_config": ("ds_config.json", "")}
 """Keys whose default is spelt otherwise now, with the same effect: (before, now). An empty

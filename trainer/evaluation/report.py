@@ -36,8 +36,10 @@ from videobert.trainer.run_folder import REPORT_FILE, RESULTS_FILE, RunFolder, w
 CURVES = {
     "loss": ("loss", "text_mlm_loss", "video_mlm_loss", "alignment_loss"),
     "accuracy": ("text_mlm_acc", "video_mlm_acc", "alignment_acc"),
+    "held-out alignment": ("heldout/alignment_auc", "heldout/alignment_balanced_acc"),
 }
-"""Panels of curves.png: title -> training scalars drawn in it."""
+"""Panels of curves.png: title -> scalars drawn in it (``heldout/...``: the held-out passes training ran,
+``logging.heldout_every_steps`` and the end's)."""
 
 
 def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -58,18 +60,21 @@ def _tensorboard_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
-            if tag.startswith("train/"):
-                curves.setdefault(tag[len("train/") :], []).extend((e.step, e.value) for e in acc.Scalars(tag))
+            name = tag[len("train/") :] if tag.startswith("train/") else tag if tag.startswith("heldout/") else None
+            if name is not None:
+                curves.setdefault(name, []).extend((e.step, e.value) for e in acc.Scalars(tag))
     return curves
 
 
 def _jsonl_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
     curves: dict[str, list[tuple[int, float]]] = {}
     for row in read_json_lines(path):
-        if row.get("split") == "train" and isinstance(row.get("step"), int):
+        split = row.get("split")
+        if split in ("train", "heldout") and isinstance(row.get("step"), int):
             for name, value in row.items():
                 if name not in ("step", "split") and isinstance(value, (int, float)):
-                    curves.setdefault(name, []).append((int(row["step"]), float(value)))
+                    key = name if split == "train" else f"heldout/{name}"
+                    curves.setdefault(key, []).append((int(row["step"]), float(value)))
     return curves
 
 
@@ -85,7 +90,7 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> bool:
         for name in names:
             steps, values = zip(*curves[name])
             ax.plot(steps, values, label=name, marker="." if len(steps) < 30 else None)
-        ax.set_title(f"training {title}")
+        ax.set_title(title if title.startswith("held-out") else f"training {title}")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -163,7 +168,10 @@ def heldout_markdown(h: dict[str, float], source: str) -> list[str]:
              "perplexities that of predicting the targets' own frequencies, for ROC-AUC and balanced accuracy "
              "0.5. Tokens are masked at random as in training: on a small set that leaves few video targets, whose own frequencies "
              "make a chance perplexity no real prediction reaches; the next table masks every held-out video "
-             "token instead. Balanced accuracy is the mean of the recall on aligned and on misaligned examples. "
+             "token instead. Every segment is read with its own video and with another segment's (its masked "
+             "targets on the first only). Balanced accuracy is the mean of the recall on aligned and on misaligned "
+             "examples; the accuracy at training's prior weighs the same two recalls by training's share of "
+             "negatives, so a head that only learned that share scores its chance there. "
              "In brackets: 95 % intervals, Wilson's for accuracies, a bootstrap over the alignment examples for "
              "balanced accuracy and ROC-AUC; perplexities have none (the pass keeps loss totals, not per-target "
              "losses).", "",
