@@ -36,11 +36,12 @@ HEADLINES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("retrieval video->text R@1, alignment head", ("retrieval", "video_to_text", "r1"), "r1_chance"),
     ("zero-shot verb top-1", ("zero_shot", "cross_modal_verb_top1"), "language_prior_verb_top1"),
     ("zero-shot noun top-1", ("zero_shot", "cross_modal_noun_top1"), "language_prior_noun_top1"),
-    ("video in turn: model, neighbour differs", ("heldout_video_in_turn", "differing_accuracy"), "differing_neighbour_accuracy"),
+    ("video in turn: model where the neighbour differs", ("heldout_video_in_turn", "neighbour_differs_accuracy"),
+     "neighbour_differs_train_unigram_accuracy"),
     ("captioning CIDEr, no video", ("captioning", "rows", "no_video", "cider"), ""),
     ("captioning CIDEr, encoder", ("captioning", "rows", "encoder", "cider"), ""),
     ("captioning CIDEr, VideoBERT", ("captioning", "rows", "videobert", "cider"), ""),
-    ("captioning CIDEr, VideoBERT + encoder", ("captioning", "rows", "both", "cider"), ""),
+    ("captioning CIDEr, VideoBERT + encoder", ("captioning", "rows", "videobert_encoder", "cider"), ""),
 )
 """(label, path into results.json, the baseline beside it: a constant, a key of the same dict, or none)."""
 
@@ -141,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     per_seed.note("demo wall time per seed: " + ", ".join(f"seed {s}: {t:.0f} s" for s, t in seconds.items()))
 
     curves = {s: auc_curve(out / f"seed-{s}") for s in seeds}
-    final = {s: (int(runs[s].get("model_step", 0)), float(runs[s]["heldout"]["alignment_auc"]))
-             for s in seeds if runs[s].get("model_step") and "alignment_auc" in runs[s].get("heldout", {})}
+    final = {s: (int(runs[s]["model"]["step"]), float(runs[s]["heldout"]["alignment_auc"]))
+             for s in seeds if runs[s].get("model", {}).get("step") is not None
+             and "alignment_auc" in runs[s].get("heldout", {})}
     summary["auc_by_step"] = {s: curves[s] for s in seeds}
     if any(curves.values()):
         curve = Table("held-out alignment ROC-AUC by training step", ["step", *(f"seed {s}" for s in seeds)], report)
