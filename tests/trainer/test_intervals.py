@@ -172,3 +172,12 @@ def test_tables_print_value_and_interval_in_its_own_format():
 
     text = format_table(probe_table({"videobert": {"verb": 0.8, "noun": 0.5, "verb_ci": list(intervals.wilson(8, 10))}}, 10))
     assert "80.0 % [49.0, 94.3]" in text and "10 labelled held-out segments" in text
+
+
+def test_wilson_reaches_the_ends_exactly():
+    """All right (or all wrong) over many targets: the bound is 1 (or 0) to the bit, so that an
+    accuracy of 1.0 lies inside its own interval."""
+    from videobert.trainer.evaluation.intervals import wilson
+
+    for count in (1, 7, 145, 10_000):
+        assert wilson(count, count)[1] == 1.0 and wilson(0, count)[0] == 0.0

@@ -44,7 +44,10 @@ def wilson(correct: float, count: float, z: float = 1.96) -> tuple[float, float]
     z2 = z * z
     centre = (p + z2 / (2 * count)) / (1 + z2 / count)
     half = z / (1 + z2 / count) * math.sqrt(p * (1 - p) / count + z2 / (4 * count * count))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At p = 0 or 1 the bound is exactly 0 or 1 (rounding would leave it a hair inside the value)
+    low = 0.0 if correct <= 0 else max(0.0, centre - half)
+    high = 1.0 if correct >= count else min(1.0, centre + half)
+    return low, high
 
 
 def resample_indices(n_units: int, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> np.ndarray:

@@ -90,6 +90,9 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> bool:
         for name in names:
             steps, values = zip(*curves[name])
             ax.plot(steps, values, label=name, marker="." if len(steps) < 30 else None)
+        if title.startswith("held-out"):  # on the whole scale, beside chance: a move of 0.02 looks like one
+            ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")
+            ax.set_ylim(0.3, 1.0)
         ax.set_title(title if title.startswith("held-out") else f"training {title}")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
