@@ -104,10 +104,9 @@ class ExampleBuilder:
         selections = [self._subsample(len(it.clips), rng) + offsets[i] for i, it in enumerate(items)]
         kinds = rng.choice(3, size=len(items), p=self.kind_p)
         texts = self._tokenize([it.text if k != VIDEO_ONLY else "" for it, k in zip(items, kinds)])
-        plans = [
-            self._plan(i, items, int(kinds[i]), texts[i], selections, rng) for i in range(len(items))
-        ]
-        plans += self._extra_negatives(plans, items, selections, rng)
+        donors = [_donors(items, i) for i in range(len(items))]
+        plans = [self._plan(i, int(kinds[i]), texts[i], selections, donors[i], rng) for i in range(len(items))]
+        plans += self._extra_negatives(plans, selections, donors, rng)
         rows = [self._row(p, rng) for p in plans]
         batch = _pad(rows, self.vocab.pad_id)
         batch["kind"] = np.array([p.kind for p in plans], dtype=np.int64)
@@ -130,12 +129,11 @@ class ExampleBuilder:
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    def _plan(self, i, items, kind, text_ids, selections, rng) -> _Plan:
+    def _plan(self, i, kind, text_ids, selections, donors, rng) -> _Plan:
         plan = _Plan(kind=kind, text_ids=list(text_ids), video=list(selections[i]), alignment=IGNORE_INDEX)
         if kind != JOINT:
             return plan
         plan.alignment, plan.group = ALIGNED, i
-        donors = _donors(items, i)
         if self.obj.negatives_per_positive == 0 and donors and rng.random() < self.obj.negative_rate:
             plan.video = list(selections[int(rng.choice(donors))])
             plan.alignment = MISALIGNED
@@ -144,13 +142,13 @@ class ExampleBuilder:
             plan.alignment, plan.group = IGNORE_INDEX, -1
         return plan
 
-    def _extra_negatives(self, plans, items, selections, rng) -> list[_Plan]:
+    def _extra_negatives(self, plans, selections, donors_of, rng) -> list[_Plan]:
         """K rows per aligned joint item (``negatives_per_positive``): its text, other items' videos
         (distinct donors while there are enough of them)."""
         k = self.obj.negatives_per_positive
         extra: list[_Plan] = []
         for i, plan in enumerate(plans if k else ()):
-            donors = _donors(items, i)
+            donors = donors_of[i]
             if plan.alignment != ALIGNED or not donors:
                 continue
             chosen = rng.choice(donors, size=k, replace=len(donors) < k)
