@@ -26,3 +26,11 @@ def run_inputs(tmp_path_factory):
     write_token_shards(root / "heldout", videos=8, segments=4, shards=2, codebook_hash=codebook.hash,
                        num_tokens=codebook.num_leaves, seed=1)
     return root
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer(minilm_dir):
+    """The packaged MiniLM's fast WordPiece tokenizer."""
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast.from_pretrained(str(minilm_dir))

@@ -6,7 +6,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-from transformers import BertTokenizerFast
 
 from videobert.models.vocab import IGNORE_INDEX, TEXT_TYPE, VIDEO_TYPE, JointVocab
 from videobert.trainer.config import ObjectivesConfig
@@ -18,8 +17,8 @@ NUM_VISUAL = 40
 
 
 @pytest.fixture(scope="module")
-def tokenizer(minilm_dir):
-    return BertTokenizerFast.from_pretrained(str(minilm_dir))
+def tokenizer(minilm_tokenizer):
+    return minilm_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import BertTokenizerFast
 
 from videobert.models.config import preset
 from videobert.models.videobert import MODEL_INPUTS, VideoBertForPreTraining
@@ -79,8 +78,8 @@ def heldout_auc(model, tokenizer, vocab) -> float:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(minilm_dir):
-    return BertTokenizerFast.from_pretrained(str(minilm_dir))
+def tokenizer(minilm_tokenizer):
+    return minilm_tokenizer
 
 
 @pytest.fixture(scope="module")
