@@ -52,6 +52,12 @@ LOSS_WEIGHT_FIELDS = ("text_mlm_weight", "video_mlm_weight", "alignment_weight")
 ALIGNMENT_LOSSES = ("binary", "listwise")
 """The forms of the alignment loss (``VideoBertConfig.alignment_loss``)."""
 
+ALIGNMENT_HEADS = ("cls", "pair")
+"""What the alignment classifier reads (``VideoBertConfig.alignment_head``)."""
+HEAD_CONFIG_KEY = "videobert_alignment_head"
+"""The config.json entry of an exported directory (``hf_interop.export_pretrained``) naming its
+alignment head; read back by ``config_from_bert_dir``."""
+
 MLM_CANDIDATES = ("modality", "joint")
 """The words a masked position is predicted among (``VideoBertConfig.mlm_candidates``)."""
 
@@ -124,6 +130,13 @@ class VideoBertConfig:
     Adam turns that small shared gradient into a full-size step: the visual words' input
     embeddings drift together, faster than their differences grow, and the model stops telling
     one video from another (alignment, and the text's use of the video, stay at chance)."""
+    alignment_head: str = "cls"
+    """``cls``: BERT's pooler and next-sentence classifier on [CLS] (the paper's). ``pair``: the same,
+    plus a bilinear score of the text's and the video's mean output states (each layer-normalised,
+    [CLS] left out) added to the aligned logit; its matrix (``alignment_head.pair``) starts at zero.
+    The [CLS] head must learn, through attention, to fold a comparison of the two modalities into
+    one position; the pair term compares them directly, as a bag-of-words model of text x visual
+    words would, and sends the alignment loss's gradient to every text and video position."""
     alignment_loss: str = "binary"
     """``binary``: the 2-way classifier's cross-entropy on each row (the paper's). ``listwise``: a
     softmax over the rows of one text (``alignment_groups``), each scored by the same classifier
@@ -227,6 +240,8 @@ def _value_problems(cfg: VideoBertConfig) -> list[ConfigProblem]:
         problem(LOSS_WEIGHT_FIELDS, f"loss weights must be non-negative with at least one positive, got {weights}")
     if cfg.mlm_candidates not in MLM_CANDIDATES:
         problem(("mlm_candidates",), f"mlm_candidates {cfg.mlm_candidates!r}: use one of {', '.join(MLM_CANDIDATES)}")
+    if cfg.alignment_head not in ALIGNMENT_HEADS:
+        problem(("alignment_head",), f"alignment_head {cfg.alignment_head!r}: use one of {', '.join(ALIGNMENT_HEADS)}")
     if cfg.alignment_loss not in ALIGNMENT_LOSSES:
         problem(("alignment_loss",), f"alignment_loss {cfg.alignment_loss!r}: use one of {', '.join(ALIGNMENT_LOSSES)}")
     return problems
@@ -267,6 +282,8 @@ def config_from_bert_dir(path: str | Path, vocab: JointVocab, **overrides: Any) 
     if problems:
         raise ValueError(f"{config_file} cannot become a VideoBERT:\n  - " + "\n  - ".join(problems))
     shape = {name: hf[name] for name in BERT_SHAPE_FIELDS if name in hf}
+    if HEAD_CONFIG_KEY in hf:
+        shape["alignment_head"] = hf[HEAD_CONFIG_KEY]
     return VideoBertConfig.from_dict({**shape, **overrides, "vocab": vocab})
 
 

@@ -64,7 +64,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import BertConfig, BertTokenizerFast, PreTrainedTokenizerFast
 
-from videobert.models.config import BERT_SHAPE_FIELDS, VideoBertConfig, config_from_bert_dir
+from videobert.models.config import BERT_SHAPE_FIELDS, HEAD_CONFIG_KEY, VideoBertConfig, config_from_bert_dir
 from videobert.models.errors import MissingFileError
 from videobert.models.videobert import VideoBertForPreTraining
 from videobert.models.vocab import VIDEO_SEP_TOKEN, JointVocab
@@ -75,6 +75,11 @@ WORD_TABLE = "embeddings.word.weight"
 DECODER_WEIGHT = "mlm_head.decoder.weight"
 """Our tied decoder weight: the word table under a second name, never stored separately."""
 DECODER_BIAS = "mlm_head.decoder.bias"
+
+PAIR = "alignment_head.pair"
+"""The ``pair`` alignment head's matrix (``VideoBertConfig.alignment_head``): BERT has no place for it."""
+PAIR_BERT_KEY = "videobert.alignment_head.pair"
+"""Its name in a directory ``export_pretrained`` writes (transformers lists it as an unused weight)."""
 
 HEAD_KEYS_MAY_BE_ABSENT = ("alignment_head.", "mlm_head.")
 """Prefixes of our parameters a BERT directory may lack (an encoder-only checkpoint)."""
@@ -179,6 +184,15 @@ def bert_to_videobert_state(
             absent.append(ours)
         else:
             raise ValueError(f"the BERT checkpoint lacks {', '.join(theirs)} (needed for {ours})")
+    if config.alignment_head == "pair":
+        if PAIR_BERT_KEY in bert:
+            state[PAIR] = bert[PAIR_BERT_KEY]
+            used.add(PAIR_BERT_KEY)
+        else:
+            absent.append(PAIR)
+    elif PAIR_BERT_KEY in bert:
+        raise ValueError(f"the checkpoint holds {PAIR_BERT_KEY}, the matrix of the 'pair' alignment head, but "
+                         f"the model asks for alignment_head={config.alignment_head!r}: set alignment_head='pair'")
     unplaced = sorted(set(bert) - used)
     if unplaced:
         raise ValueError(
@@ -203,6 +217,8 @@ def videobert_to_bert_state(state: Mapping[str, torch.Tensor], config: VideoBert
     for ours, theirs in bert_key_table(config.num_hidden_layers):
         parts = state[ours].chunk(len(theirs)) if len(theirs) > 1 else (state[ours],)
         out.update(zip(theirs, parts))
+    if PAIR in state:
+        out[PAIR_BERT_KEY] = state[PAIR]
     return out
 
 
@@ -346,7 +362,7 @@ def bert_config_for(config: VideoBertConfig) -> BertConfig:
     shape = {name: getattr(config, name) for name in BERT_SHAPE_FIELDS}
     return BertConfig(
         vocab_size=config.vocab.size_padded, pad_token_id=config.vocab.pad_id,
-        architectures=["BertForPreTraining"], **shape,
+        architectures=["BertForPreTraining"], **{HEAD_CONFIG_KEY: config.alignment_head}, **shape,
     )
 
 

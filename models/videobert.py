@@ -23,7 +23,7 @@ from torch import nn
 from videobert.models.config import VideoBertConfig
 from videobert.models.kernels import get_ops
 from videobert.models.transformer import ATTENTION_MODES, BiasGeluLinear, Embeddings, Encoder, NormalLinear, use_kernels
-from videobert.models.vocab import IGNORE_INDEX
+from videobert.models.vocab import IGNORE_INDEX, TEXT_TYPE, VIDEO_TYPE
 
 OBJECTIVES = ("text_mlm", "video_mlm", "alignment")
 """The three pretraining objectives; ``PreTrainingOutput`` holds ``{name}_loss``, ``{name}_correct``
@@ -101,17 +101,50 @@ class MlmHead(nn.Module):
 
 
 class AlignmentHead(nn.Module):
-    """BERT's pooler (dense + tanh on [CLS]) and next-sentence classifier, reused for alignment."""
+    """BERT's pooler (dense + tanh on [CLS]) and next-sentence classifier, reused for alignment; with
+    ``alignment_head="pair"`` also a bilinear term over the two modalities' mean states
+    (``VideoBertConfig.alignment_head``)."""
 
     def __init__(self, config: VideoBertConfig) -> None:
         super().__init__()
         h, std = config.hidden_size, config.initializer_range
         self.pooler = NormalLinear(h, h, std=std)
         self.classifier = NormalLinear(h, 2, std=std)
+        self.pair: nn.Parameter | None = None
+        if config.alignment_head == "pair":
+            self.pair = nn.Parameter(torch.zeros(h, h))
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def reset_parameters(self) -> None:
+        if self.pair is not None:
+            nn.init.zeros_(self.pair)
+
+    def forward(self, hidden: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (B, H)
-        return self.classifier(pooled)  # (B, 2)
+        logits = self.classifier(pooled)  # (B, 2)
+        if self.pair is None:
+            return logits
+        text, video = modality_means(hidden, token_type_ids, attention_mask)
+        size = hidden.shape[-1]
+        text, video = F.layer_norm(text, (size,)), F.layer_norm(video, (size,))
+        score = torch.einsum("bi,ij,bj->b", text, self.pair.to(text.dtype), video) / size**0.5
+        return logits + torch.stack([score, torch.zeros_like(score)], dim=-1).to(logits.dtype)
+
+
+def modality_means(hidden: torch.Tensor, token_type_ids: torch.Tensor | None,
+                   attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H) mean states of each row's text positions (token type 0, [CLS] left out) and of its
+    video positions (token type 1), padding left out; 0 where a row has none."""
+    batch, length = hidden.shape[:2]
+    if token_type_ids is None:
+        token_type_ids = torch.zeros((batch, length), dtype=torch.long, device=hidden.device)
+    real = torch.ones_like(token_type_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    after_cls = torch.arange(length, device=hidden.device) > 0
+    means = []
+    for chosen in (real & (token_type_ids == TEXT_TYPE) & after_cls, real & (token_type_ids == VIDEO_TYPE)):
+        weight = chosen.unsqueeze(-1).to(hidden.dtype)
+        means.append((hidden * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1))
+    return means[0], means[1]
 
 
 def _listwise_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
@@ -234,9 +267,11 @@ class VideoBertForPreTraining(nn.Module):
         """(N, H) hidden states at the positions to predict -> (N, vocab.size_padded) logits."""
         return self.mlm_head(hidden_at_positions)
 
-    def alignment_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, T, H) -> (B, 2) logits from [CLS]: class 0 aligned, 1 misaligned."""
-        return self.alignment_head(hidden)
+    def alignment_logits(self, hidden: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                         attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, H) -> (B, 2) logits: class 0 aligned, 1 misaligned. The ``pair`` head also reads
+        which positions are text and video (the inputs ``encode`` took)."""
+        return self.alignment_head(hidden, token_type_ids, attention_mask)
 
     def forward(
         self,
@@ -269,7 +304,7 @@ class VideoBertForPreTraining(nn.Module):
             shift = self.vocab.visual_offset
         text_loss, text_correct = self.mlm_head(hidden[text_at], mlm_labels[text_at], text_rows)  # gathered (N_text, H)
         video_loss, video_correct = self.mlm_head(hidden[video_at], mlm_labels[video_at] - shift, video_rows)
-        align_logits = self.alignment_head(hidden)
+        align_logits = self.alignment_head(hidden, token_type_ids, attention_mask)
         cfg = self.config
         if cfg.alignment_loss == "listwise" and alignment_groups is not None:
             align_loss, align_correct, align_count = _listwise_cross_entropy(align_logits, alignment_labels, alignment_groups)

@@ -99,6 +99,7 @@ MODEL_KEYS: dict[str, str] = {
     "gradient_checkpointing": "model.gradient_checkpointing",
     "hidden_dropout_prob": "model.hidden_dropout",
     "attention_probs_dropout_prob": "model.attention_dropout",
+    "alignment_head": "model.alignment_head",
     "text_mlm_weight": "objectives.text_mlm_weight",
     "video_mlm_weight": "objectives.video_mlm_weight",
     "alignment_weight": "objectives.alignment_weight",
@@ -107,6 +108,9 @@ MODEL_KEYS: dict[str, str] = {
 }
 """Model config field -> the run config key that sets it. The model config owns each field; the run
 config passes only what the user set (None keeps the preset's or the checkpoint's value)."""
+
+ARCHITECTURE_KEYS = frozenset({"alignment_head"})
+"""Model config fields among ``MODEL_KEYS`` that decide which parameters exist: a resume cannot change them."""
 
 
 def run_config_value(cfg: TrainConfig, key: str) -> Any:

@@ -48,7 +48,7 @@ from videobert.models.config import VideoBertConfig
 from videobert.models.errors import VideoBertError
 from videobert.models.videobert import VideoBertForPreTraining
 from videobert.models.visual.codebook import CodebookError
-from videobert.trainer.build import MODEL_KEYS
+from videobert.trainer.build import ARCHITECTURE_KEYS, MODEL_KEYS
 from videobert.trainer.config import ConfigError, TrainConfig, save_config
 from videobert.trainer.data import EpochPhase, History, StreamPosition, repartition
 from videobert.trainer.distributed import gather_lists, import_deepspeed, world
@@ -370,12 +370,17 @@ _RUN_ADJUSTABLE = {"kernels"}
 """Model config fields a run may change on resume besides those the run config sets (``build.MODEL_KEYS``)."""
 
 
+_FIELDS_ADDED_SINCE = {"alignment_head": "cls"}
+"""Model config fields a checkpoint written before them lacks, with the value that model had."""
+
+
 def _check_fits(ckpt: CheckpointFolder, model_config: dict[str, Any], codebook, plan: ResumePlan) -> None:
     """A checkpoint of another model shape or another codebook, or one missing an old rank's optimizer
     file that a resume at another number of ranks reads, is refused before anything is loaded."""
 
     saved = json.loads(ckpt.model_config.read_text(encoding="utf-8"))
-    adjustable = set(MODEL_KEYS) | _RUN_ADJUSTABLE
+    saved = {**_FIELDS_ADDED_SINCE, **saved}
+    adjustable = (set(MODEL_KEYS) - ARCHITECTURE_KEYS) | _RUN_ADJUSTABLE
     differ = sorted(k for k in set(saved) | set(model_config) if k not in adjustable and saved.get(k) != model_config.get(k))
     if differ:
         pairs = "; ".join(f"{k}: {saved.get(k)!r} there, {model_config.get(k)!r} here" for k in differ)

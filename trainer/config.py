@@ -113,6 +113,11 @@ class ModelConfig:
     """Override of the hidden dropout (None keeps the initialisation's)."""
     attention_dropout: float | None = None
     """Override of the attention-probability dropout (None keeps the initialisation's)."""
+    alignment_head: str | None = None
+    """What the alignment classifier reads: ``cls`` (BERT's [CLS] head, the paper's) or ``pair``
+    (the [CLS] head plus a bilinear score of the text's and the video's mean states); None keeps the
+    initialisation's (``cls`` for a BERT, the recorded head for an export). Fixed for a run: a
+    resume with another head is refused. See ``VideoBertConfig.alignment_head``."""
     kernels: str = "auto"
     """Kernel set of the fusable operations: ``auto`` (``triton`` on CUDA when Triton imports, else
     ``reference``), ``triton`` (needs a GPU) or ``reference`` (plain PyTorch). A run-time choice:

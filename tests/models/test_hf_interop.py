@@ -262,3 +262,18 @@ def test_alignment_class_zero_is_berts_is_next(with_heads, minilm_tokenizer):
     ref_mlm = torch.nn.functional.cross_entropy(ref.prediction_logits.flatten(0, 1), mlm.flatten())
     torch.testing.assert_close(ours_loss, ref.loss - ref_mlm, rtol=0, atol=1e-5)
     assert float(ours_loss) > 0
+
+
+def test_a_pair_head_travels_through_an_export(minilm_dir, minilm_vocab, minilm_tokenizer, tmp_path):
+    model = from_pretrained_bert(minilm_dir, minilm_vocab, alignment_head="pair")
+    assert "alignment_head.pair" in model.new_parameter_names  # BERT has no such matrix
+    with torch.no_grad():
+        model.alignment_head.pair.normal_()
+    out = export_pretrained(model, tmp_path / "export", minilm_tokenizer)
+    assert json.loads((out / "config.json").read_text())["videobert_alignment_head"] == "pair"
+    again = from_pretrained_bert(out, minilm_vocab)  # the head comes from config.json
+    assert again.config.alignment_head == "pair"
+    assert torch.equal(again.alignment_head.pair, model.alignment_head.pair)
+    assert "alignment_head.pair" not in from_pretrained_bert(out, minilm_vocab, untrained_as_new=False).new_parameter_names
+    with pytest.raises(ValueError, match="set alignment_head='pair'"):
+        from_pretrained_bert(out, minilm_vocab, alignment_head="cls")

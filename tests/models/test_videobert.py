@@ -148,3 +148,41 @@ def test_counts_are_tensors_that_sum_across_steps(model, small_vocab, make_joint
         correct, count = getattr(out, f"{name}_correct"), getattr(out, f"{name}_count")
         assert isinstance(correct, torch.Tensor) and correct.dtype == torch.int64 and correct.dim() == 0
         assert isinstance(count, torch.Tensor) and count.dtype == torch.int64 and 0 <= int(correct) <= int(count)
+
+
+def test_the_pair_head_adds_a_bilinear_score_of_the_modality_means(small_vocab, make_joint_batch):
+    torch.manual_seed(0)
+    config = preset("tiny", small_vocab, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, alignment_head="pair")
+    model = VideoBertForPreTraining(config).eval()
+    assert torch.count_nonzero(model.alignment_head.pair) == 0  # starts as the [CLS] head alone
+    ids, types, mask = make_joint_batch(small_vocab, batch=3)
+    with torch.no_grad():
+        hidden = model.encode(ids, types, mask)
+        cls_only = model.alignment_head.classifier(torch.tanh(model.alignment_head.pooler(hidden[:, 0])))
+        torch.testing.assert_close(model.alignment_logits(hidden, types, mask), cls_only)
+        model.alignment_head.pair.normal_()
+        logits = model.alignment_logits(hidden, types, mask)
+    size = hidden.shape[-1]
+    for row in range(3):  # by hand: [CLS] left out of the text, every type-1 position in the video
+        text = hidden[row][(types[row] == 0) & (torch.arange(ids.shape[1]) > 0)].mean(0)
+        video = hidden[row][types[row] == 1].mean(0)
+        text, video = F.layer_norm(text, (size,)), F.layer_norm(video, (size,))
+        score = text @ model.alignment_head.pair @ video / size**0.5
+        torch.testing.assert_close(logits[row], cls_only[row] + torch.stack([score, torch.zeros(())]))
+    # padding changes nothing; a text-only row gets no pair term
+    padded = [torch.cat([t, torch.full((3, 4), fill)], dim=1) for t, fill in ((ids, small_vocab.pad_id), (types, 0), (mask, 0))]
+    with torch.no_grad():
+        torch.testing.assert_close(model(padded[0], padded[1], padded[2]).alignment_logits, logits, rtol=0, atol=1e-5)
+        text_only = torch.zeros_like(types)
+        hidden = model.encode(ids, text_only, mask)
+        cls_text_only = model.alignment_head.classifier(torch.tanh(model.alignment_head.pooler(hidden[:, 0])))
+        torch.testing.assert_close(model.alignment_logits(hidden, text_only, mask), cls_text_only)
+    # from zero, the alignment loss moves the matrix at once
+    model.alignment_head.pair.data.zero_()
+    model(ids, types, mask, alignment_labels=torch.tensor([0, 1, 0])).loss.backward()
+    assert model.alignment_head.pair.grad.abs().sum() > 0
+
+
+def test_an_unknown_alignment_head_is_refused(small_vocab):
+    with pytest.raises(ValueError, match="alignment_head 'mean': use one of cls, pair"):
+        preset("tiny", small_vocab, alignment_head="mean")

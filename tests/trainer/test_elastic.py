@@ -226,6 +226,19 @@ def test_a_checkpoint_of_another_model_or_codebook_is_refused_before_loading(sav
     before = sorted(p for p in root.rglob("*") if p.is_file())
     with pytest.raises(CheckpointError, match=r"another model \(hidden_size: 64 there, 128 here\)"):
         plan_resume(root, "auto", 0, 3, wider, codebook)
+    # the alignment head decides which parameters exist: another one is refused too
+    with pytest.raises(CheckpointError, match=r"another model \(alignment_head: 'cls' there, 'pair' here\)"):
+        plan_resume(root, "auto", 0, 3, {**model, "alignment_head": "pair"}, codebook)
+    # a model.json written before the field existed held the [CLS] head
+    from videobert.trainer.checkpoint import ResumePlan, _check_fits
+    from videobert.trainer.run_folder import CheckpointFolder
+
+    older = shutil.copytree(root / "step-4", tmp_path / "older" / "step-4")
+    (older / "model.json").write_text(json.dumps({k: v for k, v in model.items() if k != "alignment_head"}))
+    plan = ResumePlan(folder=older, world_size=2, num_streams=1, ranks=2)
+    _check_fits(CheckpointFolder(older), model, codebook, plan)
+    with pytest.raises(CheckpointError, match=r"alignment_head: 'cls' there, 'pair' here"):
+        _check_fits(CheckpointFolder(older), {**model, "alignment_head": "pair"}, codebook, plan)
     other = write_codebook(tmp_path / "other.safetensors", seed=5)
     with pytest.raises(ConfigError, match="data.codebook"):
         plan_resume(root, "auto", 0, 3, model, other)

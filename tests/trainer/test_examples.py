@@ -213,3 +213,31 @@ def test_span_masking_hides_a_whole_video(tokenizer, vocab):
         assert batch["mlm_labels"][row][at].tolist() == expected.tolist()
         assert batch["alignment_labels"][row] == IGNORE_INDEX
     assert (batch["alignment_labels"][~spans] == ALIGNED).all()
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_the_heldout_pass_reads_alignment_on_intact_pairs(tokenizer, vocab, k):
+    from videobert.trainer.evaluation.heldout import heldout_objectives, segment_batches
+
+    training = ObjectivesConfig(text_mask_prob=0.4, video_mask_prob=0.3, negatives_per_positive=k, negative_rate=0.2)
+    builder = ExampleBuilder(vocab, tokenizer, heldout_objectives(training), max_seq_len=64)
+    segments = _segments(n=6)
+    batches = list(segment_batches(segments, builder, batch_size=4, seed=3))
+    assert len(batches) == 4  # (masked, intact) for segments 0-3, then for 4-5
+    for masked, intact in (batches[0:2], batches[2:4]):
+        n = len(masked["alignment_labels"])
+        assert (masked["alignment_labels"] == IGNORE_INDEX).all() and (masked["alignment_groups"] == -1).all()
+        assert (masked["mlm_labels"] != IGNORE_INDEX).sum() > 0 and (masked["input_ids"] == vocab.mask_id).any()
+        assert not (intact["input_ids"] == vocab.mask_id).any() and (intact["mlm_labels"] == IGNORE_INDEX).all()
+        labels = intact["alignment_labels"]
+        assert (labels[:n] == ALIGNED).all() and (labels[n:] == MISALIGNED).all()
+        assert len(labels) == n * (1 + max(1, k))  # every text with its own video and max(1, K) others
+        video = intact["token_type_ids"] == VIDEO_TYPE
+        own = [tuple(intact["input_ids"][i][video[i]][1:-1]) for i in range(n)]  # between [>] and [SEP]
+        for row in range(n, len(labels)):
+            text = intact["input_ids"][row][~video[row]]
+            group = intact["alignment_groups"][row]
+            assert tuple(text) == tuple(intact["input_ids"][group][~video[group]])  # the same intact text
+            assert tuple(intact["input_ids"][row][video[row]][1:-1]) != own[group]  # another video
+    again = list(segment_batches(segments, builder, batch_size=4, seed=3))
+    assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again))  # deterministic

@@ -1,9 +1,11 @@
 """Held-out metrics: alignment ROC-AUC and accuracies, masked text and video token accuracy and perplexity.
 
-One deterministic pass over the held-out shards: every segment a joint ``[CLS] text [>] video [SEP]``
-row with its own video and its masked-token targets, beside ``max(1, K)`` rows pairing its text with
-other segments' videos (alignment negatives, no targets), no concatenation and no video
-subsampling, masking as in training. Each figure stands beside its chance level, measured on the
+One deterministic pass over the held-out shards, every segment read twice: once as a joint
+``[CLS] text [>] video [SEP]`` row with its own video and its masked-token targets, masking as in
+training (the masked-token figures); once intact, nothing masked, with its own video and beside
+``max(1, K)`` rows pairing its text with other segments' videos (the alignment figures: whether the
+head tells a text's own video from another's, as retrieval asks it, not a masked text's). No
+concatenation and no video subsampling. Each figure stands beside its chance level, measured on the
 same targets: for an accuracy the share of the most frequent target (the best a model that ignores
 its input can do); for a perplexity that of always predicting the targets' own frequencies (exp of
 their entropy); for ROC-AUC and balanced accuracy 0.5.
@@ -48,7 +50,9 @@ from videobert.trainer.evaluation import intervals
 from videobert.trainer.example_builder import ExampleBuilder, TrainingItem
 
 _HELDOUT_BATCHES = 11
-"""Purpose part of the seed of the held-out batches' random choices."""
+"""Purpose part of the seed of the held-out batches' random choices (masks)."""
+_HELDOUT_PAIRS = 12
+"""Purpose part of the seed of the intact alignment rows' random choices (the other videos)."""
 
 
 def heldout_objectives(train: ObjectivesConfig) -> ObjectivesConfig:
@@ -95,12 +99,28 @@ def shard_segments(url: str, visual: Any = None, on_error: Callable[[str, Except
 
 def heldout_batches(urls: Sequence[str], shard_ids: Sequence[int], builder: ExampleBuilder, batch_size: int, seed: int,
                     visual: Any = None, on_error: Callable | None = None) -> Iterator[dict[str, Any]]:
-    """Batches of the given shards, each from one shard, randomness from (seed, shard, batch)."""
-
+    """Batches of the given shards (``segment_batches`` of each), randomness from (seed, shard, batch).
+    ``builder`` holds the held-out objectives (``heldout_objectives``)."""
     for shard in shard_ids:
-        segments = shard_segments(urls[shard], visual, on_error)
-        for b, start in enumerate(range(0, len(segments), batch_size)):
-            yield builder.build(segments[start : start + batch_size], positional_rng(seed, _HELDOUT_BATCHES, shard, b))
+        yield from segment_batches(shard_segments(urls[shard], visual, on_error), builder, batch_size, seed, shard)
+
+
+def segment_batches(segments: Sequence[TrainingItem], builder: ExampleBuilder, batch_size: int, seed: int,
+                    shard: int = 0) -> Iterator[dict[str, Any]]:
+    """For each run of ``batch_size`` segments of one shard: their masked rows (masked-token targets,
+    no alignment label), then their intact rows, each text with its own video and the other videos
+    (alignment labels, no targets)."""
+    masked = ExampleBuilder(builder.vocab, builder.tokenizer, dataclasses.replace(
+        builder.obj, negatives_per_positive=0, negative_rate=0.0), builder.max_seq_len)
+    intact = ExampleBuilder(builder.vocab, builder.tokenizer, dataclasses.replace(
+        builder.obj, text_mask_prob=0.0, video_mask_prob=0.0, mlm_on_negatives=False), builder.max_seq_len)
+    for b, start in enumerate(range(0, len(segments), batch_size)):
+        chunk = segments[start : start + batch_size]
+        batch = masked.build(chunk, positional_rng(seed, _HELDOUT_BATCHES, shard, b))
+        batch["alignment_labels"] = np.full_like(batch["alignment_labels"], IGNORE_INDEX)
+        batch["alignment_groups"] = np.full_like(batch["alignment_groups"], -1)
+        yield batch
+        yield intact.build(chunk, positional_rng(seed, _HELDOUT_PAIRS, shard, b))
 
 
 # ---------------------------------------------------------------------------------------------

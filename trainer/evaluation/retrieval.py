@@ -54,8 +54,9 @@ def aligned_probabilities(model: torch.nn.Module, vocab: JointVocab, rows: list[
     types, attention = torch.zeros_like(input_ids), torch.zeros_like(input_ids)
     for i, (ids, tt) in enumerate(rows):
         input_ids[i, : len(ids)], types[i, : len(ids)], attention[i, : len(ids)] = torch.tensor(ids), torch.tensor(tt), 1
-    hidden = model.encode(input_ids.to(device), types.to(device), attention.to(device))
-    return torch.softmax(model.alignment_logits(hidden).float(), dim=-1)[:, 0].cpu().numpy()
+    input_ids, types, attention = input_ids.to(device), types.to(device), attention.to(device)
+    hidden = model.encode(input_ids, types, attention)
+    return torch.softmax(model.alignment_logits(hidden, types, attention).float(), dim=-1)[:, 0].cpu().numpy()
 
 
 def score_matrix(model: torch.nn.Module, tokenizer: Any, vocab: JointVocab, captions: Sequence[str],
