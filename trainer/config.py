@@ -76,8 +76,10 @@ class DataConfig:
     train: list[str | TrainSource] = field(default_factory=list)
     """Training shards: folders, globs, brace patterns or ``pipe:`` URLs (token or clip shards), read as
     one source; or corpora mixed by weight, each entry ``{path: SHARDS, weight: W, name: N}``."""
-    heldout: list[str] = field(default_factory=list)
-    """Held-out shards for the evaluation at the end of training (optional)."""
+    heldout: list[str | TrainSource] = field(default_factory=list)
+    """Held-out shards for the held-out passes (optional): plain specs, read as one set; or named
+    sources ``{path: SHARDS, name: N}``, each also evaluated on its own (``heldout/N/*``; no weight:
+    a held-out figure is not a mix)."""
     codebook: str = ""
     """The codebook file (``shards fit-codebook``): fixes the number of visual words and, for clip
     shards, tokenizes clips inside the step. Token shards must carry its hash."""
@@ -422,6 +424,7 @@ def validate(c: TrainConfig) -> list[str]:
     if not c.data.train:
         p.append("data.train is empty: name the training shards (a folder, glob, brace pattern or pipe: URL)")
     p += _validate_sources(c.data.train)
+    p += _validate_sources(c.data.heldout, "data.heldout")
     if not c.data.codebook:
         p.append("data.codebook is empty: name the codebook file written by `videobert shards fit-codebook`")
     if c.data.max_seq_len < 8:
@@ -463,19 +466,37 @@ def train_shard_specs(data: DataConfig) -> list[str]:
     return [spec for entry in data.train for spec in (entry.path if isinstance(entry, TrainSource) else [entry])]
 
 
-def _validate_sources(train: list[str | TrainSource]) -> list[str]:
-    sources = [e for e in train if isinstance(e, TrainSource)]
+def heldout_shard_specs(data: DataConfig) -> list[str]:
+    """Every shard spec of ``data.heldout``, whatever its form: the whole held-out set."""
+    return [spec for entry in data.heldout for spec in (entry.path if isinstance(entry, TrainSource) else [entry])]
+
+
+def heldout_sources(data: DataConfig) -> list[tuple[str, list[str]]]:
+    """(name, shard specs) of each named held-out source (none when ``data.heldout`` is plain specs)."""
+    return [(source_name(e), list(e.path)) for e in data.heldout if isinstance(e, TrainSource)]
+
+
+def _validate_sources(entries: list[str | TrainSource], key: str = "data.train") -> list[str]:
+    sources = [e for e in entries if isinstance(e, TrainSource)]
     if not sources:
         return []
-    if len(sources) != len(train):
-        return ["data.train mixes plain shard specs and sources with weights: write every entry as "
-                "{path: SHARDS, weight: W}, or none"]
-    p = [f"data.train[{i}]: no path: name its shards" for i, s in enumerate(sources) if not s.path]
-    p += [f"data.train[{i}].weight={s.weight} must be positive" for i, s in enumerate(sources) if not s.weight > 0]
+    form = "{path: SHARDS, weight: W}" if key == "data.train" else "{path: SHARDS, name: N}"
+    if len(sources) != len(entries):
+        kind = "sources with weights" if key == "data.train" else "named sources"
+        return [f"{key} mixes plain shard specs and {kind}: write every entry as {form}, or none"]
+    p = [f"{key}[{i}]: no path: name its shards" for i, s in enumerate(sources) if not s.path]
+    if key == "data.train":
+        p += [f"{key}[{i}].weight={s.weight} must be positive" for i, s in enumerate(sources) if not s.weight > 0]
+    else:
+        p += [f"{key}[{i}].weight={s.weight}: held-out sources are evaluated each on its own and together, not "
+              "mixed by weight: leave the weight out" for i, s in enumerate(sources) if s.weight != 1.0]
     names = [source_name(s) for s in sources]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        p.append(f"data.train: the sources' names {twice} are not unique: give each source a name")
+        p.append(f"{key}: the sources' names {twice} are not unique: give each source a name")
+    bad = sorted(n for n in names if not n or "/" in n)
+    if bad and key != "data.train":
+        p.append(f"{key}: source names {bad} cannot name TensorBoard tags: give each a name without '/'")
     return p
 
 

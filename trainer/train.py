@@ -37,7 +37,9 @@ from videobert.trainer.audit import Audit, drop_after
 from videobert.trainer.checkpoint import (
     Snapshot, StopSignals, TrainerState, load_checkpoint, plan_resume, save_checkpoint,
 )
-from videobert.trainer.config import ConfigError, TrainConfig, batch_sizes, load_config, save_config, shipped_recipes
+from videobert.trainer.config import (
+    ConfigError, TrainConfig, batch_sizes, heldout_shard_specs, heldout_sources, load_config, save_config, shipped_recipes,
+)
 from videobert.trainer.data import SAMPLE_EPOCHS, SAMPLE_KEYS, StreamPosition, make_loader
 from videobert.trainer.distributed import all_reduce_, end_within, gather_lists, init_distributed, leave_distributed
 from videobert.trainer.engine import build_ds_config, build_engine
@@ -64,6 +66,11 @@ class TrainingStopped(VideoBertError, RuntimeError):
 
     exit_status = 3
 
+
+
+def _floats(results: dict[str, Any]) -> dict[str, float]:
+    """The scalar figures of a held-out pass (intervals and per-source figures left out)."""
+    return {k: v for k, v in results.items() if isinstance(v, float)}
 
 class Trainer:
     """Owns the engine, the data and the trainer state; ``train()`` runs to ``max_steps``."""
@@ -338,28 +345,40 @@ class Trainer:
             stop_workers(self._batches)
             self._batches = None
 
-    def evaluate_heldout(self, max_batches: int | None = None, board: TensorBoard | None = None) -> dict[str, float]:
+    def evaluate_heldout(self, max_batches: int | None = None, board: TensorBoard | None = None) -> dict[str, Any]:
         """The held-out pass through the engine (``data.heldout``), its figures logged at this step as
-        ``heldout/*`` (on ``board`` during training); at the end rank 0 also prints and saves it."""
+        ``heldout/*`` (on ``board`` during training); at the end rank 0 also prints and saves it. Named
+        held-out sources are also evaluated each on its own (``by_source``, ``heldout/NAME/*``)."""
 
         cfg = self.cfg
-        source = build.inspect_source(cfg.data.heldout, "data.heldout")
-        build.check_source(source, self.codebook, "data.heldout")
-        builder = ExampleBuilder(self.vocab, self.tokenizer, heldout_objectives(cfg.objectives), cfg.data.max_seq_len)
-        results = engine_heldout(self.engine, self.model_inputs, source.urls, builder,
-                                 batch_size=cfg.optim.micro_batch_size, seed=cfg.seed, visual=self.visual,
-                                 max_batches=max_batches, negative_share=training_negative_share(cfg.objectives))
-        scalars = {k: v for k, v in results.items() if isinstance(v, float)}
-        if board is not None:
-            board.scalars("heldout", scalars, self.state.step)
-            return results
-        if self.dist.is_main:
-            end = TensorBoard(self.run, True)
-            end.scalars("heldout", scalars, self.state.step)
+        results = self._heldout_pass(heldout_shard_specs(cfg.data), "data.heldout", max_batches)
+        by_source = {name: self._heldout_pass(paths, f"data.heldout ({name})", max_batches)
+                     for name, paths in heldout_sources(cfg.data)}
+        if by_source:
+            results["by_source"] = by_source
+        end = None if board is not None or not self.dist.is_main else TensorBoard(self.run, True)
+        for writer in (board, end):
+            if writer is None:
+                continue
+            writer.scalars("heldout", _floats(results), self.state.step)
+            for name, figures in by_source.items():
+                writer.scalars(f"heldout/{name}", _floats(figures), self.state.step)
+        if end is not None:
             end.close()
             write_json(self.run.heldout, results)
             print(format_table(heldout_table(results)))
+            for name, figures in by_source.items():
+                print(format_table(heldout_table(figures, title=f"held-out: {name}")))
         return results
+
+    def _heldout_pass(self, spec: list[str], what: str, max_batches: int | None) -> dict[str, Any]:
+        cfg = self.cfg
+        source = build.inspect_source(spec, what)
+        build.check_source(source, self.codebook, what)
+        builder = ExampleBuilder(self.vocab, self.tokenizer, heldout_objectives(cfg.objectives), cfg.data.max_seq_len)
+        return engine_heldout(self.engine, self.model_inputs, source.urls, builder,
+                              batch_size=cfg.optim.micro_batch_size, seed=cfg.seed, visual=self.visual,
+                              max_batches=max_batches, negative_share=training_negative_share(cfg.objectives))
 
     def _log(self, window, board, bar, peak: float) -> None:
         values = window.reduce(self.dist.world_size, peak)

@@ -30,6 +30,7 @@ from videobert.shards import reader
 from videobert.trainer import cli
 from videobert.trainer.evaluation.evaluate import EvalConfig, evaluate
 from videobert.trainer.evaluation.load import ModelLoadError, load_model
+from videobert.trainer.run_folder import RunFolder
 from videobert.trainer.run_folder import EXPORT_CONFIG, EXPORT_INFO
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,10 +150,13 @@ def test_two_processes_give_the_numbers_of_one(corpus, trained, evaluated, tmp_p
 
 @pytest.fixture(scope="module")
 def checkpoint_run(corpus, tmp_path_factory) -> Path:
-    """A 4-step DeepSpeed run of the tiny preset with one checkpoint (its config names the held-out shards)."""
+    """A 4-step DeepSpeed run of the tiny preset with one checkpoint (its config names the held-out
+    shards as two sources, one shard each)."""
     run = tmp_path_factory.mktemp("checkpoint-run") / "run"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    settings = [f"run_dir={run}", f"data.train={corpus['train']}", f"data.heldout={corpus['heldout']}",
+    first, second = sorted(Path(corpus["heldout"]).glob("*.tar"))
+    heldout = f"[{{path: {first}, name: first}}, {{path: {second}, name: second}}]"
+    settings = [f"run_dir={run}", f"data.train={corpus['train']}", f"data.heldout={heldout}",
                 f"data.codebook={corpus['codebook']}", f"deepspeed_config={ROOT / 'ds_config.json'}", "max_steps=4",
                 "checkpoint.every_steps=4", "logging.every_steps=1", "logging.progress=false", "data.num_workers=0",
                 *tiny_videobert.TRAINING]
@@ -172,6 +176,16 @@ def test_a_checkpoint_and_its_export_evaluate_alike(corpus, checkpoint_run, tmp_
     # The export carries the run's config: the same held-out shards and codebook by default.
     from_export = evaluate(EvalConfig(model=str(tmp_path / "export"), out=str(tmp_path / "export-report"), **common))
     assert from_run["model"]["step"] == from_export["model"]["step"] == 4
+    # named held-out sources: the whole set and each source on its own, at the end of training and in eval
+    at_end = json.loads(RunFolder(run).heldout.read_text())
+    assert set(at_end["by_source"]) == set(from_run["heldout_by_source"]) == {"first", "second"}
+    for figures in (at_end, from_run["heldout"] | {"by_source": from_run["heldout_by_source"]}):
+        parts = figures["by_source"].values()
+        assert sum(p["alignment_count"] for p in parts) == figures["alignment_count"] > 0
+        assert all(p["text_mlm_count"] > 0 for p in parts)
+    assert (from_export["heldout_by_source"]["first"]["alignment_auc"]
+            == pytest.approx(from_run["heldout_by_source"]["first"]["alignment_auc"], abs=1e-6))
+    assert "**second**" in (run / "report.md").read_text()
     for part in ("zero_shot", "heldout"):
         for key, value in from_run[part].items():
             if isinstance(value, float):

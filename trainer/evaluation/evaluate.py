@@ -44,7 +44,7 @@ from videobert.models.visual.codebook import check_hash
 from videobert.shards import reader, schema
 from videobert.shards.options import Flag, add_config_arguments, config_from_args
 from videobert.trainer import distributed
-from videobert.trainer.config import ObjectivesConfig, train_shard_specs
+from videobert.trainer.config import ObjectivesConfig, heldout_shard_specs, heldout_sources, train_shard_specs
 from videobert.trainer.evaluation import generate, report
 from videobert.trainer.evaluation.captioning.features import read_segments
 from videobert.trainer.evaluation.heldout import evaluate_model, sample_tokens
@@ -229,16 +229,23 @@ def _eval_segments(urls: Sequence[str], visual: Any, on_error) -> Iterator[list]
 
 def heldout_job(ctx: Context, results: dict[str, Any]) -> bool:
     cfg, config = ctx.loaded.cfg, ctx.config
-    spec = config.heldout if config.heldout is not None else tuple(cfg.data.heldout if cfg else ())
+    from_model = config.heldout is None
+    spec = config.heldout if not from_model else tuple(heldout_shard_specs(cfg.data) if cfg else ())
     if not spec:
         return False
-    urls = _resolve(spec, "--heldout", ctx, from_model=config.heldout is None)
+    urls = _resolve(spec, "--heldout", ctx, from_model=from_model)
     seed = config.seed if config.seed is not None else (cfg.seed if cfg else 0)
-    results["heldout"] = evaluate_model(
-        ctx.loaded.model, ctx.loaded.tokenizer, urls, objectives=cfg.objectives if cfg else ObjectivesConfig(),
-        max_seq_len=ctx.max_seq_len, batch_size=config.batch_size, seed=seed, visual=ctx.visual,
-    )
+
+    def figures(shards: list[str]) -> dict[str, Any]:
+        return evaluate_model(ctx.loaded.model, ctx.loaded.tokenizer, shards,
+                              objectives=cfg.objectives if cfg else ObjectivesConfig(), max_seq_len=ctx.max_seq_len,
+                              batch_size=config.batch_size, seed=seed, visual=ctx.visual)
+
+    results["heldout"] = figures(urls)
     results["heldout_source"] = " ".join(spec)
+    if from_model and cfg and heldout_sources(cfg.data):  # the run named its held-out sources: each on its own too
+        results["heldout_by_source"] = {name: figures(_resolve(paths, "--heldout", ctx, from_model=True))
+                                        for name, paths in heldout_sources(cfg.data)}
     results["heldout_video_in_turn"] = _video_in_turn(ctx, urls)
     return True
 

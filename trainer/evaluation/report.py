@@ -171,8 +171,8 @@ def heldout_markdown(h: dict[str, float], source: str) -> list[str]:
              "perplexities that of predicting the targets' own frequencies, for ROC-AUC and balanced accuracy "
              "0.5. Tokens are masked at random as in training: on a small set that leaves few video targets, whose own frequencies "
              "make a chance perplexity no real prediction reaches; the next table masks every held-out video "
-             "token instead. Every segment is read with its own video and with another segment's (its masked "
-             "targets on the first only). Balanced accuracy is the mean of the recall on aligned and on misaligned "
+             "token instead. Every segment is read twice: masked, with its own video (the masked-token rows), and "
+             "intact, with its own video and with another video (the alignment rows). Balanced accuracy is the mean of the recall on aligned and on misaligned "
              "examples; the accuracy at training's prior weighs the same two recalls by training's share of "
              "negatives, so a head that only learned that share scores its chance there. "
              "In brackets: 95 % intervals, Wilson's for accuracies, a bootstrap over the alignment examples for "
@@ -180,6 +180,14 @@ def heldout_markdown(h: dict[str, float], source: str) -> list[str]:
              "losses).", "",
              ]
     return lines + markdown_table(heldout_table(h)) + [""]
+
+
+def heldout_by_source_markdown(by_source: dict[str, dict[str, float]]) -> list[str]:
+    """The held-out figures of each named held-out source (``data.heldout`` entries with a name)."""
+    lines = ["### Held-out figures per source", "", "The same pass over each named held-out source on its own.", ""]
+    for name, figures in by_source.items():
+        lines += [f"**{name}**", ""] + markdown_table(heldout_table(figures, title=f"held-out: {name}")) + [""]
+    return lines
 
 
 def in_turn_markdown(r: dict[str, float]) -> list[str]:
@@ -293,6 +301,8 @@ def write_report(out: Path, results: dict[str, Any], pictures: dict[str, bool]) 
         lines += zeroshot_markdown(results["zero_shot"], {**results["zero_shot_summary"], "confusion": pictures.get("confusion")})
     if "heldout" in results:
         lines += heldout_markdown(results["heldout"], results["heldout_source"])
+    if results.get("heldout_by_source"):
+        lines += heldout_by_source_markdown(results["heldout_by_source"])
     if "heldout_video_in_turn" in results:
         lines += in_turn_markdown(results["heldout_video_in_turn"])
     if "retrieval" in results:

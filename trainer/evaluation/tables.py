@@ -93,11 +93,11 @@ def zeroshot_table(z: dict[str, Any]) -> Table:
                  note=f"{int(z['segments'])} labelled held-out segments; {INTERVALS} (Wilson)")
 
 
-def heldout_table(h: dict[str, Any]) -> Table:
+def heldout_table(h: dict[str, Any], title: str = "held-out") -> Table:
     """Held-out figures beside their chance levels."""
     rows = [(label, [fixed_cell(h, value), f"{h[chance]:.3f}", str(int(h[count]))])
             for label, value, chance, count in HELDOUT_ROWS if value in h]
-    return Table("held-out", ["model", "chance", "targets"], rows,
+    return Table(title, ["model", "chance", "targets"], rows,
                  note=f"{INTERVALS}: Wilson for accuracies, a bootstrap over the alignment examples for balanced "
                       "accuracy and ROC-AUC; perplexities have none (the pass keeps loss totals, not per-target losses)")
 
