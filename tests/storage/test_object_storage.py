@@ -88,3 +88,18 @@ def test_the_feature_pass_in_parts_refuses_a_bucket_naming_why():
     config = FitCodebookConfig(clips=("clips",), out="s3://bucket/codebook", encoder="synthetic")
     with pytest.raises(FitError, match="feature pass in parts writes its feature files to a local or shared folder"):
         extract_features(config, Part(0, 2))
+
+
+def test_a_models_config_may_not_point_its_codebook_at_another_host():
+    from types import SimpleNamespace
+
+    import torch
+
+    from videobert.trainer.config import load_config
+    from videobert.trainer.evaluation.load import ModelLoadError, visual_tokenizer_for
+
+    for refused in ("http://127.0.0.1:1/codebook.safetensors", "ftp://host/codebook.safetensors"):
+        cfg = load_config(None, [f"data.codebook={refused}", "data.train=shards"])
+        loaded = SimpleNamespace(cfg=cfg, codebook_hash=None)
+        with pytest.raises(ModelLoadError, match="may not name .*name it with --codebook"):
+            visual_tokenizer_for(loaded, None, None, torch.device("cpu"))

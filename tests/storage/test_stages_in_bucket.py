@@ -6,6 +6,7 @@ while it uploads leaves nothing a reader takes for complete, and its re-run comp
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import subprocess
 import sys
@@ -98,6 +99,19 @@ def test_training_from_the_bucket_gives_the_losses_of_local_disk(pipelines, tmp_
     for step, values in runs["local"].items():
         for key in ("loss", "grad_norm", "tokens", "samples"):
             assert runs["bucket"][step][key] == pytest.approx(values[key], rel=1e-6, abs=1e-9), (step, key)
+    # eval of each run, its held-out shards named where they are: the same figures
+    evaluated = {}
+    for name, where in (("local", local), ("bucket", bucket)):
+        out = tmp_path / f"{name}-eval"
+        assert cli.main(["eval", str(tmp_path / name), "--heldout", f"{where}/train", "--out", str(out),
+                         "--batch-size", "8"]) == 0
+        evaluated[name] = json.loads((out / "results.json").read_text())
+    assert evaluated["bucket"]["heldout_source"] == f"{bucket}/train"
+    for part in ("heldout", "heldout_video_in_turn"):
+        here, there = evaluated["local"][part], evaluated["bucket"][part]
+        assert here.keys() == there.keys() and here["alignment_count" if part == "heldout" else "targets"] > 0
+        for key, value in here.items():
+            assert there[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (part, key)
 
 
 def test_a_prepare_killed_while_uploading_leaves_no_complete_shard_and_its_rerun_completes(

@@ -24,6 +24,7 @@ from videobert.models.errors import VideoBertError
 from videobert.models.hf_interop import from_pretrained_bert, load_text_tokenizer
 from videobert.models.visual.tokenizer import VisualTokenizer
 from videobert.models.vocab import EXTRA_TOKENS, ROW_MULTIPLE, VIDEO_SEP_TOKEN, VISUAL_TOKEN_PATTERN, JointVocab
+from videobert.shards import storage
 from videobert.trainer.build import build_tokenizer
 from videobert.trainer.checkpoint import consolidated_model
 from videobert.trainer.config import TrainConfig, load_config
@@ -144,8 +145,11 @@ def visual_tokenizer_for(loaded: Any, codebook: str | None, encoder_weights: str
     path = codebook or (cfg.data.codebook if cfg else None)
     if not path:
         return None
+    if not codebook and storage.scheme(path) not in (None, *storage.TRUSTED_SCHEMES):
+        raise ModelLoadError(f"the model's config names its codebook at {storage.shown(path)}, an address a file "
+                             "that came with a model may not name (README: Trust): name it with --codebook")
     weights = encoder_weights or (cfg.data.encoder_weights if cfg else "")
-    visual = VisualTokenizer.from_codebook(path, **({"weights": weights} if weights else {})).to(device).eval()
+    visual = VisualTokenizer.from_codebook(storage.local_file(path), **({"weights": weights} if weights else {})).to(device).eval()
     if loaded.codebook_hash:
         visual.codebook.check_hash(loaded.codebook_hash, f"the model (name its codebook with --codebook, not {path})")
     return visual
