@@ -26,6 +26,7 @@ import sys
 import threading
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -146,12 +147,41 @@ def import_deepspeed():
     """
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    for lock in stale_extension_locks():
+        log.warning("%s is %.0f minutes old: a process killed while it built or loaded a C++ extension left "
+                    "it, and DeepSpeed waits on it without end; delete it if no build is running", lock,
+                    lock_age_s(lock) / 60)
     import deepspeed
     from deepspeed.utils import logger
 
     logger.setLevel(os.environ.get("VIDEOBERT_DEEPSPEED_LOG_LEVEL", "WARNING").upper())
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     return deepspeed
+
+
+STALE_LOCK_S = 600.0
+"""Age after which a C++ extension's build lock is reported as left behind."""
+
+
+def stale_extension_locks(max_age_s: float = STALE_LOCK_S) -> list[Path]:
+    """Build locks of torch C++ extensions (``TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``)
+    older than ``max_age_s``. torch takes the lock while it builds or loads an extension (DeepSpeed's
+    CPU communication one on every CPU start) and waits, silently, while another holds it; a process
+    killed meanwhile leaves it, and every later start then hangs."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch_extensions"
+    try:
+        found = [*base.glob("*/lock"), *base.glob("*/*/lock")]
+        return sorted(lock for lock in found if lock_age_s(lock) > max_age_s)
+    except OSError:  # an unreadable cache is torch's to report
+        return []
+
+
+def lock_age_s(lock: Path) -> float:
+    try:
+        return datetime.datetime.now().timestamp() - lock.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 # ---------------------------------------------------------------------------------------------

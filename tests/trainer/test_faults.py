@@ -226,3 +226,20 @@ def test_launch_script_passes_exit_75_through_torchrun(run_inputs, tmp_path):
     os.killpg(job.pid, signal.SIGTERM)  # the script, torchrun's agent (which signals its workers)
     assert _ended_within(job, 120, run) == 75, tail(run)
     assert "stopped by signal" in tail(run) and latest_complete(run / "checkpoints") is not None
+
+
+def test_a_build_lock_left_by_a_killed_process_is_named(tmp_path, monkeypatch, caplog):
+    from videobert.trainer import distributed
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    old, fresh = tmp_path / "deepspeed_shm_comm" / "lock", tmp_path / "other_op" / "lock"
+    for lock in (old, fresh):
+        lock.parent.mkdir()
+        lock.touch()
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    assert distributed.stale_extension_locks() == [old]  # a build running now keeps its lock young
+    with caplog.at_level("WARNING", logger=distributed.log.name):
+        distributed.import_deepspeed()
+    assert f"{old} is 60 minutes old" in caplog.text and "delete it if no build is running" in caplog.text
+    assert str(fresh) not in caplog.text
