@@ -461,14 +461,9 @@ def source_name(source: TrainSource) -> str:
     return Path(first).name or first
 
 
-def train_shard_specs(data: DataConfig) -> list[str]:
-    """Every shard spec of ``data.train``, whatever its form."""
-    return [spec for entry in data.train for spec in (entry.path if isinstance(entry, TrainSource) else [entry])]
-
-
-def heldout_shard_specs(data: DataConfig) -> list[str]:
-    """Every shard spec of ``data.heldout``, whatever its form: the whole held-out set."""
-    return [spec for entry in data.heldout for spec in (entry.path if isinstance(entry, TrainSource) else [entry])]
+def shard_specs(entries: list[str | TrainSource]) -> list[str]:
+    """Every shard spec of ``data.train`` or ``data.heldout``, whatever the entries' form."""
+    return [spec for entry in entries for spec in (entry.path if isinstance(entry, TrainSource) else [entry])]
 
 
 def heldout_sources(data: DataConfig) -> list[tuple[str, list[str]]]:

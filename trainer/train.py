@@ -38,7 +38,8 @@ from videobert.trainer.checkpoint import (
     Snapshot, StopSignals, TrainerState, load_checkpoint, plan_resume, save_checkpoint,
 )
 from videobert.trainer.config import (
-    ConfigError, TrainConfig, batch_sizes, heldout_shard_specs, heldout_sources, load_config, save_config, shipped_recipes,
+    ConfigError, TrainConfig, batch_sizes, heldout_sources, load_config, save_config, shard_specs,
+    shipped_recipes,
 )
 from videobert.trainer.data import SAMPLE_EPOCHS, SAMPLE_KEYS, StreamPosition, make_loader
 from videobert.trainer.distributed import all_reduce_, end_within, gather_lists, init_distributed, leave_distributed
@@ -67,10 +68,10 @@ class TrainingStopped(VideoBertError, RuntimeError):
     exit_status = 3
 
 
-
 def _floats(results: dict[str, Any]) -> dict[str, float]:
     """The scalar figures of a held-out pass (intervals and per-source figures left out)."""
     return {k: v for k, v in results.items() if isinstance(v, float)}
+
 
 class Trainer:
     """Owns the engine, the data and the trainer state; ``train()`` runs to ``max_steps``."""
@@ -351,7 +352,7 @@ class Trainer:
         held-out sources are also evaluated each on its own (``by_source``, ``heldout/NAME/*``)."""
 
         cfg = self.cfg
-        results = self._heldout_pass(heldout_shard_specs(cfg.data), "data.heldout", max_batches)
+        results = self._heldout_pass(shard_specs(cfg.data.heldout), "data.heldout", max_batches)
         by_source = {name: self._heldout_pass(paths, f"data.heldout ({name})", max_batches)
                      for name, paths in heldout_sources(cfg.data)}
         if by_source:

@@ -217,12 +217,12 @@ def test_span_masking_hides_a_whole_video(tokenizer, vocab):
 
 @pytest.mark.parametrize("k", [0, 2])
 def test_the_heldout_pass_reads_alignment_on_intact_pairs(tokenizer, vocab, k):
-    from videobert.trainer.evaluation.heldout import heldout_objectives, segment_batches
+    from videobert.trainer.evaluation.heldout import heldout_objectives, row_builders, segment_batches
 
     training = ObjectivesConfig(text_mask_prob=0.4, video_mask_prob=0.3, negatives_per_positive=k, negative_rate=0.2)
     builder = ExampleBuilder(vocab, tokenizer, heldout_objectives(training), max_seq_len=64)
     segments = _segments(n=6)
-    batches = list(segment_batches(segments, builder, batch_size=4, seed=3))
+    batches = list(segment_batches(segments, row_builders(builder), batch_size=4, seed=3))
     assert len(batches) == 4  # (masked, intact) for segments 0-3, then for 4-5
     for masked, intact in (batches[0:2], batches[2:4]):
         n = len(masked["alignment_labels"])
@@ -239,5 +239,5 @@ def test_the_heldout_pass_reads_alignment_on_intact_pairs(tokenizer, vocab, k):
             group = intact["alignment_groups"][row]
             assert tuple(text) == tuple(intact["input_ids"][group][~video[group]])  # the same intact text
             assert tuple(intact["input_ids"][row][video[row]][1:-1]) != own[group]  # another video
-    again = list(segment_batches(segments, builder, batch_size=4, seed=3))
+    again = list(segment_batches(segments, row_builders(builder), batch_size=4, seed=3))
     assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again))  # deterministic

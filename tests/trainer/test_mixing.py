@@ -172,16 +172,16 @@ def test_sources_with_weights_are_read_from_a_recipe_and_checked(tmp_path):
 
 
 def test_named_heldout_sources_are_read_and_checked(tmp_path):
-    from videobert.trainer.config import heldout_shard_specs, heldout_sources
+    from videobert.trainer.config import heldout_sources, shard_specs
 
     recipe = tmp_path / "held.yaml"
     recipe.write_text("data:\n  codebook: cb\n  train: [t/shards]\n  heldout:\n    - {path: a/held, name: cooking}\n"
                       "    - {path: [b/one, b/two], name: crafts}\n")
     cfg = load_config(recipe)
     assert heldout_sources(cfg.data) == [("cooking", ["a/held"]), ("crafts", ["b/one", "b/two"])]
-    assert heldout_shard_specs(cfg.data) == ["a/held", "b/one", "b/two"]
+    assert shard_specs(cfg.data.heldout) == ["a/held", "b/one", "b/two"]
     plain = load_config(recipe, settings={"data.heldout": ["a/held", "b/held"]})
-    assert heldout_sources(plain.data) == [] and heldout_shard_specs(plain.data) == ["a/held", "b/held"]
+    assert heldout_sources(plain.data) == [] and shard_specs(plain.data.heldout) == ["a/held", "b/held"]
     with pytest.raises(ConfigError) as e:
         load_config(recipe, settings={"data.heldout": [{"path": "a/held", "weight": 0.5}, {"path": "b/held"},
                                                        {"path": "c/x", "name": "a/b"}]})

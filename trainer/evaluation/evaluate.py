@@ -44,7 +44,7 @@ from videobert.models.visual.codebook import check_hash
 from videobert.shards import reader, schema
 from videobert.shards.options import Flag, add_config_arguments, config_from_args
 from videobert.trainer import distributed
-from videobert.trainer.config import ObjectivesConfig, heldout_shard_specs, heldout_sources, train_shard_specs
+from videobert.trainer.config import ObjectivesConfig, heldout_sources, shard_specs
 from videobert.trainer.evaluation import generate, report
 from videobert.trainer.evaluation.captioning.features import read_segments
 from videobert.trainer.evaluation.heldout import evaluate_model, sample_tokens
@@ -230,7 +230,7 @@ def _eval_segments(urls: Sequence[str], visual: Any, on_error) -> Iterator[list]
 def heldout_job(ctx: Context, results: dict[str, Any]) -> bool:
     cfg, config = ctx.loaded.cfg, ctx.config
     from_model = config.heldout is None
-    spec = config.heldout if not from_model else tuple(heldout_shard_specs(cfg.data) if cfg else ())
+    spec = config.heldout if not from_model else tuple(shard_specs(cfg.data.heldout) if cfg else ())
     if not spec:
         return False
     urls = _resolve(spec, "--heldout", ctx, from_model=from_model)
@@ -260,7 +260,7 @@ def _video_in_turn(ctx: Context, urls: list[str]) -> dict[str, float]:
     counts = np.zeros(r.vocab.num_visual_tokens)
     if r.cfg is not None and r.cfg.data.train:
         try:
-            counts = train_counts(reader.resolve_shards(train_shard_specs(r.cfg.data)), r.vocab.num_visual_tokens)
+            counts = train_counts(reader.resolve_shards(shard_specs(r.cfg.data.train)), r.vocab.num_visual_tokens)
         except reader.ShardSpecError:
             pass  # the training shards moved: the unigram stays uniform, and the table says so
     out = evaluate_in_turn(r.model, r.tokenizer, urls, counts, max_seq_len=ctx.max_seq_len,

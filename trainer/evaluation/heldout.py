@@ -101,19 +101,27 @@ def heldout_batches(urls: Sequence[str], shard_ids: Sequence[int], builder: Exam
                     visual: Any = None, on_error: Callable | None = None) -> Iterator[dict[str, Any]]:
     """Batches of the given shards (``segment_batches`` of each), randomness from (seed, shard, batch).
     ``builder`` holds the held-out objectives (``heldout_objectives``)."""
+    builders = row_builders(builder)
     for shard in shard_ids:
-        yield from segment_batches(shard_segments(urls[shard], visual, on_error), builder, batch_size, seed, shard)
+        yield from segment_batches(shard_segments(urls[shard], visual, on_error), builders, batch_size, seed, shard)
 
 
-def segment_batches(segments: Sequence[TrainingItem], builder: ExampleBuilder, batch_size: int, seed: int,
-                    shard: int = 0) -> Iterator[dict[str, Any]]:
-    """For each run of ``batch_size`` segments of one shard: their masked rows (masked-token targets,
-    no alignment label), then their intact rows, each text with its own video and the other videos
-    (alignment labels, no targets)."""
+def row_builders(builder: ExampleBuilder) -> tuple[ExampleBuilder, ExampleBuilder]:
+    """(masked, intact) builders from the held-out one: masked rows with their own video only, and
+    intact rows with the other videos."""
     masked = ExampleBuilder(builder.vocab, builder.tokenizer, dataclasses.replace(
         builder.obj, negatives_per_positive=0, negative_rate=0.0), builder.max_seq_len)
     intact = ExampleBuilder(builder.vocab, builder.tokenizer, dataclasses.replace(
         builder.obj, text_mask_prob=0.0, video_mask_prob=0.0, mlm_on_negatives=False), builder.max_seq_len)
+    return masked, intact
+
+
+def segment_batches(segments: Sequence[TrainingItem], builders: tuple[ExampleBuilder, ExampleBuilder], batch_size: int,
+                    seed: int, shard: int = 0) -> Iterator[dict[str, Any]]:
+    """For each run of ``batch_size`` segments of one shard: their masked rows (masked-token targets,
+    no alignment label), then their intact rows, each text with its own video and the other videos
+    (alignment labels, no targets). ``builders``: ``row_builders``."""
+    masked, intact = builders
     for b, start in enumerate(range(0, len(segments), batch_size)):
         chunk = segments[start : start + batch_size]
         batch = masked.build(chunk, positional_rng(seed, _HELDOUT_BATCHES, shard, b))
