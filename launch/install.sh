@@ -24,8 +24,10 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --upgrade pip >/dev/null
 
 # Torch first: without a GPU, the CPU build, so that nothing later resolves torch to a CUDA build.
+gpu=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then gpu=1; fi
 if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    if [ "$gpu" = 1 ]; then
         "${pip[@]}" install -q "torch>=2.4"
     else
         index=()
@@ -35,4 +37,13 @@ if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
 fi
 
 "${pip[@]}" install -q -e "$root[$extras]"
+
+# Without a GPU, DeepSpeed compiles its CPU communication op the first time a run starts (a minute or
+# two on two cores); compile it now, so that the first run does not wait on it.
+if [ "$gpu" = 0 ]; then
+    if ! DS_ACCELERATOR=cpu "$venv/bin/python" -c \
+        "from videobert.trainer.distributed import build_cpu_communication_op as b; b()" >/dev/null 2>&1; then
+        echo "warning: DeepSpeed's CPU communication op did not compile now; the first run compiles it (needs a C++ compiler)" >&2
+    fi
+fi
 echo "videobert installed in $venv ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -48,6 +48,8 @@ class VideoJob:
     spool: str
     written_through: int = -1
     """Segments with an index up to this one are in shards already (a resumed run): not spooled again."""
+    frame_codec: str = schema.RAW_CODEC
+    """How the samples store their frames (``schema.FRAME_CODECS``); compressed in the worker."""
 
 
 @dataclass
@@ -177,7 +179,8 @@ def _sample(job: VideoJob, segment: Segment, clips: ClipPlan, frames: np.ndarray
         n_clips=clips.n_clips, first_frame=clips.first_frame, source=segment.source,
         extra={"padded_frames": clips.padded_frames} if clips.padded_frames else {},
     )
-    return schema.Sample(key=schema.make_key(job.video_id, segment.index), text=segment.text, meta=meta, frames=frames)
+    return schema.Sample(key=schema.make_key(job.video_id, segment.index), text=segment.text, meta=meta, frames=frames,
+                         frame_codec=job.frame_codec)
 
 
 def plan_video(

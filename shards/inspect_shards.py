@@ -74,7 +74,12 @@ def describe_schema(sample: schema.Sample) -> list[str]:
     meta = sample.meta
     lines = [f"kind {meta.kind}, format version {meta.format_version}", "fields:"]
     for name, array in ((schema.FRAMES, sample.frames), (schema.TOKENS, sample.tokens), (schema.FEATURES, sample.features)):
-        if array is not None:
+        if array is None:
+            continue
+        if name == schema.FRAMES and sample.frame_codec != schema.RAW_CODEC:
+            lines.append(f"  <key>.{schema.FRAME_IMAGES} + {schema.FRAME_IMAGE_BYTES}: frames as {sample.frame_codec} "
+                         f"images, read as {array.dtype} {_shape_names(name, meta)}")
+        else:
             lines.append(f"  <key>.{name:<13} {array.dtype} {_shape_names(name, meta)}")
     lines.append(f"  <key>.{schema.TEXT:<13} UTF-8 caption text")
     lines.append(f"  <key>.{schema.META:<13} metadata (JSON): {', '.join(_meta_fields())}")
@@ -99,7 +104,8 @@ def describe_sample(sample: schema.Sample) -> list[str]:
     lines += ["    " + line for line in json.dumps(json.loads(sample.meta.to_json()), indent=2).splitlines()]
     for name, array in ((schema.FRAMES, sample.frames), (schema.TOKENS, sample.tokens), (schema.FEATURES, sample.features)):
         if array is not None:
-            lines.append(f"  {name}: {array.dtype} {tuple(array.shape)}")
+            stored = f" (stored as {sample.frame_codec} images)" if name == schema.FRAMES and sample.frame_codec != schema.RAW_CODEC else ""
+            lines.append(f"  {name}: {array.dtype} {tuple(array.shape)}{stored}")
     if sample.tokens is not None:
         lines.append(f"  token ids: {np.array2string(sample.tokens, threshold=64, max_line_width=100)}")
     return lines

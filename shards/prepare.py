@@ -136,6 +136,9 @@ class PrepareConfig(PartOption):
     sample: float | None = None
     """Only this share of the videos (0 < F <= 1), chosen by a hash of each video's id: the same videos
     on every machine, in every run and whatever the parts (the codebook's sample: ``--sample 0.02``)."""
+    frame_codec: str = schema.RAW_CODEC
+    """How the shards store frames: ``raw`` (no decode cost when read), ``jpeg`` (lossy, about a tenth of
+    the bytes) or ``png`` (lossless); readers decode either (``schema.FRAME_CODECS``)."""
     max_samples: int | None = 10_000
     """Samples per shard at most."""
     max_bytes: int | None = 1 << 30
@@ -170,7 +173,7 @@ class PrepareConfig(PartOption):
             "crop": list(crop) if crop else None, "clip_len": self.clip_len,
             "min_last_clip": self.clip_config().min_last, "max_samples": self.max_samples, "max_bytes": self.max_bytes,
             "max_segment_seconds": float(self.max_segment_seconds), "max_frame_pixels": self.max_frame_pixels,
-            "sample": self.sample,
+            "sample": self.sample, "frame_codec": self.frame_codec,
         }
 
 
@@ -192,6 +195,7 @@ def _config_problems(config: PrepareConfig) -> list[str]:
         (config.max_segment_seconds > 0, "--max-segment-seconds must be positive"),
         (config.decode_timeout > 0, "--decode-timeout must be positive"),
         (config.sample is None or 0 < config.sample <= 1, "--sample must be a share of the videos: 0 < F <= 1"),
+        (config.frame_codec in schema.FRAME_CODECS, f"--frame-codec must be one of {', '.join(schema.FRAME_CODECS)}"),
     ]
     problems += [message for ok, message in checks if not ok]
     try:
@@ -473,7 +477,7 @@ def _jobs(config: PrepareConfig, work: list[_Work], run: _Run) -> Iterator[tuple
         if item.plans:
             written = run.resume_segment if order == run.resume_order else -1
             job = VideoJob(order, item.video.video_id, item.video.path, item.plans, decode, clip,
-                           str(run.out / _spool_name(order)), written)
+                           str(run.out / _spool_name(order)), written, frame_codec=config.frame_codec)
         yield item, job
 
 

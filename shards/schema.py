@@ -7,12 +7,18 @@ A shard is a WebDataset tar. One sample is one caption segment of one video, sto
 that share a key (the key never contains a dot, so WebDataset splits key and field unambiguously):
 
     <key>.frames.npy    clip shards: uint8 (n_clips, clip_len, H, W, 3), RGB, pre-decoded
+    <key>.frames.images.npy       compressed clip shards, instead of frames.npy: uint8 (total,), each
+    <key>.frames.image_bytes.npy  frame as an image file (JPEG or PNG) back to back, and int64
+                                  (n_clips * clip_len,) the length of each (``FRAME_CODECS``)
     <key>.tokens.npy    token shards: int32 (n_clips,), visual-token ids in [0, codebook size)
     <key>.features.npy  token shards, optional: float16 (n_clips, D), the clip encoder's features
     <key>.txt           the segment's caption, UTF-8
     <key>.json          metadata (see ``SampleMeta``), UTF-8 JSON
 
-Arrays are stored in NumPy's .npy format and always read with ``allow_pickle=False``.
+Arrays are stored in NumPy's .npy format and always read with ``allow_pickle=False``. Compressed
+frames are decoded when the sample is read (``Sample.frames`` is the same array either way); each
+image is checked to be an RGB image of the sample's frame size, in the formats a codec writes, before
+its pixels are decoded.
 
 Reading is defensive, because a shard may come from anywhere: metadata of the wrong type, a key that
 is not a plain name (a ``/`` would carry a path into the member names a stage writes), a member larger
@@ -62,7 +68,11 @@ FEATURES = "features.npy"
 TEXT = "txt"
 META = "json"
 
+FRAME_IMAGES = "frames.images.npy"
+FRAME_IMAGE_BYTES = "frames.image_bytes.npy"
+
 FRAMES_DTYPE = np.dtype(np.uint8)
+IMAGE_BYTES_DTYPE = np.dtype(np.int64)
 TOKENS_DTYPE = np.dtype(np.int32)
 FEATURES_DTYPE = np.dtype(np.float16)
 
@@ -89,8 +99,19 @@ MAX_ARRAY_BYTES = 4 << 30
 """Largest array member (4 GiB). Prepare's segment bound keeps frames far below it (300 s at 20 fps
 of 224 x 224 frames is 0.9 GB); a member above it is refused before it is read."""
 MAX_MEMBER_BYTES = {TEXT: MAX_TEXT_BYTES, META: MAX_META_BYTES, FRAMES: MAX_ARRAY_BYTES, TOKENS: MAX_ARRAY_BYTES,
-                    FEATURES: MAX_ARRAY_BYTES}
+                    FEATURES: MAX_ARRAY_BYTES, FRAME_IMAGES: MAX_ARRAY_BYTES, FRAME_IMAGE_BYTES: MAX_ARRAY_BYTES}
 """Field -> the largest member of that field a reader accepts."""
+
+RAW_CODEC = "raw"
+FRAME_CODECS: dict[str, tuple[str, dict[str, Any]] | None] = {
+    RAW_CODEC: None,
+    "jpeg": ("JPEG", {"quality": 90}),
+    "png": ("PNG", {"compress_level": 1}),
+}
+"""How clip shards store frames: ``raw`` (frames.npy, the default: no decode cost), ``jpeg`` (each frame
+a JPEG at quality 90: lossy, about a tenth of the bytes of natural video) or ``png`` (lossless; fast
+compression level). Codec -> (Pillow format, save options), None for raw."""
+IMAGE_FORMATS = tuple(spec[0] for spec in FRAME_CODECS.values() if spec)
 
 
 class ShardFormatError(VideoBertError, ValueError):
@@ -234,6 +255,8 @@ class Sample:
     frames: np.ndarray | None = None
     tokens: np.ndarray | None = None
     features: np.ndarray | None = None
+    frame_codec: str = RAW_CODEC
+    """How the frames are (to be) stored (``FRAME_CODECS``); a read sample says how they were."""
 
 
 def make_key(video_id: str, segment_index: int) -> str:
@@ -368,8 +391,65 @@ def encode_sample(sample: Sample, *, arrays_as_parts: bool = False) -> dict[str,
     out: dict[str, Any] = {"__key__": sample.key, TEXT: sample.text.encode("utf-8"), META: sample.meta.to_json()}
     for name, array in ((FRAMES, sample.frames), (TOKENS, sample.tokens), (FEATURES, sample.features)):
         if array is not None:
-            out[name] = encode(array)
+            if name == FRAMES and sample.frame_codec != RAW_CODEC:
+                images, lengths = encode_frames(array, sample.frame_codec)
+                out[FRAME_IMAGES], out[FRAME_IMAGE_BYTES] = encode(images), encode(lengths)
+            else:
+                out[name] = encode(array)
     return out
+
+
+def encode_frames(frames: np.ndarray, codec: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images back to back as uint8, the length of each) of frames (..., H, W, 3) in ``codec``."""
+    from PIL import Image
+
+    spec = FRAME_CODECS.get(codec)
+    if spec is None:
+        raise ValueError(f"frame codec {codec!r}: use one of {', '.join(c for c in FRAME_CODECS if c != RAW_CODEC)}")
+    image_format, options = spec
+    chunks = []
+    for frame in frames.reshape(-1, *frames.shape[-3:]):
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(frame), "RGB").save(buffer, format=image_format, **options)
+        chunks.append(buffer.getvalue())
+    lengths = np.array([len(c) for c in chunks], dtype=IMAGE_BYTES_DTYPE)
+    return np.frombuffer(b"".join(chunks), dtype=np.uint8), lengths
+
+
+def decode_frames(images: bytes, lengths: bytes | None, meta: SampleMeta, where: str) -> tuple[np.ndarray, str]:
+    """(frames (n_clips, clip_len, H, W, 3), codec) from a compressed sample's two members; anything
+    that does not follow the schema (lengths that do not add up, an image of another size, mode or
+    format, bytes no decoder reads) is a ``ShardFormatError`` naming the frame."""
+    from PIL import Image
+
+    count = meta.n_clips * meta.clip_len
+    if lengths is None:
+        raise ShardFormatError(f"{where}: compressed frames without their {FRAME_IMAGE_BYTES!r} field")
+    sizes = decode_array(lengths, f"{where}.{FRAME_IMAGE_BYTES}", IMAGE_BYTES_DTYPE, (count,))
+    data = decode_array(images, f"{where}.{FRAME_IMAGES}", FRAMES_DTYPE, (None,))
+    if (sizes < 1).any() or int(sizes.sum()) != len(data):
+        raise ShardFormatError(f"{where}: {FRAME_IMAGE_BYTES} lists {count} images of {int(sizes.sum())} bytes in "
+                               f"all (each at least 1), {FRAME_IMAGES} holds {len(data)}")
+    height, width = meta.frame_size
+    frames = np.empty((count, height, width, 3), dtype=FRAMES_DTYPE)
+    codecs = {spec[0]: codec for codec, spec in FRAME_CODECS.items() if spec}
+    found = set()
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    for i, (start, size) in enumerate(zip(starts.tolist(), sizes.tolist())):
+        try:
+            with Image.open(io.BytesIO(data[start : start + size].tobytes()), formats=IMAGE_FORMATS) as image:
+                if image.size != (width, height) or image.mode != "RGB":
+                    raise ShardFormatError(f"{where}: frame {i} is a {image.size[0]}x{image.size[1]} image in mode "
+                                           f"{image.mode}, expected {width}x{height} RGB")
+                found.add(image.format)
+                frames[i] = np.asarray(image)
+        except ShardFormatError:
+            raise
+        except (OSError, SyntaxError, ValueError, MemoryError, Image.DecompressionBombError) as e:
+            raise ShardFormatError(f"{where}: frame {i} is not a readable {'/'.join(IMAGE_FORMATS)} image "
+                                   f"({_first_line(e)})") from None
+    codec = codecs[found.pop()] if len(found) == 1 else "+".join(sorted(codecs[f] for f in found))
+    return frames.reshape(meta.n_clips, meta.clip_len, height, width, 3), codec
 
 
 def decode_sample(raw: Mapping[str, Any], *, decode_arrays: bool = True) -> Sample:
@@ -397,7 +477,7 @@ def decode_sample(raw: Mapping[str, Any], *, decode_arrays: bool = True) -> Samp
     except UnicodeDecodeError as e:
         raise ShardFormatError(f"{where}: text is not valid UTF-8 ({e})") from None
     array_field = FRAMES if meta.kind == CLIP_KIND else TOKENS
-    if array_field not in raw:
+    if array_field not in raw and not (meta.kind == CLIP_KIND and FRAME_IMAGES in raw):
         raise ShardFormatError(f"{where}: a {meta.kind} sample lacks its {array_field!r} field")
     head = Sample(key=key, text=text, meta=meta)
     return with_arrays(head, raw) if decode_arrays else head
@@ -407,12 +487,19 @@ def with_arrays(head: Sample, raw: Mapping[str, Any]) -> Sample:
     """A sample decoded without its arrays (``decode_arrays=False``) completed from its raw fields."""
     where = f"{raw.get('__url__', '?')}:{head.key}"
     expected = expected_arrays(head.meta)
+    compressed = FRAMES in expected and FRAME_IMAGES in raw
     unexpected = [name for name in (FRAMES, TOKENS, FEATURES) if name in raw and name not in expected]
+    unexpected += [name for name in (FRAME_IMAGES, FRAME_IMAGE_BYTES) if name in raw and FRAMES not in expected]
+    if compressed and FRAMES in raw:
+        unexpected.append(f"both {FRAMES} and {FRAME_IMAGES}")
     if unexpected:
         raise ShardFormatError(f"{where}: a {head.meta.kind} sample holds {', '.join(unexpected)}")
     arrays = {name: decode_array(raw[name], f"{where}.{name}", *expected[name]) for name in expected if name in raw}
+    codec = RAW_CODEC
+    if compressed:
+        arrays[FRAMES], codec = decode_frames(raw[FRAME_IMAGES], raw.get(FRAME_IMAGE_BYTES), head.meta, where)
     sample = dataclasses.replace(
-        head, frames=arrays.get(FRAMES), tokens=arrays.get(TOKENS), features=arrays.get(FEATURES)
+        head, frames=arrays.get(FRAMES), tokens=arrays.get(TOKENS), features=arrays.get(FEATURES), frame_codec=codec
     )
     _check(sample, where)
     return sample

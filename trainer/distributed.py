@@ -159,6 +159,21 @@ def import_deepspeed():
     return deepspeed
 
 
+def build_cpu_communication_op() -> bool:
+    """Compile DeepSpeed's CPU communication op now (``launch/install.sh`` does, on machines without
+    a GPU). DeepSpeed compiles it, a minute or two on two cores, the first time a process group
+    starts on CPU and keeps it in torch's extension cache; built at install time, the first run does
+    not wait on it. False when DeepSpeed offers no such op (a CUDA machine)."""
+    deepspeed = import_deepspeed()
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return False  # what DeepSpeed checks before it builds the op for a process group
+    builder.load(verbose=False)
+    return True
+
+
 STALE_LOCK_S = 600.0
 """Age after which a C++ extension's build lock is reported as left behind."""
 

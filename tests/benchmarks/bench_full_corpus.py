@@ -2,7 +2,7 @@
 path (``shards tokenize-videos``) against ``prepare`` followed by ``tokenize``.
 
     python tests/benchmarks/bench_full_corpus.py [--videos 4] [--seconds 30] [--source 640x360]
-        [--settings demo,paper] [--workers 2] [--folder DIR]
+        [--settings demo,paper] [--workers 2] [--codecs jpeg,png] [--folder DIR]
 
 Renders ``--videos`` H.264 videos of a camera panning over a natural texture (``bench_prepare``'s
 ``natural`` kind, CRF 23) with captions covering every second, then, at each setting (``demo``: 10 fps,
@@ -13,7 +13,10 @@ Renders ``--videos`` H.264 videos of a camera panning over a natural texture (``
   (b) ``tokenize-videos`` -> the same token shards straight from the videos (timed);
       and the same run given no caption at all: the fixed cost of starting its workers;
   (c) reading every sample of each kind of shard with its arrays decoded (``reader.iter_samples``):
-      what the loader (token shards) or tokenize (clip shards) pays per hour of video.
+      what the loader (token shards) or tokenize (clip shards) pays per hour of video;
+  (d) for each compressed frame codec (``--codecs``, e.g. jpeg,png): prepare and tokenize again with
+      clip shards stored that way: bytes, prepare's time, reading and tokenize's time, each against
+      raw frames measured in the same run.
 
 Prints bytes per hour of video of clip and token shards, read seconds per hour of video, the time of
 (a) and (b), their ratio, and the peak disk each path needs (clip + token shards against token shards
@@ -68,7 +71,8 @@ def read_seconds(folder: Path) -> tuple[float, int]:
     return time.perf_counter() - started, n
 
 
-def run_setting(name: str, folder: Path, videos: Path, transcript: Path, workers: int) -> None:
+def run_setting(name: str, folder: Path, videos: Path, transcript: Path, workers: int,
+                codecs: tuple[str, ...] = ()) -> None:
     s = SETTINGS[name]
     common = dict(videos=(str(videos),), transcripts=(str(transcript),), workers=workers, progress=False, **s)
     with Timer() as prepared:
@@ -106,6 +110,31 @@ def run_setting(name: str, folder: Path, videos: Path, transcript: Path, workers
           f"{(prepared.cpu + tokenized.cpu) / max(direct.cpu, 1e-9):.2f} in CPU seconds; HowTo100M's 134,000 h "
           f"would need {clips.bytes / hours * 134_000 / 1e15:.2f} PB of clip shards, "
           f"{full.bytes / hours * 134_000 / 1e9:.1f} GB of token shards")
+    if codecs:
+        compare_codecs(folder, common, codebook, codecs, workers, hours,
+                       raw=(clips.bytes, prepared.wall, clip_read, tokenized.wall))
+
+
+def compare_codecs(folder: Path, common: dict, codebook: Path, codecs: tuple[str, ...], workers: int, hours: float,
+                   raw: tuple[int, float, float, float]) -> None:
+    """(d): clip shards of each codec against raw frames (bytes, prepare, read, tokenize)."""
+    raw_bytes, raw_prepare, raw_read, raw_tokenize = raw
+    print("  clip shards by frame codec (ratios against raw frames, this run):")
+    print(f"    {'codec':6} {'GB per hour':>12} {'x smaller':>10} {'prepare s':>10} {'x raw':>6} "
+          f"{'read s/h':>9} {'x raw':>7} {'tokenize s':>11} {'x raw':>6}")
+    print(f"    {'raw':6} {raw_bytes / hours / 1e9:12.3f} {1:10.1f} {raw_prepare:10.1f} {1:6.2f} "
+          f"{raw_read / hours:9.1f} {1:7.2f} {raw_tokenize:11.1f} {1:6.2f}")
+    for codec in codecs:
+        out = folder / f"clips-{codec}"
+        with Timer() as prepared:
+            clips = prepare(PrepareConfig(out=str(out), frame_codec=codec, **common))
+        read, _ = read_seconds(out)
+        with Timer() as tokenized:
+            tokenize(TokenizeConfig(clips=(str(out),), codebook=str(codebook), out=str(folder / f"tokens-{codec}"),
+                                    workers=workers, progress=False))
+        print(f"    {codec:6} {clips.bytes / hours / 1e9:12.3f} {raw_bytes / clips.bytes:10.1f} {prepared.wall:10.1f} "
+              f"{prepared.wall / raw_prepare:6.2f} {read / hours:9.1f} {read / max(raw_read, 1e-9):7.2f} "
+              f"{tokenized.wall:11.1f} {tokenized.wall / raw_tokenize:6.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default="demo,paper")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--folder", type=Path, help="work folder (default: a temporary one, removed after)")
+    parser.add_argument("--codecs", default="jpeg,png", help="compressed frame codecs compared with raw frames ('' for none)")
     args = parser.parse_args(argv)
     folder = args.folder or Path(tempfile.mkdtemp(prefix="bench_full_corpus_"))
     try:
@@ -126,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({sum(p.stat().st_size for p in paths) / 1e6:.1f} MB); {os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.1f}")
         for name in args.settings.split(","):
-            run_setting(name, folder / name, folder / "videos", transcript, args.workers)
+            run_setting(name, folder / name, folder / "videos", transcript, args.workers,
+                        tuple(c for c in args.codecs.split(",") if c))
     finally:
         if args.folder is None:
             shutil.rmtree(folder, ignore_errors=True)

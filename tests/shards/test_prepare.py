@@ -3,6 +3,7 @@ frame-exact samples, determinism, rotation, resuming after an interruption (a re
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -379,3 +380,62 @@ def test_spooled_members_are_the_bytes_webdataset_writes(tmp_path):
     data = (tmp_path / "spool.tar").read_bytes()
     for sample, where in zip(samples, spooled):
         assert data[where.offset: where.offset + where.length] == encode_members(sample)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Compressed clip shards
+
+
+def test_prepare_stores_frames_compressed_and_reads_them_back(prepared, corpus, corpus_config_for, tmp_path):
+    raw = {s.key: s for s in samples_of(prepared)}
+    raw_bytes = sum(p.stat().st_size for p in schema.complete_shards(prepared))
+    for codec in ("png", "jpeg"):
+        out = tmp_path / codec
+        prepare(corpus_config_for(corpus, out, frame_codec=codec))
+        found = {s.key: s for s in samples_of(out)}
+        assert found.keys() == raw.keys()
+        for key, sample in found.items():
+            assert sample.frame_codec == codec and sample.meta == raw[key].meta and sample.text == raw[key].text
+            error = np.abs(sample.frames.astype(int) - raw[key].frames).mean()
+            assert error == 0 if codec == "png" else error < 4, (codec, key, error)
+        assert json.loads((out / schema.RUN_FILE).read_text())["arguments"]["frame_codec"] == codec
+        assert sum(p.stat().st_size for p in schema.complete_shards(out)) < raw_bytes
+    with pytest.raises(ArgumentsError, match="--frame-codec was 'jpeg', now 'raw'"):
+        prepare(corpus_config_for(corpus, tmp_path / "jpeg"))
+    with pytest.raises(ArgumentsError, match="--frame-codec must be one of raw, jpeg, png"):
+        corpus_config_for(corpus, tmp_path / "other", frame_codec="gif")
+
+
+def _compressed_raw(codec: str = "png") -> tuple[schema.Sample, dict]:
+    meta = schema.SampleMeta(video_id="v", segment_index=0, start=0.0, end=1.0, fps=4.0, clip_len=2,
+                             frame_size=(8, 6), n_clips=2, first_frame=0, source="t.json")
+    frames = np.random.default_rng(0).integers(0, 256, size=(2, 2, 8, 6, 3), dtype=np.uint8)
+    sample = schema.Sample(key="v_0", text="a caption", meta=meta, frames=frames, frame_codec=codec)
+    raw = {"__url__": "shard-000000.tar", **schema.encode_sample(sample)}
+    return sample, raw
+
+
+def test_damaged_compressed_frames_are_refused_naming_the_frame():
+    sample, raw = _compressed_raw()
+    assert np.array_equal(schema.decode_sample(raw).frames, sample.frames)
+    lengths = np.load(io.BytesIO(raw[schema.FRAME_IMAGE_BYTES]))
+    images = bytearray(raw[schema.FRAME_IMAGES])
+    header = len(images) - int(lengths.sum())
+    start = header + int(lengths[:2].sum())  # the third image
+    damaged = bytes(images[:start]) + b"\0" * 16 + bytes(images[start + 16:])
+    with pytest.raises(schema.ShardFormatError, match=r"shard-000000.tar:v_0: frame 2 is not a readable"):
+        schema.decode_sample({**raw, schema.FRAME_IMAGES: damaged})
+    shorter = schema.encode_array(lengths - np.eye(1, len(lengths), 0, dtype=np.int64)[0])
+    with pytest.raises(schema.ShardFormatError, match="lists 4 images of .* bytes in all"):
+        schema.decode_sample({**raw, schema.FRAME_IMAGE_BYTES: shorter})
+    without = {k: v for k, v in raw.items() if k != schema.FRAME_IMAGE_BYTES}
+    with pytest.raises(schema.ShardFormatError, match="compressed frames without their"):
+        schema.decode_sample(without)
+    both = {**raw, schema.FRAMES: schema.encode_array(sample.frames)}
+    with pytest.raises(schema.ShardFormatError, match="holds both frames.npy and frames.images.npy"):
+        schema.decode_sample(both)
+    other_size = dataclasses.replace(sample, meta=dataclasses.replace(sample.meta, frame_size=(6, 8)),
+                                     frames=sample.frames.transpose(0, 1, 3, 2, 4).copy())
+    swapped = {**raw, schema.META: other_size.meta.to_json()}
+    with pytest.raises(schema.ShardFormatError, match="frame 0 is a 6x8 image in mode RGB, expected 8x6 RGB"):
+        schema.decode_sample(swapped)

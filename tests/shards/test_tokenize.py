@@ -391,3 +391,18 @@ def test_end_to_end_counts_agree_and_tokens_are_reproducible(synthetic_corpus, t
     assert tokenize_cli(root / "clips", root / "codebook", again, "--workers", 1, "--batch-size", 7) == 0
     for shard in schema.complete_shards(root / "tokens"):
         assert (again / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_compressed_clip_shards_tokenize_like_raw_ones(clip_dir, codebook_dir, tmp_path):
+    samples = read_all(clip_dir)
+    tokens = {}
+    for codec in ("raw", "png", "jpeg"):
+        clips = tmp_path / f"clips-{codec}"
+        write_shards(clips, [dataclasses.replace(s, frame_codec=codec) for s in samples], per_shard=4)
+        assert {s.frame_codec for s in read_all(clips)} == {codec}
+        assert tokenize_cli(clips, codebook_dir, tmp_path / f"tokens-{codec}") == 0
+        tokens[codec] = {s.key: s.tokens.tolist() for s in read_all(tmp_path / f"tokens-{codec}")}
+    assert tokens["png"] == tokens["raw"]  # lossless: the same visual words
+    assert tokens["jpeg"].keys() == tokens["raw"].keys()
+    same = [a == b for k in tokens["raw"] for a, b in zip(tokens["raw"][k], tokens["jpeg"][k])]
+    assert sum(same) / len(same) >= 0.8, same

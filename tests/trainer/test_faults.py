@@ -243,6 +243,7 @@ def test_a_build_lock_left_by_a_killed_process_is_named(tmp_path, monkeypatch):
     # the message itself, not a handler: logging's per-logger level cache and whatever an earlier run
     # in this process configured decide whether a handler sees it, which is not what is tested here
     monkeypatch.setattr(distributed.log, "warning", lambda msg, *args: warned.append(msg % args))
+    distributed.import_deepspeed.cache_clear()  # once per process: an earlier test imported it already
     distributed.import_deepspeed()
     text = "\n".join(warned)
     assert f"{old} is 60 minutes old" in text and "delete it if no build is running" in text

@@ -132,7 +132,7 @@ def _train(row, row_index, features, slot_dims, captions, words, settings, check
     model = Captioner(slot_dims, len(words), **settings.shape())
     model.set_standardisation(x.cpu())
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
     state = {"row": row, "identity": identity, "words": list(words.words), "arguments": model.arguments}
     step = _resume(model, optimizer, checkpoints, state)
     model.train()
