@@ -431,6 +431,9 @@ def decode_frames(images: bytes, lengths: bytes | None, meta: SampleMeta, where:
         raise ShardFormatError(f"{where}: {FRAME_IMAGE_BYTES} lists {count} images of {int(sizes.sum())} bytes in "
                                f"all (each at least 1), {FRAME_IMAGES} holds {len(data)}")
     height, width = meta.frame_size
+    if count * height * width * 3 > MAX_ARRAY_BYTES:
+        raise ShardFormatError(f"{where}: {count} frames of {height}x{width} would decode to more than the "
+                               f"{MAX_ARRAY_BYTES} bytes a reader accepts")
     frames = np.empty((count, height, width, 3), dtype=FRAMES_DTYPE)
     codecs = {spec[0]: codec for codec, spec in FRAME_CODECS.items() if spec}
     found = set()
@@ -448,7 +451,7 @@ def decode_frames(images: bytes, lengths: bytes | None, meta: SampleMeta, where:
         except (OSError, SyntaxError, ValueError, MemoryError, Image.DecompressionBombError) as e:
             raise ShardFormatError(f"{where}: frame {i} is not a readable {'/'.join(IMAGE_FORMATS)} image "
                                    f"({_first_line(e)})") from None
-    codec = codecs[found.pop()] if len(found) == 1 else "+".join(sorted(codecs[f] for f in found))
+    codec = "+".join(sorted(codecs[f] for f in found)) or RAW_CODEC  # "+": a sample of mixed formats
     return frames.reshape(meta.n_clips, meta.clip_len, height, width, 3), codec
 
 

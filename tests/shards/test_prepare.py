@@ -439,3 +439,6 @@ def test_damaged_compressed_frames_are_refused_naming_the_frame():
     swapped = {**raw, schema.META: other_size.meta.to_json()}
     with pytest.raises(schema.ShardFormatError, match="frame 0 is a 6x8 image in mode RGB, expected 8x6 RGB"):
         schema.decode_sample(swapped)
+    huge = dataclasses.replace(sample.meta, frame_size=(60000, 60000))
+    with pytest.raises(schema.ShardFormatError, match="would decode to more than"):
+        schema.decode_sample({**raw, schema.META: huge.to_json()})
