@@ -4,7 +4,7 @@
         [--fps 20] [--size 224] [--crop center|none|HxW] [--clip-len 30] [--min-last-clip N]
         [--max-samples N] [--max-bytes 1G] [--workers N] [--transcript-format FMT] [--language en]
         [--part I/N] [--max-segment-seconds 300] [--max-frame-pixels 8294400] [--decode-timeout 60]
-        [--sample F] [--overwrite]
+        [--sample F] [--frame-codec raw|jpeg|png] [--overwrite]
 
 One sample per caption segment: the segment's frames (decoded once per video at ``--fps``, short side
 ``--size``, centre crop), grouped into clips of ``--clip-len`` frames (see ``shards.clips`` for the
@@ -17,6 +17,10 @@ transcript ids by file name without extension; transcripts are read by ``shards.
 Sample. ``--sample F`` prepares only the share F of the videos chosen by a hash of their ids (the same
 videos on every machine, in every run, whatever the parts): clip shards for the codebook's sample,
 while ``shards tokenize-videos`` takes the whole corpus to token shards without storing frames.
+
+Frames. ``--frame-codec`` stores them raw (the default: nothing to decode when read) or as one JPEG
+(lossy, about a tenth of the bytes at the paper's settings) or PNG (lossless) image per frame,
+compressed in the workers; every reader decodes them (``shards.schema``).
 
 Parts. ``--part I/N`` (or the launcher's variables, ``shards.parts``) prepares the videos whose id
 hashes to part I, into ``SHARDS/part-0000I/``, resumable on its own; ``videobert shards status SHARDS``
