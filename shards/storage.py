@@ -14,8 +14,9 @@ before it is logged or written.
 Retries. A transient error (connection refused or reset, a timeout, a 5xx answer, throttling) is
 retried with exponential backoff for up to ``VIDEOBERT_STORAGE_RETRY_SECONDS`` seconds (default
 300) per operation; then ``StorageError`` names the object. A missing object or a refused
-credential is not retried. A stream being read (``open_stream``) reopens the object at the byte it
-had reached, so a reader sees the same bytes as without the outage.
+credential is not retried. A stream being read (``open_stream``) asks for the object in ranged reads,
+the next blocks fetched ahead in the background, and tries each again from the byte it starts at, so
+a reader sees the same bytes as without the outage.
 
 Writing. An object store has no rename, but an object becomes visible only when its upload
 completes: a single PUT, or a multipart upload whose completion is its last step, so a writer
@@ -30,6 +31,8 @@ from what the listing shows complete, exactly as from a local folder.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import fnmatch
 import hashlib
@@ -58,6 +61,8 @@ SCRATCH_VARIABLE = "VIDEOBERT_SCRATCH"
 
 READ_BLOCK_BYTES = 8 << 20
 """Bytes asked for per ranged read of a streamed object."""
+READ_AHEAD_BLOCKS = 2
+"""Blocks of a streamed object fetched ahead of the one being read (a background thread per stream)."""
 
 TRUSTED_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "file")
 """Schemes a config found inside a checkpoint or an export may name (README, "Trust"): object stores
@@ -191,17 +196,24 @@ def retrying(what: str, operation: Callable[[], T]) -> T:
 
 
 class RetryingReader(io.RawIOBase):
-    """A remote object read front to back (seekable), reopened at the byte it had reached after a
-    transient error; ``StorageError`` once the retries are spent."""
+    """A remote object read front to back (seekable) in ranged reads of ``READ_BLOCK_BYTES``, the next
+    ``READ_AHEAD_BLOCKS`` fetched by a background thread while the reader works through the current
+    one, so that the transfer overlaps the decoding. A transient error is retried from the byte the
+    block starts at (``Backoff``); once the retries are spent the reader gets ``StorageError``."""
 
-    def __init__(self, url: str, size: int | None = None) -> None:
+    def __init__(self, url: str, size: int | None = None, ahead: int | None = None) -> None:
         super().__init__()
         self.url = url
         self.name = shown(url)
         self.fs, self.path = filesystem(url)
         self.size = size if size is not None else object_size(url)
+        self.ahead = READ_AHEAD_BLOCKS if ahead is None else max(0, ahead)
         self.position = 0
-        self._file = None
+        self._block = b""
+        self._block_start = 0
+        self._pending: collections.deque[tuple[int, concurrent.futures.Future[bytes]]] = collections.deque()
+        self._next_start = 0  # where the next block to ask for starts
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     def readable(self) -> bool:
         return True
@@ -214,43 +226,69 @@ class RetryingReader(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
-        if base + offset != self.position:
-            self.position = base + offset
-            self._drop()
+        self.position = base + offset
         return self.position
 
     def readinto(self, buffer: Any) -> int:
         if self.position >= self.size:
             return 0
-        backoff = Backoff(f"reading {self.name} at byte {self.position}")
+        offset = self.position - self._block_start
+        if not 0 <= offset < len(self._block):
+            self._take_block()
+            offset = 0
+        view = memoryview(buffer).cast("B")
+        count = min(len(view), len(self._block) - offset)
+        view[:count] = self._block[offset : offset + count]
+        self.position += count
+        return count
+
+    def _take_block(self) -> None:
+        """Makes the block that starts at ``position`` current, asking for the ones after it."""
+        if not self._pending or self._pending[0][0] != self.position:
+            self._cancel()
+            self._next_start = self.position
+        self._fill(1 + self.ahead)
+        start, future = self._pending.popleft()
+        self._fill(self.ahead)
+        self._block, self._block_start = future.result(), start
+
+    def _fill(self, blocks: int) -> None:
+        while len(self._pending) < blocks and self._next_start < self.size:
+            start, end = self._next_start, min(self.size, self._next_start + READ_BLOCK_BYTES)
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="videobert-read")
+            self._pending.append((start, self._executor.submit(self._fetch, start, end)))
+            self._next_start = end
+
+    def _fetch(self, start: int, end: int) -> bytes:
+        backoff = Backoff(f"reading {self.name} at byte {start}")
         while True:
             try:
-                if self._file is None:
-                    self._file = self.fs.open(self.path, "rb", block_size=READ_BLOCK_BYTES, cache_type="readahead",
-                                              size=self.size)
-                    self._file.seek(self.position)
-                count = self._file.readinto(buffer)
-                if count == 0 and self.position < self.size:
-                    raise ConnectionError(f"the stream ended at byte {self.position} of {self.size}")
-                self.position += count
-                return count
+                data = self.fs.cat_file(self.path, start=start, end=end)
+                if len(data) != end - start:
+                    raise ConnectionError(f"bytes {start}-{end} of {self.size} came back as {len(data)} bytes")
+                return data
             except Exception as e:  # noqa: BLE001 - sorted by is_transient in Backoff.wait
-                self._drop()
+                if self.closed:
+                    raise
                 backoff.wait(e)
 
-    def _drop(self) -> None:
-        if self._file is not None:
-            with contextlib.suppress(Exception):
-                self._file.close()
-            self._file = None
+    def _cancel(self) -> None:
+        for _, future in self._pending:
+            future.cancel()
+        self._pending.clear()
 
     def close(self) -> None:
-        self._drop()
+        if not self.closed:
+            self._cancel()
+            self._block = b""
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
         super().close()
 
 
 def open_stream(url: str, size: int | None = None) -> io.BufferedReader:
-    """A buffered, retrying stream of a remote object (``RetryingReader``)."""
+    """A buffered, retrying, read-ahead stream of a remote object (``RetryingReader``)."""
     return io.BufferedReader(RetryingReader(url, size), buffer_size=1 << 20)
 
 

@@ -71,6 +71,34 @@ def test_which_urls_a_file_that_came_with_a_model_may_name(bucket_prefix, tmp_pa
         reader.resolve_shards("s3://KEY:SECRET@bucket/prefix")
 
 
+def test_a_stream_reads_ahead_in_blocks_and_gives_every_byte_wherever_it_seeks(bucket_prefix, monkeypatch):
+    import random
+
+    monkeypatch.setattr(storage, "READ_BLOCK_BYTES", 64 << 10)
+    data = random.Random(0).randbytes((5 << 18) + 12345)  # 20 blocks and a part
+    url = storage.join(bucket_prefix, "object.bin")
+    storage.put_bytes(url, data)
+    with storage.open_stream(url) as stream:
+        assert stream.read() == data
+
+    reader_ = storage.RetryingReader(url)
+    fetched: list[tuple[int, int]] = []
+    fetch = reader_._fetch
+    monkeypatch.setattr(reader_, "_fetch", lambda start, end: fetched.append((start, end)) or fetch(start, end))
+    assert reader_.readinto(buffer := bytearray(10)) == 10 and bytes(buffer) == data[:10]
+    reader_._pending[-1][1].result()
+    assert fetched == [(0, 64 << 10), (64 << 10, 128 << 10), (128 << 10, 192 << 10)], "the next two blocks asked for"
+    rng = random.Random(1)
+    for _ in range(100):
+        start, size = rng.randrange(len(data)), rng.randrange(1, 200_000)
+        reader_.seek(start)
+        got = reader_.read(size)
+        assert got == data[start : start + len(got)] and 0 < len(got) <= size
+    reader_.seek(len(data))
+    assert reader_.read(10) == b""
+    reader_.close()
+
+
 def test_a_missing_object_is_named_at_once_not_retried(bucket_prefix, monkeypatch):
     import time
 
