@@ -270,10 +270,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     ``settings`` (dotted key -> value already parsed, what the command line's flags give)."""
     path = resolve_recipe(path) if path else None
     raw = load_recipe(path) if path else {}
-    for item in overrides:
-        _apply_override(raw, item)
-    for dotted, value in (settings or {}).items():
-        _set(raw, dotted, value, f"--{dotted}")
+    try:
+        for item in overrides:
+            _apply_override(raw, item)
+        for dotted, value in (settings or {}).items():
+            _set(raw, dotted, value, f"--{dotted}")
+    except ConfigError as e:
+        if path is None:
+            raise
+        raise ConfigError(f"{e} (applied over the recipe {path})") from None
     problems: list[str] = []
     config = _build(TrainConfig, raw, "", problems)
     problems += validate(config)
@@ -289,7 +294,9 @@ def load_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     if path in _seen:
         raise ConfigError(f"recipe {path} names itself as a base (through {[str(p) for p in _seen]})")
     if not path.is_file():
-        raise ConfigError(f"recipe {path} does not exist")
+        named_by = f" (the base named by {_seen[-1]})" if _seen else ""
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(f"recipe {path}{named_by} {problem}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -327,6 +334,8 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form section.field=value")
     dotted, text = item.split("=", 1)
+    if not all(part.strip() for part in dotted.split(".")):
+        raise ConfigError(f"override {item!r}: {dotted.strip()!r} is not a key of the form section.field")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except (yaml.YAMLError, RecursionError) as e:
@@ -341,8 +350,14 @@ def _set(raw: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"{origin}: {key} is not a section")
+            raise ConfigError(f"{origin}: {key} is not a section (it holds a {type(node).__name__})")
     node[keys[-1]] = value
+
+
+def _shown_key(name: str) -> str:
+    """A key as a message shows it: quoted where it is empty or has blanks at its ends or characters
+    that do not print, so that the reader sees what was written."""
+    return name if name and name.strip() == name and name.isprintable() else repr(name)
 
 
 def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
@@ -355,7 +370,7 @@ def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
         if key not in fields:
             close = [n for n in fields if n.startswith(str(key)[:3])]
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(fields)})"
-            problems.append(f"unknown key {where}{key}{hint}")
+            problems.append(f"unknown key {_shown_key(f'{where}{key}')}{hint}")
     values = {}
     for name in fields:
         if name not in raw:

@@ -42,6 +42,10 @@ VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**65, 2**65) | s
                       max_leaves=6)
 
 
+def _shown(part: str) -> str:
+    return part if part and part.strip() == part and part.isprintable() else repr(part)
+
+
 def _load(path, overrides, names) -> str:
     """READ or REFUSED; any exception other than ConfigError fails the case, and a refusal names one of
     ``names`` (the keys given, the recipe files)."""
@@ -60,7 +64,8 @@ def _load(path, overrides, names) -> str:
 @fuzz_settings(150)
 def test_overrides_load_or_are_refused_naming_the_key(tally, overrides, separator):
     items = REQUIRED + [f"{key}{separator}{value}" for key, value in overrides]
-    names = [key.split(".")[-1] for key, _ in overrides if key.strip()] + ["override", "recipe", "data.train"]
+    # a refusal names an override it was given, whole or by a part of its key (quoted where blank)
+    names = [repr(item) for item in items] + [_shown(part) for key, _ in overrides for part in key.strip().split(".")]
     outcome = _load(RECIPES / "demo.yaml", items, names)
     tally.add("config overrides", "command lines", outcome)
 
@@ -72,9 +77,11 @@ def test_recipe_files_load_or_are_refused_naming_the_file(tmp_path_factory, tall
     (folder / "debug.yaml").write_text((RECIPES / "debug.yaml").read_text())  # demo.yaml's base
     kind = data.draw(st.sampled_from(["values", "bytes", "base", "document"]))
     text = (RECIPES / "demo.yaml").read_text()
+    changed: list[str] = []
     if kind == "values":  # every key given a value of any type
         doc = yaml.safe_load(text)
-        for key in data.draw(st.lists(st.sampled_from(KEYS + ["surprise", "data.surprise"]), min_size=1, max_size=4)):
+        changed = data.draw(st.lists(st.sampled_from(KEYS + ["surprise", "data.surprise"]), min_size=1, max_size=4))
+        for key in changed:
             node = doc
             *sections, last = key.split(".")
             for section in sections:
@@ -96,6 +103,6 @@ def test_recipe_files_load_or_are_refused_naming_the_file(tmp_path_factory, tall
                                           "data:\n  - a", "? a\n: b", "!!binary aGk=", "a: &x [*x]"]))
     if text is not None:
         (folder / "recipe.yaml").write_text(text)
-    outcome = _load(folder / "recipe.yaml", REQUIRED, [str(folder), "recipe", *[k.split(".")[-1] for k in KEYS],
-                                                        "surprise", "mapping"])
+    # a refusal names the recipe file, or one of the keys this case changed
+    outcome = _load(folder / "recipe.yaml", REQUIRED, [str(folder), *(k.split(".")[-1] for k in changed)])
     tally.add("config files", "recipes", outcome)
