@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import re
 import tempfile
 from collections import OrderedDict
@@ -38,11 +39,26 @@ class ReshardError(VideoBertError, RuntimeError):
     """The checkpoint's files do not describe this model's ZeRO-3 state (says which file and why)."""
 
 
+def _deepspeed_globals() -> list[type]:
+    """The classes DeepSpeed pickles into its checkpoint files beside tensors and plain values: the
+    ZeRO stage and the loss scalers. Nothing else is let through ``torch.load``."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler]
+
+
 def _deepspeed_file(path: Path, mmap: bool) -> dict[str, Any]:
-    # DeepSpeed's own files hold Python objects (its loss scaler, enums), so they are read the way
-    # DeepSpeed reads them; a checkpoint is code (README, "Trust").
+    """One of DeepSpeed's per-rank files, read with ``weights_only=True`` and DeepSpeed's own few
+    classes allowed (``_deepspeed_globals``)."""
     try:
-        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=False)
+        with torch.serialization.safe_globals(_deepspeed_globals()):
+            return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"a {found.group(1)}" if found else "an object torch refuses to load"
+        raise ReshardError(f"{path} holds {what}: only tensors, plain values and DeepSpeed's stage and loss scaler "
+                           f"are read from a checkpoint") from e
     except (OSError, RuntimeError, EOFError, ValueError) as e:
         if mmap:  # a file torch cannot map (an older serialization) is read whole
             return _deepspeed_file(path, mmap=False)

@@ -44,3 +44,31 @@ def test_every_new_rank_gets_its_slice_of_every_parameter():
                 joined = torch.cat(pieces)
                 assert torch.equal(joined[: tensor.numel()], tensor), (old_ranks, ranks, name)
                 assert not joined[tensor.numel():].any(), "the padding is zeros"
+
+
+class _Runs:
+    """An object whose unpickling would call a function: what a crafted checkpoint file carries."""
+
+    def __reduce__(self):
+        return (print, ("a checkpoint file ran code",))
+
+
+def test_a_checkpoint_file_holding_other_objects_is_refused_naming_it(tmp_path, capsys):
+    import pytest
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from videobert.trainer.reshard import ReshardError, _deepspeed_file
+
+    fine = tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save({"optimizer_state_dict": {"zero_stage": ZeroStageEnum.weights, "loss_scaler": LossScaler(1.0),
+                                         "fp32_flat_groups": [torch.ones(3)]}, "ds_version": "x"}, fine)
+    read = _deepspeed_file(fine, mmap=True)
+    assert read["optimizer_state_dict"]["zero_stage"] == ZeroStageEnum.weights
+    assert torch.equal(read["optimizer_state_dict"]["fp32_flat_groups"][0], torch.ones(3))
+
+    crafted = tmp_path / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    torch.save({"optimizer_state_dict": {"loss_scaler": _Runs()}}, crafted)
+    with pytest.raises(ReshardError, match=rf"{crafted} holds a print: only tensors"):
+        _deepspeed_file(crafted, mmap=True)
+    assert "ran code" not in capsys.readouterr().out
