@@ -4,10 +4,13 @@ a segment's own video from another's on held-out segments, and cannot when its l
 The corpus: each segment's text names a verb and a noun ("now you cut the tomato"); its video is six
 visual words drawn from the noun's four and the verb's four (of 48). The model: the ``tiny`` preset
 from random values, trained in this process by the project's example builder and model with the
-paper's binary alignment head (negatives as extra rows) and the masked-token losses weighted 0, so
-that the test is about what the alignment labels teach (from random values a matching task plateaus
-for a while before it learns: a few hundred steps here). Evaluation: ROC-AUC of the alignment head's
-P(aligned) over clean held-out pairs, each segment with its own video and another's.
+binary alignment loss of the pair head (``[CLS]`` + the bilinear score of the two modalities' mean
+states, the demo's; negatives as extra rows) and the masked-token losses weighted 0, so that the test
+is about what the alignment labels teach. With the ``[CLS]`` head alone a tiny model from random
+values sits on a plateau for a number of steps that varies with the seed and the machine's floating
+point (ROC-AUC 0.49-0.90 over four seeds at 350 steps): a test of the labels would then test the
+plateau; the pair head reaches 0.98-0.99 on every seed by 150 steps. Evaluation: ROC-AUC of the
+alignment head's P(aligned) over clean held-out pairs, each segment with its own video and another's.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ VERBS = ("cut", "wash", "peel", "fry")
 NOUNS = ("tomato", "onion", "potato", "carrot", "egg", "bread", "cheese", "apple")
 WORDS_PER_CLASS = 4
 NUM_VISUAL = WORDS_PER_CLASS * (len(VERBS) + len(NOUNS))
-STEPS = 350
+STEPS = 200
 
 
 def segments(count: int, seed: int) -> list[TrainingItem]:
@@ -46,7 +49,8 @@ def segments(count: int, seed: int) -> list[TrainingItem]:
 
 def train(tokenizer, vocab, *, shuffle_labels: bool, seed: int = 0) -> VideoBertForPreTraining:
     torch.manual_seed(seed)
-    model = VideoBertForPreTraining(preset("tiny", vocab, text_mlm_weight=0.0, video_mlm_weight=0.0))
+    model = VideoBertForPreTraining(preset("tiny", vocab, text_mlm_weight=0.0, video_mlm_weight=0.0,
+                                           alignment_head="pair"))
     objectives = ObjectivesConfig(joint_fraction=1.0, text_fraction=0.0, video_fraction=0.0, negatives_per_positive=1,
                                   max_stride=1)
     builder = ExampleBuilder(vocab, tokenizer, objectives, max_seq_len=32)
