@@ -201,13 +201,13 @@ class RetryingReader(io.RawIOBase):
     one, so that the transfer overlaps the decoding. A transient error is retried from the byte the
     block starts at (``Backoff``); once the retries are spent the reader gets ``StorageError``."""
 
-    def __init__(self, url: str, size: int | None = None, ahead: int | None = None) -> None:
+    def __init__(self, url: str, size: int | None = None) -> None:
         super().__init__()
         self.url = url
         self.name = shown(url)
         self.fs, self.path = filesystem(url)
         self.size = size if size is not None else object_size(url)
-        self.ahead = READ_AHEAD_BLOCKS if ahead is None else max(0, ahead)
+        self.ahead = READ_AHEAD_BLOCKS
         self.position = 0
         self._block = b""
         self._block_start = 0

@@ -14,7 +14,7 @@ from fuzzing import READ, REFUSED, TEST_SECONDS, fuzz_settings, time_limit
 from hypothesis import given
 from hypothesis import strategies as st
 
-from videobert.trainer.config import ConfigError, TrainConfig, load_config
+from videobert.trainer.config import ConfigError, TrainConfig, _shown_key, load_config
 
 RECIPES = Path(__file__).resolve().parents[2] / "launch" / "recipes"
 REQUIRED = ["data.train=shards/", "data.codebook=codebook.safetensors"]
@@ -42,10 +42,6 @@ VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**65, 2**65) | s
                       max_leaves=6)
 
 
-def _shown(part: str) -> str:
-    return part if part and part.strip() == part and part.isprintable() else repr(part)
-
-
 def _load(path, overrides, names) -> str:
     """READ or REFUSED; any exception other than ConfigError fails the case, and a refusal names one of
     ``names`` (the keys given, the recipe files)."""
@@ -65,7 +61,7 @@ def _load(path, overrides, names) -> str:
 def test_overrides_load_or_are_refused_naming_the_key(tally, overrides, separator):
     items = REQUIRED + [f"{key}{separator}{value}" for key, value in overrides]
     # a refusal names an override it was given, whole or by a part of its key (quoted where blank)
-    names = [repr(item) for item in items] + [_shown(part) for key, _ in overrides for part in key.strip().split(".")]
+    names = [repr(item) for item in items] + [_shown_key(part) for key, _ in overrides for part in key.strip().split(".")]
     outcome = _load(RECIPES / "demo.yaml", items, names)
     tally.add("config overrides", "command lines", outcome)
 
