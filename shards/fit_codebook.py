@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import shutil
 import sys
 import time
 import traceback
@@ -200,10 +199,8 @@ def feature_run(config: FitCodebookConfig, part: Part | None = None) -> FeatureR
 
 def extract_features(config: FitCodebookConfig, part: Part) -> FeaturesSummary:
     """The feature pass of one part (no fit): ``fit-codebook --part I/N``."""
-    if storage.is_remote(config.out):
-        raise FitError(f"--out {storage.shown(config.out)}: the feature pass in parts writes its feature files to a "
-                       "local or shared folder; give one there (the fit without --part may write into a bucket)")
-    return extract(feature_run(config, part), Path(config.out) / FEATURES_FOLDER, part)
+    with storage.working_folder(config.out) as out:  # a bucket's prefix: each shard's features uploaded as committed
+        return extract(feature_run(config, part), Path(out) / FEATURES_FOLDER, part)
 
 
 def fit_codebook(config: FitCodebookConfig) -> FitSummary:
@@ -242,9 +239,11 @@ def _fit_into(config: FitCodebookConfig, out: Path, started: float) -> FitSummar
     summary.seconds = time.perf_counter() - started
     storage.published(out / PICTURE_FILE) if (out / PICTURE_FILE).is_file() else None
     write_json_atomic(out / schema.SUMMARY_FILE, summary.to_json())
-    if not config.keep_features:
+    if config.keep_features:
+        storage.published(merged)
+    else:
         merged.unlink()
-        shutil.rmtree(features_out)
+        storage.remove_published(features_out)  # in a bucket, the parts' feature files too
     return summary
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from videobert.models.errors import VideoBertError
 from videobert.models.visual.encoder import ClipEncoder
-from videobert.shards import reader, schema
+from videobert.shards import reader, schema, storage
 from videobert.shards.folders import ErrorLog, read_json, write_json_atomic
 from videobert.shards.parts import Part, SummaryRules, claim_part, finish_part, split_count, split_status
 
@@ -207,6 +207,7 @@ def encode_shard(plan: ShardPlan, index: int, encoder: ClipEncoder, folder: Path
         clips = iter_chosen_clips([plan], encoder.spec, errors)
         rows = encode_to_file(clips, len(plan.chosen), encoder, partial, batch_size, device, bar)
         partial.replace(features)
+        storage.published(features)  # a bucket's feature folder: the rows uploaded before their record
     record = {"shard": index, "url": plan.url, "clips": plan.clips, "planned": len(plan.chosen), "rows": rows,
               "seconds": time.perf_counter() - started, "errors": errors}
     write_json_atomic(record_path, record)
@@ -360,8 +361,13 @@ def merge(files: list[tuple[Path, dict[str, Any]]], path: Path, feature_dim: int
     at = 0
     for features, record in files:
         if record["rows"]:
-            merged[at: at + record["rows"]] = np.load(features, mmap_mode="r")[: record["rows"]]
+            fetched = storage.remote_of(features) is not None and not features.is_file()
+            shard_rows = np.load(storage.published_file(features), mmap_mode="r")[: record["rows"]]
+            merged[at: at + record["rows"]] = shard_rows
             at += record["rows"]
+            del shard_rows
+            if fetched:  # another part's rows, from the bucket: one shard's file here at a time
+                features.unlink()
     merged.flush()
     del merged
     return rows

@@ -398,7 +398,10 @@ def remove(url: str) -> None:
 # A stage's remote output folder, worked through a local one
 
 RECORD_PATTERN = re.compile(
-    r"^(?:part-\d+/)?(?:run\.json|summary\.json|errors\.jsonl|shard-\d+\.stats\.json|codebook\.safetensors)$")
+    r"^(?:features/)?(?:part-\d+/)?"
+    r"(?:run\.json|summary\.json|errors\.jsonl|shard-\d+\.stats\.json|features-\d+\.json|codebook\.safetensors)$")
+"""The small files a working folder starts with (a codebook folder's feature pass, ``features/``,
+included: each input shard's record there is the commit point of its feature file)."""
 SHARD_PATTERN = re.compile(r"^(?:part-\d+/)?shard-\d+\.tar$")
 
 WORKING_FOLDERS_VARIABLE = "VIDEOBERT_WORKING_FOLDERS"
@@ -483,6 +486,26 @@ def published(path: str | os.PathLike) -> None:
     upload(path, remote)
     if str(path).endswith(".tar"):
         os.truncate(path, 0)
+
+
+def published_file(path: str | os.PathLike) -> Path:
+    """A committed file of a working folder, here: fetched from its remote folder when only there
+    (another part's, or an earlier run's). A local path is returned as it is."""
+    path = Path(path)
+    remote = remote_of(path)
+    if remote is not None and not path.is_file():
+        fetch(remote, path)
+    return path
+
+
+def remove_published(folder: str | os.PathLike) -> None:
+    """Remove a working folder's subfolder here and every object under its remote prefix."""
+    shutil.rmtree(folder, ignore_errors=True)
+    remote = remote_of(folder)
+    if remote is None:
+        return
+    for name in list_files(remote):
+        remove(join(remote, name))
 
 
 def unpublished(folder: str | os.PathLike, patterns: Sequence[str]) -> None:

@@ -109,15 +109,6 @@ def test_a_missing_object_is_named_at_once_not_retried(bucket_prefix, monkeypatc
     assert time.monotonic() - started < 10
 
 
-def test_the_feature_pass_in_parts_refuses_a_bucket_naming_why():
-    from videobert.shards.fit_codebook import FitCodebookConfig, FitError, extract_features
-    from videobert.shards.parts import Part
-
-    config = FitCodebookConfig(clips=("clips",), out="s3://bucket/codebook", encoder="synthetic")
-    with pytest.raises(FitError, match="feature pass in parts writes its feature files to a local or shared folder"):
-        extract_features(config, Part(0, 2))
-
-
 def test_a_models_config_may_not_point_its_codebook_at_another_host():
     from types import SimpleNamespace
 

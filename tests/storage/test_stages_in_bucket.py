@@ -153,3 +153,28 @@ def test_prepare_in_parts_into_a_bucket_and_its_status(corpus, pipelines, capsys
     whole = {s.key for s in reader.iter_samples(reader.resolve_shards(f"{finished}/clips"), decode_arrays=False)}
     assert keys == whole
     assert schema.SUMMARY_FILE in storage.list_files(out)
+
+
+def test_the_feature_pass_in_parts_into_a_bucket_then_the_fit_there(pipelines, capsys):
+    from videobert.shards.fit_codebook import FEATURES_FOLDER, extract_features
+    from videobert.shards.parts import Part
+
+    local, finished = pipelines
+    out = f"s3://videobert-tests/features-{int(time.time() * 1000)}/codebook"
+    config = FitCodebookConfig(clips=(f"{finished}/clips",), out=out, encoder="synthetic", depth=2, branching=3,
+                               seed=0, progress=False)
+    first = extract_features(config, Part(0, 2))
+    assert first.shards >= 1 and first.shards_kept == 0 and first.clips_used > 0
+    listed = storage.list_files(f"{out}/{FEATURES_FOLDER}")
+    assert any(name.startswith("part-00000/features-") and name.endswith(".npy") for name in listed), listed
+    assert extract_features(config, Part(0, 2)).shards_kept == first.shards  # resumed from the listing
+    assert cli.main(["shards", "fit-codebook", "--clips", f"{finished}/clips", "--out", out, "--encoder", "synthetic",
+                     "--depth", "2", "--branching", "3", "--seed", "0", "--no-progress", "--part", "1/2"]) == 0
+    assert cli.main(["shards", "status", f"{out}/{FEATURES_FOLDER}", "--no-write"]) == 0
+    assert "2 finished" in capsys.readouterr().out
+
+    summary = fit_codebook(config)  # on another machine: every part's features read from the bucket
+    codebook = Path(local) / "codebook" / CODEBOOK_FILE
+    assert storage.read_bytes(f"{out}/{CODEBOOK_FILE}") == codebook.read_bytes()
+    assert summary.clips_used == json.loads((Path(local) / "codebook" / schema.SUMMARY_FILE).read_text())["clips_used"]
+    assert not [name for name in storage.list_files(out) if name.startswith(FEATURES_FOLDER + "/")]
