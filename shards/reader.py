@@ -13,20 +13,25 @@ that came with a model. A spec read from such a file is resolved with ``from_fil
 name local shards and object URLs of the schemes in ``storage.TRUSTED_SCHEMES`` only (reading them
 runs no command and reaches no host the file chooses; the user's own credentials apply).
 
-Local shards are checked before they are streamed: a tar cut short is reported (``truncation``), a file
-that is not an uncompressed tar is refused unread, and in a shard larger than
-``schema.MAX_ARRAY_BYTES`` the members larger than the schema allows are listed and left unread (the
-tar headers are scanned first), so one member cannot make a reader allocate without bound.
+Local shards and objects are checked before they are streamed: a tar cut short is reported
+(``truncation``), and a file that is not an uncompressed tar is refused unread. While a shard is
+streamed, each member's size is read from its header before its data: a member larger than the schema
+allows for its field is listed and left unread (the reader passes over it in bounded chunks), so one
+member cannot make a reader allocate without bound, and no shard is read twice to find out.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import functools
 import glob
+import io
 import json
 import os
 import re
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -178,7 +183,6 @@ def iter_raw_samples(urls: Iterable[str], on_error: ErrorCallback | None = None)
     """
 
     last: list[tuple[str, str]] = []
-    unread: dict[str, set[str]] = {}
     current = [""]
 
     def handler(exn: Exception) -> bool:
@@ -199,32 +203,31 @@ def iter_raw_samples(urls: Iterable[str], on_error: ErrorCallback | None = None)
             raise exc
         on_error(url, exc)
 
-    def checked(urls: Iterable[str]) -> Iterator[dict[str, str]]:
-        for url in urls:
-            refused = not_a_tar(url)
+    def checked(urls: Iterable[str]) -> Iterator[dict[str, Any]]:
+        for url, opening in _opened_ahead(urls):
+            refused = not_a_tar(url, opening.head() if opening else None)
             if refused:
                 report(url, refused)
+                opening.stream.close() if opening else None
                 continue
-            size = storage.object_size(url) if storage.is_remote(url) else None  # one request, not one per check
-            problem = truncation(url, size)
+            problem = truncation(url, opening.size if opening else None, opening.tail.result() if opening else None)
             if problem:
                 report(url, problem)
-            unread[url] = set()
-            for name, member_bytes, limit in oversized_members(url, size):
-                unread[url].add(name)
-                report(url, f"member {name} is {member_bytes} bytes, more than the {limit} the schema allows; not read")
             current[0] = url  # the stream is read one shard at a time, in this order
-            yield {"url": url, "stream": storage.open_stream(url, size)} if size is not None else {"url": url}
+            yield {"url": url, "stream": opening.stream} if opening else {"url": url}
 
-    def readable(name: str) -> bool:
+    def readable(name: str, size: int) -> bool:
         if not _MEMBER_NAME.match(os.path.basename(name)):
             report(current[0], f"member {name[:120]!r} is not named KEY.FIELD; not read")
             return False
-        return name not in unread.get(current[0], ())
+        limit = schema.MAX_MEMBER_BYTES.get(os.path.basename(name).partition(".")[2].lower(), schema.MAX_ARRAY_BYTES)
+        if size > limit:
+            report(current[0], f"member {name} is {size} bytes, more than the {limit} the schema allows; not read")
+            return False
+        return True
 
     on_tar_error = handler if on_error else wds.reraise_exception
-    streams = _opened(checked(urls), on_tar_error)
-    files = wds.tariterators.tar_file_expander(streams, handler=on_tar_error, select_files=readable)
+    files = _members(_opened(checked(urls), on_tar_error), on_tar_error, readable)
     for raw in wds.tariterators.group_by_keys(files, handler=on_tar_error):
         if schema.META not in raw or schema.TEXT not in raw:  # rare: say which member was skipped, and why
             raw["__skipped__"] = skipped_members(str(raw.get("__url__", "")), str(raw.get("__key__", "")))
@@ -241,17 +244,93 @@ def _opened(sources: Iterable[dict[str, Any]], handler: Callable[[Exception], bo
             yield from wds.tariterators.url_opener([source], handler=handler)
 
 
+def _members(sources: Iterable[dict[str, Any]], handler: Callable[[Exception], bool],
+             readable: Callable[[str, int], bool]) -> Iterator[dict[str, Any]]:
+    """The files of each opened shard in order, as webdataset's ``group_by_keys`` takes them
+    (``fname``, ``data``, ``__url__``; an empty dict after each shard). A member is offered to
+    ``readable(name, size)`` from its header, before any of its data is read; one it refuses is passed
+    over in bounded chunks. An error inside a member goes to ``handler`` and the shard goes on when it
+    says so; an error that breaks the tar off goes to ``handler`` once more and ends the shard."""
+    for source in sources:
+        url, stream = source["url"], source["stream"]
+        try:
+            tar = tarfile.open(fileobj=stream, mode="r|*")
+            for info in tar:
+                try:
+                    if not info.isreg() or not info.name or _WEBDATASET_META.match(info.name):
+                        continue
+                    if readable(info.name, info.size):
+                        yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
+                    tar.members = []  # a stream's headers are not kept
+                except Exception as exn:  # noqa: BLE001 - the handler decides, as webdataset's would
+                    exn.args = (f"{exn.args[0] if exn.args else type(exn).__name__} @ {stream}", *exn.args[1:])
+                    if not handler(exn):
+                        return
+        except Exception as exn:  # noqa: BLE001 - the tar breaks off here
+            exn.args = (*exn.args, stream, url)
+            if not handler(exn):
+                return
+        finally:
+            if isinstance(stream, io.BufferedReader) and isinstance(stream.raw, storage.RetryingReader):
+                stream.close()  # its read-ahead thread with it
+        yield {}
+
+
+_WEBDATASET_META = re.compile(r"__[^/]*__($|/)")
+"""Members webdataset keeps for itself (``__key__``-like names), passed over as its reader does."""
+
 _TAR_BLOCK = 512
 _MEMBER_NAME = re.compile(r"^[^.]+\.")
 
 
-def truncation(url: str, size: int | None = None) -> str | None:
+@dataclass
+class _Opening:
+    """An object shard opened ahead: its size, its stream (the first blocks asked for) and its last
+    two blocks (asked for too)."""
+
+    size: int
+    stream: io.BufferedReader
+    tail: concurrent.futures.Future[bytes]
+
+    def head(self) -> bytes:
+        return self.stream.peek(_TAR_BLOCK)[:_TAR_BLOCK]  # from the first block: read, not consumed
+
+
+def _open_object(url: str) -> _Opening:
+    size = storage.object_size(url)  # one request, not one per check
+    raw = storage.RetryingReader(url, size)
+    tail = raw.ask(max(0, size - 2 * _TAR_BLOCK), size)
+    raw.start()
+    return _Opening(size, io.BufferedReader(raw, buffer_size=storage.STREAM_BUFFER_BYTES), tail)
+
+
+def _opened_ahead(urls: Iterable[str]) -> Iterator[tuple[str, _Opening | None]]:
+    """Each shard with, for an object, its opening (``_open_object``): the next object is opened as
+    this one is handed out, so that its requests (all but its size) are answered while this one is
+    read, rather than waited for between shards. A local shard or ``pipe:`` is opened by the reader."""
+    urls = iter(urls)
+
+    def opened(url: str | None) -> tuple[str, _Opening | None] | None:
+        return None if url is None else (url, _open_object(url) if storage.is_remote(url) else None)
+
+    following = opened(next(urls, None))
+    try:
+        while following is not None:
+            current, following = following, None
+            following = opened(next(urls, None))
+            yield current
+    finally:
+        if following is not None and following[1] is not None:
+            following[1].stream.close()
+
+
+def truncation(url: str, size: int | None = None, tail: bytes | None = None) -> str | None:
     """Why a local tar looks cut short, or None. A tar ends with two zero blocks; Python's tarfile
     stops quietly at a partial header, so a shard cut at the wrong byte would otherwise lose its
-    tail without a word."""
+    tail without a word. An object's size and last two blocks may be given (read already)."""
     if storage.is_remote(url):
         size = storage.object_size(url) if size is None else size
-        tail = storage.read_range(url, max(0, size - 2 * _TAR_BLOCK), size)
+        tail = storage.read_range(url, max(0, size - 2 * _TAR_BLOCK), size) if tail is None else tail
     elif not is_local(url):
         return None
     else:
@@ -267,11 +346,11 @@ def truncation(url: str, size: int | None = None) -> str | None:
     return None
 
 
-def not_a_tar(url: str) -> str | None:
+def not_a_tar(url: str, first: bytes | None = None) -> str | None:
     """Why a local file is not read at all (it is not an uncompressed tar: a compressed stream could
-    expand without bound), or None."""
+    expand without bound), or None. An object's first block may be given (read already)."""
     if storage.is_remote(url):
-        first = storage.read_range(url, 0, _TAR_BLOCK)
+        first = storage.read_range(url, 0, _TAR_BLOCK) if first is None else first
     elif not is_local(url):
         return None
     else:
@@ -317,31 +396,6 @@ def _key_of(name: str) -> str:
     # WebDataset's own split of a member name into the sample key and the field.
     match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
     return match.group(1) if match else name
-
-
-def oversized_members(url: str, size: int | None = None) -> list[tuple[str, int, int]]:
-    """(name, size, limit) of a local shard's members larger than the schema allows for their field.
-    Only a shard larger than the largest member limit can hold one; only its headers are read."""
-    remote = storage.is_remote(url)
-    try:
-        if not (remote or is_local(url)):
-            return []
-        size = size if size is not None else storage.object_size(url) if remote else os.path.getsize(url)
-        if size <= schema.MAX_ARRAY_BYTES:
-            return []
-        source = storage.RetryingReader(url, size) if remote else open(url, "rb")
-        with source, tarfile.open(fileobj=source, mode="r:") as tar:  # headers only: tarfile seeks over the data
-            members = [(m.name, m.size) for m in tar if m.isreg()]
-    except storage.StorageError:
-        raise
-    except (OSError, tarfile.TarError):
-        return []  # truncation or a broken header: reported while streaming
-    found = []
-    for name, size in members:
-        limit = schema.MAX_MEMBER_BYTES.get(os.path.basename(name).partition(".")[2].lower(), schema.MAX_ARRAY_BYTES)
-        if size > limit:
-            found.append((name, size, limit))
-    return found
 
 
 def iter_samples(

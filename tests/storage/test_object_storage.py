@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "trainer"))
-from shard_factory import write_token_shards  # noqa: E402
+from shard_factory import write_clip_shards, write_token_shards  # noqa: E402
 
 from videobert.shards import reader, schema, storage  # noqa: E402
 from videobert.shards.writer import resume_point  # noqa: E402
@@ -37,6 +37,46 @@ def test_shards_written_into_a_bucket_read_back_as_the_local_folder(bucket_prefi
     here = [(s.key, s.text, s.tokens.tolist()) for s in reader.iter_samples(reader.resolve_shards(str(local)))]
     assert remote == here and len(remote) == 18
     assert reader.read_stats(remote_urls[0])["samples"] == 6
+
+
+def test_a_shard_in_a_bucket_is_fetched_once_and_a_member_over_its_limit_is_named_unread(
+        bucket_prefix, tmp_path, monkeypatch):
+    """The members' sizes are checked from their headers as the shard streams: a shard larger than the
+    largest member allowed is not read twice (once for its headers, once for its samples)."""
+    local = tmp_path / "clips"
+    write_clip_shards(local, videos=4, segments=3, shards=1, clip_len=4, size=16)
+    [shard] = schema.complete_shards(local)
+    url = storage.join(bucket_prefix, shard.name)
+    storage.upload(shard, url)
+    fetched: list[int] = []
+    fetch = storage.RetryingReader._fetch
+    monkeypatch.setattr(storage.RetryingReader, "_fetch",
+                        lambda self, start, end: fetched.append(end - start) or fetch(self, start, end))
+    monkeypatch.setattr(schema, "MAX_ARRAY_BYTES", shard.stat().st_size // 4)  # the shard is larger than this
+
+    def raw(urls: list[str], problems: list[str]) -> list[tuple[str, list[str]]]:
+        return [(r["__key__"], sorted(k for k in r if not k.startswith("__")))
+                for r in reader.iter_raw_samples(urls, on_error=lambda u, e: problems.append(str(e)))]
+
+    here_problems: list[str] = []
+    there_problems: list[str] = []
+    here = raw([str(shard)], here_problems)
+    there = raw([url], there_problems)
+    assert here == there and len(there) == 12 and not here_problems and not there_problems
+    assert schema.FRAMES in there[0][1]
+    assert sum(fetched) <= shard.stat().st_size + 2 * 512, "the shard once, and its last two tar blocks"
+
+    sizes = {r["__key__"]: len(r[schema.FRAMES]) for r in reader.iter_raw_samples([url])}
+    limit = min(sizes.values()) - 1
+    monkeypatch.setitem(schema.MAX_MEMBER_BYTES, schema.FRAMES, limit)
+    here_problems.clear()
+    there_problems.clear()
+    here, there = raw([str(shard)], here_problems), raw([url], there_problems)
+    assert here == there and all(schema.FRAMES not in fields for _, fields in there)
+    assert [p.replace(str(shard), url) for p in here_problems] == there_problems
+    assert [p for p in there_problems if "the schema allows" in p] == [
+        f"{url}: member {key}.{schema.FRAMES} is {size} bytes, more than the {limit} the schema allows; not read"
+        for key, size in sizes.items()]
 
 
 def test_a_tar_without_its_stats_object_is_not_complete_and_a_resume_rewrites_it(bucket_prefix, tmp_path):
