@@ -42,8 +42,10 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -126,6 +128,46 @@ def filesystem(url: str) -> tuple[Any, str]:
     except (ImportError, ValueError) as e:
         raise StorageError(f"cannot open {shown(url)}: {e} (object storage needs `pip install 'videobert[s3]'`, "
                            "or [gcs] / [azure])") from None
+
+
+_FORKING: list[Any] = []
+"""The store clients of this process while it forks (``_disown_inherited_clients``)."""
+_INHERITED: list[Any] = []
+"""A forked child's copies of its parent's store clients: held, never ended."""
+
+
+def _store_clients() -> list[Any]:
+    """The filesystem instances fsspec holds in its caches, for every implementation imported."""
+    spec = sys.modules.get("fsspec.spec")
+    if spec is None:
+        return []
+    found, classes = [], [spec.AbstractFileSystem]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        found.extend(vars(cls).get("_cache", {}).values())
+    return found
+
+
+def _hold_clients() -> None:
+    _FORKING[:] = _store_clients()
+
+
+def _disown_inherited_clients() -> None:
+    """In a forked child (a DataLoader worker, a prepare worker) the parent's clients are the parent's.
+    Ended here, a copy's end would run on this process's event loop, which is not the one the client
+    was made on (it fails, "attached to a different loop"), or reach into the parent's connections.
+    Their finalizers are detached and the copies held, never ended; this process opens clients of
+    its own (fsspec empties its cache in a child)."""
+    for client in _FORKING:
+        for ref in weakref.getweakrefs(client):
+            if isinstance(ref.__callback__, weakref.finalize):
+                ref.__callback__.detach()
+    _INHERITED.extend(_FORKING)
+    _FORKING.clear()
+
+
+os.register_at_fork(before=_hold_clients, after_in_child=_disown_inherited_clients, after_in_parent=_FORKING.clear)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ package) on the loopback, with one identity, so that requests are signed and che
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import secrets
@@ -84,17 +85,23 @@ class SeaweedServer:
         """Until the gateway answers a signed request (it starts before the filer behind it)."""
         client = self.client(quick=True)
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if not client.exists(BUCKET):
-                    client.mkdir(BUCKET)
-                client.pipe_file(f"{BUCKET}/.ready", b"1")
-                return
-            except Exception as e:  # noqa: BLE001 - not up yet
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"SeaweedFS did not start ({e}); see {self.root / 'weed.log'}") from e
-                client.invalidate_cache()
-                time.sleep(0.3)
+        try:
+            while True:
+                try:
+                    if not client.exists(BUCKET):
+                        client.mkdir(BUCKET)
+                    client.pipe_file(f"{BUCKET}/.ready", b"1")
+                    return
+                except Exception as e:  # noqa: BLE001 - not up yet
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"SeaweedFS did not start ({e}); see {self.root / 'weed.log'}") from e
+                    client.invalidate_cache()
+                    time.sleep(0.3)
+        finally:
+            # Ended here, by this process: an uncached client left to a later garbage collection could
+            # be collected inside a worker forked from this process, on the worker's event loop.
+            del client
+            gc.collect()
 
     def client(self, quick: bool = False):
         import s3fs

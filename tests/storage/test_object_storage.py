@@ -79,6 +79,66 @@ def test_a_shard_in_a_bucket_is_fetched_once_and_a_member_over_its_limit_is_name
         for key, size in sizes.items()]
 
 
+def _read_in_a_forked_child(url: str) -> tuple[int, list[str]]:
+    """In the forked child: read with a client of its own, then collect the garbage the parent left
+    (a cycle holding the parent's client) on the child's event loop, where a client's end would run
+    if nothing disowned it; what the event loop logged comes back."""
+    import asyncio
+    import gc
+    import logging
+    import time
+
+    import fsspec.asyn
+
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logging.getLogger("asyncio").addHandler(handler)
+    data = storage.read_bytes(url)  # the child's own client and event loop
+    gc.enable()
+
+    async def collect() -> None:
+        gc.collect()
+        await asyncio.sleep(0.2)
+        gc.collect()
+
+    fsspec.asyn.sync(fsspec.asyn.get_loop(), collect)
+    time.sleep(0.2)
+    gc.collect()
+    return len(data), logged
+
+
+def test_a_forked_worker_leaves_the_parents_store_client_alone(bucket_prefix):
+    """DataLoader and prepare workers are forked from a process whose store client has open connections
+    and an event loop of its own. A worker reads with a client of its own and never ends its copy of
+    the parent's: ended there, on the worker's event loop, it fails ("attached to a different loop",
+    logged by the worker), and it would take the parent's connections out of the parent's poller,
+    which a fork shares."""
+    import gc
+    import multiprocessing
+    import time
+
+    url = storage.join(bucket_prefix, "object")
+    storage.put_bytes(url, b"x" * 100_000)
+    for _ in range(4):  # connections in the parent's pool
+        assert len(storage.read_bytes(url)) == 100_000
+    gc.disable()
+    try:
+        garbage: list = [storage.filesystem(url)[0]]
+        garbage.append(garbage)  # a reference cycle holding the client, as a finished reader may leave
+        del garbage
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            results = pool.map(_read_in_a_forked_child, [url] * 2)
+    finally:
+        gc.enable()
+    assert [length for length, _ in results] == [100_000] * 2
+    assert [logged for _, logged in results] == [[], []]
+    started = time.monotonic()
+    for _ in range(8):
+        assert len(storage.read_bytes(url)) == 100_000
+    assert time.monotonic() - started < 5, "the parent's requests after its workers ended"
+
+
 def test_a_tar_without_its_stats_object_is_not_complete_and_a_resume_rewrites_it(bucket_prefix, tmp_path):
     with storage.working_folder(bucket_prefix) as work:
         write_token_shards(Path(work), videos=4, segments=2, shards=2)
