@@ -310,17 +310,24 @@ def _opened_ahead(urls: Iterable[str]) -> Iterator[tuple[str, _Opening | None]]:
     read, rather than waited for between shards. A local shard or ``pipe:`` is opened by the reader."""
     urls = iter(urls)
 
-    def opened(url: str | None) -> tuple[str, _Opening | None] | None:
-        return None if url is None else (url, _open_object(url) if storage.is_remote(url) else None)
+    def opened(url: str | None) -> tuple[str, _Opening | BaseException | None] | None:
+        if url is None or not storage.is_remote(url):
+            return None if url is None else (url, None)
+        try:
+            return url, _open_object(url)
+        except Exception as e:  # noqa: BLE001 - raised when the reader reaches this shard, not before
+            return url, e
 
     following = opened(next(urls, None))
     try:
         while following is not None:
-            current, following = following, None
+            (url, opening), following = following, None
+            if isinstance(opening, BaseException):
+                raise opening
             following = opened(next(urls, None))
-            yield current
+            yield url, opening
     finally:
-        if following is not None and following[1] is not None:
+        if following is not None and isinstance(following[1], _Opening):
             following[1].stream.close()
 
 
