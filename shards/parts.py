@@ -27,7 +27,6 @@ import hashlib
 import importlib
 import os
 import re
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +184,7 @@ def _refuse_split(out: Path, overwrite: bool, error: type[Exception]) -> None:
         raise error(f"{out} holds a run split into {count} parts; give each process its --part I/{count} (or run "
                     f"`videobert shards status {out}`), write elsewhere, or add --overwrite to start over")
     for _, folder in schema.part_folders(out):
-        shutil.rmtree(folder)
+        storage.remove_published(folder)  # in a bucket, the part's objects too
     remove_outputs(out)
 
 

@@ -22,7 +22,6 @@ member cannot make a reader allocate without bound, and no shard is read twice t
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import functools
 import glob
@@ -205,14 +204,19 @@ def iter_raw_samples(urls: Iterable[str], on_error: ErrorCallback | None = None)
 
     def checked(urls: Iterable[str]) -> Iterator[dict[str, Any]]:
         for url, opening in _opened_ahead(urls):
-            refused = not_a_tar(url, opening.head() if opening else None)
-            if refused:
-                report(url, refused)
-                opening.stream.close() if opening else None
-                continue
-            problem = truncation(url, opening.size if opening else None, opening.tail.result() if opening else None)
-            if problem:
-                report(url, problem)
+            try:
+                refused = not_a_tar(url, opening.head() if opening else None)
+                if refused:
+                    opening.stream.close() if opening else None
+                    report(url, refused)
+                    continue
+                problem = truncation(url, opening.size if opening else None,
+                                     opening.tail.result() if opening else None)
+                if problem:
+                    report(url, problem)
+            except BaseException:
+                opening.stream.close() if opening else None  # not handed out: closed here
+                raise
             current[0] = url  # the stream is read one shard at a time, in this order
             yield {"url": url, "stream": opening.stream} if opening else {"url": url}
 
@@ -250,30 +254,36 @@ def _members(sources: Iterable[dict[str, Any]], handler: Callable[[Exception], b
     (``fname``, ``data``, ``__url__``; an empty dict after each shard). A member is offered to
     ``readable(name, size)`` from its header, before any of its data is read; one it refuses is passed
     over in bounded chunks. An error inside a member goes to ``handler`` and the shard goes on when it
-    says so; an error that breaks the tar off goes to ``handler`` once more and ends the shard."""
-    for source in sources:
-        url, stream = source["url"], source["stream"]
-        try:
-            tar = tarfile.open(fileobj=stream, mode="r|*")
-            for info in tar:
-                try:
-                    if not info.isreg() or not info.name or _WEBDATASET_META.match(info.name):
-                        continue
-                    if readable(info.name, info.size):
-                        yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
-                    tar.members = []  # a stream's headers are not kept
-                except Exception as exn:  # noqa: BLE001 - the handler decides, as webdataset's would
-                    exn.args = (f"{exn.args[0] if exn.args else type(exn).__name__} @ {stream}", *exn.args[1:])
-                    if not handler(exn):
-                        return
-        except Exception as exn:  # noqa: BLE001 - the tar breaks off here
-            exn.args = (*exn.args, stream, url)
-            if not handler(exn):
-                return
-        finally:
-            if isinstance(stream, io.BufferedReader) and isinstance(stream.raw, storage.RetryingReader):
-                stream.close()  # its read-ahead thread with it
-        yield {}
+    says so (else the shard ends there); an error that breaks the tar off goes to ``handler`` once
+    more and ends the shard (and the stream, when the handler says so)."""
+    try:
+        for source in sources:
+            url, stream = source["url"], source["stream"]
+            try:
+                tar = tarfile.open(fileobj=stream, mode="r|*")
+                for info in tar:
+                    try:
+                        if not info.isreg() or not info.name or _WEBDATASET_META.match(info.name):
+                            continue
+                        if readable(info.name, info.size):
+                            yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
+                        tar.members = []  # a stream's headers are not kept
+                    except Exception as exn:  # noqa: BLE001 - the handler decides, as webdataset's would
+                        exn.args = (f"{exn.args[0] if exn.args else type(exn).__name__} @ {stream}", *exn.args[1:])
+                        if not handler(exn):
+                            break  # this shard ends here; the next one is read, as webdataset's reader does
+            except Exception as exn:  # noqa: BLE001 - the tar breaks off here
+                exn.args = (*exn.args, stream, url)
+                if not handler(exn):
+                    return
+            finally:
+                if isinstance(stream, io.BufferedReader) and isinstance(stream.raw, storage.RetryingReader):
+                    stream.close()  # its read-ahead threads with it
+            yield {}
+    finally:
+        close = getattr(sources, "close", None)
+        if close is not None:
+            close()  # the shard opened ahead, closed now rather than whenever the generator is collected
 
 
 _WEBDATASET_META = re.compile(r"__[^/]*__($|/)")
@@ -319,16 +329,20 @@ def _opened_ahead(urls: Iterable[str]) -> Iterator[tuple[str, _Opening | None]]:
             return url, e
 
     following = opened(next(urls, None))
+    current = None
     try:
         while following is not None:
-            (url, opening), following = following, None
-            if isinstance(opening, BaseException):
-                raise opening
+            current, following = following, None
+            if isinstance(current[1], BaseException):
+                raise current[1]
             following = opened(next(urls, None))
+            url, opening = current
+            current = None  # handed out: the reader closes it
             yield url, opening
     finally:
-        if following is not None and isinstance(following[1], _Opening):
-            following[1].stream.close()
+        for pending in (current, following):
+            if pending is not None and isinstance(pending[1], _Opening):
+                pending[1].stream.close()
 
 
 def truncation(url: str, size: int | None = None, tail: bytes | None = None) -> str | None:

@@ -340,15 +340,11 @@ class RetryingReader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._closing = True
+            self._closing = True  # a fetch being retried gives up at its next try
             self._cancel()
             self._block = b""
             if self._executor is not None:
-                # Waits for a fetch under way (at a stream's end there is none; a fetch being retried
-                # gives up at its next try), so that no thread outlives the stream holding the store's
-                # client: a process forked later (a DataLoader worker) would inherit it, and the
-                # client's end there runs on the wrong event loop.
-                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
         super().close()
 
