@@ -3,7 +3,6 @@ bucket; its credentials reach the code under test the standard way, through the 
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -12,23 +11,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from seaweed import BUCKET, SeaweedServer  # noqa: E402
+from serving import serving  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs"))
-    server.start()
-    saved = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
-    try:
+    with serving(SeaweedServer(tmp_path_factory.mktemp("seaweedfs"))) as server:
         yield server
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ same shards (keys, bytes), codebook and samples as local disk."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_gcs import BUCKET, FakeGcsServer, binary  # noqa: E402
+from serving import serving  # noqa: E402
 from test_stages_in_bucket import shard_bytes, stages  # noqa: E402
 
 from videobert.models.visual.codebook import CODEBOOK_FILE  # noqa: E402
@@ -27,19 +27,8 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def gcs_server(tmp_path_factory):
-    server = FakeGcsServer(tmp_path_factory.mktemp("fake-gcs"))
-    server.start()
-    saved = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
-    try:
+    with serving(FakeGcsServer(tmp_path_factory.mktemp("fake-gcs"))) as server:
         yield server
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_every_stage_writes_the_same_shards_into_a_gcs_bucket(gcs_server, tmp_path, capsys):
