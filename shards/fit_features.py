@@ -361,12 +361,12 @@ def merge(files: list[tuple[Path, dict[str, Any]]], path: Path, feature_dim: int
     at = 0
     for features, record in files:
         if record["rows"]:
-            fetched = storage.remote_of(features) is not None and not features.is_file()
+            fetched = not features.is_file()  # another part's, in a bucket: fetched here
             shard_rows = np.load(storage.published_file(features), mmap_mode="r")[: record["rows"]]
             merged[at: at + record["rows"]] = shard_rows
             at += record["rows"]
             del shard_rows
-            if fetched:  # another part's rows, from the bucket: one shard's file here at a time
+            if fetched:  # one such file here at a time
                 features.unlink()
     merged.flush()
     del merged

@@ -308,10 +308,10 @@ class _Opening:
 
 def _open_object(url: str) -> _Opening:
     size = storage.object_size(url)  # one request, not one per check
-    raw = storage.RetryingReader(url, size)
-    tail = raw.ask(max(0, size - 2 * _TAR_BLOCK), size)
-    raw.start()
-    return _Opening(size, io.BufferedReader(raw, buffer_size=storage.STREAM_BUFFER_BYTES), tail)
+    stream = storage.open_stream(url, size)
+    tail = stream.raw.ask(max(0, size - 2 * _TAR_BLOCK), size)
+    stream.raw.start()
+    return _Opening(size, stream, tail)
 
 
 def _opened_ahead(urls: Iterable[str]) -> Iterator[tuple[str, _Opening | None]]:

@@ -66,8 +66,6 @@ READ_BLOCK_BYTES = 8 << 20
 READ_AHEAD_BLOCKS = 2
 """Blocks of a streamed object fetched ahead of the one being read, each by its own background thread
 (two connections at once: one alone leaves the reader waiting on a fast store)."""
-STREAM_BUFFER_BYTES = 1 << 20
-"""The buffer of a stream's reader (``open_stream``)."""
 
 TRUSTED_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "file")
 """Schemes a config found inside a checkpoint or an export may name (README, "Trust"): object stores
@@ -351,7 +349,7 @@ class RetryingReader(io.RawIOBase):
 
 def open_stream(url: str, size: int | None = None) -> io.BufferedReader:
     """A buffered, retrying, read-ahead stream of a remote object (``RetryingReader``)."""
-    return io.BufferedReader(RetryingReader(url, size), buffer_size=STREAM_BUFFER_BYTES)
+    return io.BufferedReader(RetryingReader(url, size), buffer_size=1 << 20)
 
 
 def object_size(url: str) -> int:
@@ -562,7 +560,8 @@ def published_file(path: str | os.PathLike) -> Path:
 
 def remove_published(folder: str | os.PathLike) -> None:
     """Remove a working folder's subfolder here and every object under its remote prefix."""
-    shutil.rmtree(folder, ignore_errors=True)
+    if Path(folder).exists():
+        shutil.rmtree(folder)
     remote = remote_of(folder)
     if remote is None:
         return

@@ -21,7 +21,10 @@ from test_training_from_bucket import command  # noqa: E402
 
 from videobert.models.visual.codebook import CODEBOOK_FILE  # noqa: E402
 from videobert.shards import reader, schema, storage  # noqa: E402
-from videobert.shards.fit_codebook import FitCodebookConfig, fit_codebook  # noqa: E402
+from videobert.shards.fit_codebook import (  # noqa: E402
+    FEATURES_FOLDER, FitCodebookConfig, extract_features, fit_codebook,
+)
+from videobert.shards.parts import Part  # noqa: E402
 from videobert.shards.prepare import PrepareConfig, prepare  # noqa: E402
 from videobert.shards.synthetic.corpus import SynthConfig, render_corpus  # noqa: E402
 from videobert.shards.tokenize_clips import TokenizeConfig, tokenize  # noqa: E402
@@ -156,9 +159,6 @@ def test_prepare_in_parts_into_a_bucket_and_its_status(corpus, pipelines, capsys
 
 
 def test_the_feature_pass_in_parts_into_a_bucket_then_the_fit_there(pipelines, capsys):
-    from videobert.shards.fit_codebook import FEATURES_FOLDER, extract_features
-    from videobert.shards.parts import Part
-
     local, finished = pipelines
     out = f"s3://videobert-tests/features-{int(time.time() * 1000)}/codebook"
     config = FitCodebookConfig(clips=(f"{finished}/clips",), out=out, encoder="synthetic", depth=2, branching=3,
