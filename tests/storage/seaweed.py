@@ -121,6 +121,6 @@ class SeaweedServer:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=2)  # a throwaway server: no need to wait out its graceful stop
             except subprocess.TimeoutExpired:
                 self.kill()
