@@ -65,6 +65,24 @@ def baseline(results: dict[str, Any], path: tuple[str, ...], spec: str) -> float
         return None if value is None else float(value)
 
 
+def order_table(runs: dict[int, dict[str, Any]], seeds: list[int], report: Path, summary: dict[str, Any]) -> None:
+    """Table 3's order per seed: each pair's paired CIDEr difference, its interval and verdict."""
+    pairs = [(o["better"], o["than"]) for o in lookup(runs[seeds[0]], ("captioning", "order")) or []]
+    if not pairs:
+        return
+    table = Table("captioning: Table 3's order (paired CIDEr difference [95 % interval], verdict)",
+                  ["pair", *(f"seed {s}" for s in seeds)], report)
+    summary["captioning_order"] = {}
+    for better, than in pairs:
+        cells = []
+        for seed in seeds:
+            found = [o for o in lookup(runs[seed], ("captioning", "order")) or [] if (o["better"], o["than"]) == (better, than)]
+            cells.append(f"{found[0]['difference']:+.3f} [{found[0]['difference_ci'][0]:+.3f}, "
+                         f"{found[0]['difference_ci'][1]:+.3f}] {found[0]['verdict']}" if found else "-")
+            summary["captioning_order"].setdefault(f"{better} > {than}", []).append(found[0] if found else None)
+        table.row(f"{better} > {than}", *cells)
+
+
 def run_demo(out: Path, seed: int, steps: int | None, every: int | None) -> float:
     cmd = [sys.executable, "-m", "videobert.trainer.cli", "demo", "--out", str(out), "--seed", str(seed)]
     cmd += ["--steps", str(steps)] if steps else []
@@ -140,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         per_seed.row(label, *values, statistics.fmean(values), sd, min(values), max(values), base)
         summary["figures"][label] = {"values": values, "mean": statistics.fmean(values), "sd": sd, "baseline": bases}
     per_seed.note("demo wall time per seed: " + ", ".join(f"seed {s}: {t:.0f} s" for s, t in seconds.items()))
+    order_table(runs, seeds, report, summary)
 
     curves = {s: auc_curve(out / f"seed-{s}") for s in seeds}
     final = {s: (int(runs[s]["model"]["step"]), float(runs[s]["heldout"]["alignment_auc"]))

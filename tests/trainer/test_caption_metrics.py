@@ -95,3 +95,34 @@ def test_without_java_meteor_is_absent_and_the_table_says_so():
 def test_references_and_candidates_must_name_the_same_segments():
     with pytest.raises(ValueError, match="different segments"):
         CaptionScorer(use_java=False).score({"a": ["x y"]}, {"b": "x y"})
+
+
+def test_table_3s_order_is_a_paired_difference_with_its_interval(scorers):
+    from videobert.trainer.evaluation import intervals
+    from videobert.trainer.evaluation.captioning.metrics import paired_difference
+
+    words = ["stir the soup", "cut the onion", "pour the milk", "whisk the egg", "slice the bread"]
+    references = {f"s{i:02d}": [words[i % 5]] for i in range(40)}
+    exact = {k: refs[0] for k, refs in references.items()}
+    # Wrong on 10 of 40 segments; on 2 of 8 segments in the small set.
+    wrong_often = {k: ("pour the milk" if int(k[1:]) % 4 == 0 and words[int(k[1:]) % 5] != "pour the milk"
+                       else exact[k]) for k in references}
+    scored = scorers[False].score_sets(references, {"exact": exact, "wrong": wrong_often})
+    found = paired_difference(scored["exact"], scored["wrong"])
+    # The difference is that of the two corpus CIDEr figures (each a mean over the same segments), and its
+    # interval is the bootstrap of the per-segment differences.
+    assert found["difference"] == pytest.approx(scored["exact"].cider - scored["wrong"].cider, rel=1e-9)
+    per_segment = scored["exact"].per_segment["cider"] - scored["wrong"].per_segment["cider"]
+    assert found["difference_ci"] == pytest.approx(list(intervals.bootstrap_mean(per_segment)), rel=1e-12)
+    assert found["verdict"] == "holds" and found["difference_ci"][0] > 0
+    assert paired_difference(scored["wrong"], scored["exact"])["verdict"] == "reversed"
+    same = paired_difference(scored["exact"], scored["exact"])
+    assert same["difference"] == 0 and same["difference_ci"] == [0.0, 0.0] and same["verdict"] == "unresolved"
+
+    # The same kind of gap over 8 segments, 2 of them wrong: a resample draws neither about (6/8)^8 = 10 %
+    # of the time, so the interval reaches 0 and the order is not resolved though the difference is positive.
+    few = {k: references[k] for k in list(references)[:8]}
+    small = scorers[False].score_sets(few, {"exact": {k: exact[k] for k in few},
+                                            "wrong": {k: wrong_often[k] for k in few}})
+    unsure = paired_difference(small["exact"], small["wrong"])
+    assert unsure["difference"] > 0 and unsure["difference_ci"][0] <= 0 and unsure["verdict"] == "unresolved"

@@ -167,6 +167,12 @@ def test_the_caption_command_writes_its_table_and_resumes(corpus, untrained, cap
     out, results, printed = captioned
     assert "VideoBERT + clip encoder features" in printed and "needs Java" in printed
     assert list(results["rows"]) == ["no_video", "encoder", "videobert", "videobert_encoder"]
+    assert [(o["better"], o["than"]) for o in results["order"]] == [("videobert_encoder", "encoder"), ("videobert", "no_video")]
+    for o in results["order"]:
+        low, high = o["difference_ci"]
+        assert low <= o["difference"] <= high and o["verdict"] == ("holds" if low > 0 else "reversed" if high < 0 else "unresolved")
+        assert o["difference"] == pytest.approx(results["rows"][o["better"]]["cider"] - results["rows"][o["than"]]["cider"])
+    assert "Table 3's order" in printed and "VideoBERT + clip encoder features - clip encoder features: CIDEr" in printed
     assert results["train_segments"] == 96 and results["heldout_segments"] == 32
     for scores in results["rows"].values():
         assert 0 <= scores["bleu4"] <= 1 and scores["cider"] >= 0 and scores["meteor"] is None
@@ -176,7 +182,7 @@ def test_the_caption_command_writes_its_table_and_resumes(corpus, untrained, cap
     probes = results["probes"]
     assert set(probes["accuracy"]) == {"encoder", "videobert", "constant"} and probes["heldout_segments"] == 32
     report = (out / "report.md").read_text()
-    for part in ("## Captioning from frozen features", "| VideoBERT features |", "needs Java", "### Linear probes",
+    for part in ("## Captioning from frozen features", "| VideoBERT features |", "Table 3's order", "needs Java", "### Linear probes",
                  "![captioned examples](caption_examples.png)"):
         assert part in report, part
     with Image.open(out / "caption_examples.png") as image:

@@ -29,7 +29,7 @@ import numpy as np
 from videobert.models.vocab import JointVocab
 from videobert.shards.folders import read_json_lines
 from videobert.trainer.evaluation.tables import (
-    caption_table, heldout_table, in_turn_table, markdown_table, probe_table, retrieval_table, zeroshot_table,
+    caption_table, heldout_table, in_turn_table, markdown_table, order_lines, probe_table, retrieval_table, zeroshot_table,
 )
 from videobert.trainer.run_folder import REPORT_FILE, RESULTS_FILE, RunFolder, write_json, write_text_atomic
 
@@ -254,6 +254,11 @@ def caption_markdown(c: dict[str, Any], pictures: str = "") -> list[str]:
              "counts, ROUGE-L and CIDEr as means of per-segment scores with CIDEr's document frequencies kept from "
              "the whole set); METEOR has none, its corpus score not being made of per-segment parts.", ""]
     lines += markdown_table(caption_table(c))
+    if c.get("order"):
+        lines += ["", "Table 3's order: the difference of each pair of rows over the same held-out segments, with a "
+                  "95 % interval from a bootstrap that resamples the segments of both rows together (paired); an "
+                  "interval that holds 0 means these segments cannot tell the two rows apart.", ""]
+        lines += [f"- {line}" for line in order_lines(c)]
     if c.get("skipped_rows"):
         lines += ["", f"Rows without their features (no encoder features in the shards): {', '.join(c['skipped_rows'])}."]
     lines.append("")

@@ -153,9 +153,26 @@ def probe_table(accuracy: dict[str, dict[str, Any]], segments: int | None = None
                  note=f"{counted}{INTERVALS} (Wilson)")
 
 
+VERDICTS = {"holds": "holds", "reversed": "reversed",
+            "unresolved": "not resolved: the interval holds 0, these segments cannot tell the two rows apart"}
+
+
+def order_lines(c: dict[str, Any]) -> list[str]:
+    """Table 3's order, one line per pair of rows: the paired CIDEr difference, its interval, the verdict."""
+    lines = []
+    for o in c.get("order", []):
+        low, high = o["difference_ci"]
+        lines.append(f"{c['row_labels'][o['better']]} - {c['row_labels'][o['than']]}: {METRIC_LABELS[o['metric']]} "
+                     f"{o['difference']:+.3f} [{low:+.3f}, {high:+.3f}]: {VERDICTS[o['verdict']]}")
+    return lines
+
+
 def format_caption_tables(c: dict[str, Any]) -> str:
-    """The captioning table and, when they ran, the probes."""
+    """The captioning table, Table 3's order with paired intervals and, when they ran, the probes."""
     parts = [format_table(caption_table(c))]
+    if c.get("order"):
+        parts[0] += "\nTable 3's order (paired difference over the same held-out segments, 95 % bootstrap interval):\n" \
+            + "\n".join(f"  {line}" for line in order_lines(c))
     probes = c.get("probes", {}).get("accuracy")
     if probes:
         parts.append(format_table(probe_table(probes, c["probes"].get("heldout_segments"))))

@@ -47,9 +47,9 @@ from videobert.shards import reader
 from videobert.shards.options import Flag, add_config_arguments, config_from_args
 from videobert.trainer import distributed
 from videobert.trainer.evaluation import generate, report
-from videobert.trainer.evaluation.captioning.config import ROW_LABELS, ROWS, CaptionConfig
+from videobert.trainer.evaluation.captioning.config import PAPER_ORDER, ROW_LABELS, ROWS, CaptionConfig
 from videobert.trainer.evaluation.captioning.features import LabelledSegment
-from videobert.trainer.evaluation.captioning.metrics import CaptionScorer
+from videobert.trainer.evaluation.captioning.metrics import CaptionScorer, paired_difference
 from videobert.trainer.evaluation.captioning.probes import probe_labels, run_probes
 from videobert.trainer.evaluation.captioning.rows import FeatureSets, read_feature_sets, train_rows
 from videobert.trainer.evaluation.labels import read_labels, read_vocabulary
@@ -129,6 +129,8 @@ def _finish(config: CaptionConfig, loaded: Any, sets: FeatureSets, captions: dic
     results: dict[str, Any] = {
         "model": {"source": str(loaded.source), "step": loaded.step}, "rows": table,
         "row_labels": {r: ROW_LABELS[r] for r in table},
+        "order": [{"better": better, "than": than, **paired_difference(scored[better], scored[than])}
+                  for better, than in PAPER_ORDER if better in scored and than in scored],
         "skipped_rows": [r for r in config.rows if r not in captions],
         "train_segments": len(sets.train), "heldout_segments": len(sets.heldout),
         "distinct_references": len({s.caption for s in sets.heldout}),

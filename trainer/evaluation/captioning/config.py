@@ -15,6 +15,9 @@ ROWS: dict[str, tuple[str, ...]] = {
     "videobert_encoder": ("videobert", "encoder"),
 }
 """Row name -> the features its captioner reads, in order."""
+PAPER_ORDER = (("videobert_encoder", "encoder"), ("videobert", "no_video"))
+"""Table 3's order: each (better, than) pair of rows the paper reports, checked on every table with
+a paired interval (``metrics.paired_difference``)."""
 ROW_LABELS = {"no_video": "no video (best constant sentence)", "encoder": "clip encoder features",
               "videobert": "VideoBERT features", "videobert_encoder": "VideoBERT + clip encoder features"}
 

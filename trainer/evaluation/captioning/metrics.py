@@ -65,6 +65,10 @@ class CaptionScores:
     tokenizer: str
     intervals: dict[str, list[float]] = field(default_factory=dict)
     """95 % intervals by score name (no METEOR)."""
+    per_segment: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    """The scores whose corpus figure is the mean of per-segment scores (ROUGE-L, CIDEr), one value per
+    segment in the order of the references' keys (sorted): what a paired comparison of two rows over
+    the same segments reads (``paired_difference``). Not part of ``as_dict``."""
 
     def as_dict(self) -> dict[str, float | int | str | list[float] | None]:
         out: dict[str, float | int | str | list[float] | None] = {}
@@ -151,7 +155,9 @@ class CaptionScorer:
         return CaptionScores(bleu3=float(bleu[2]), bleu4=float(bleu[3]), meteor=self._meteor_score(gts, res),
                              rouge_l=float(rouge), cider=float(cider), segments=len(gts),
                              tokenizer=PTB if self.java else PLAIN,
-                             intervals={k: intervals.as_list(v) for k, v in found.items() if v is not None})
+                             intervals={k: intervals.as_list(v) for k, v in found.items() if v is not None},
+                             per_segment={"rouge_l": np.asarray(rouge_each, np.float64),
+                                          "cider": np.asarray(cider_each, np.float64)})
 
     def _meteor_score(self, gts: dict[str, list[str]], res: dict[str, list[str]]) -> float | None:
         if not self.java:
@@ -159,6 +165,23 @@ class CaptionScorer:
         self.start()
         score, _ = self._meteor.compute_score(gts, res)
         return float(score)
+
+
+def paired_difference(better: CaptionScores, than: CaptionScores, metric: str = "cider") -> dict[str, float | list[float] | str]:
+    """How sure the claim "``better`` scores above ``than``" is, for two rows scored on the same
+    segments: the difference of their ``metric`` (a mean of per-segment scores, so the difference is
+    the mean of per-segment differences) with a 95 % interval from a bootstrap over the segments that
+    resamples both rows together (paired: what varies from segment to segment for both rows cancels),
+    and the verdict: ``holds`` when the interval lies above 0, ``reversed`` when below, else
+    ``unresolved`` (the interval holds 0: these segments cannot tell the rows apart)."""
+    a, b = better.per_segment.get(metric), than.per_segment.get(metric)
+    if a is None or b is None or len(a) != len(b):
+        raise ValueError(f"a paired {metric} difference needs both rows' per-segment scores over the same segments")
+    difference = a - b
+    low, high = intervals.bootstrap_mean(difference) or (float("nan"), float("nan"))
+    verdict = "holds" if low > 0 else "reversed" if high < 0 else "unresolved"
+    return {"metric": metric, "difference": float(difference.mean()), "difference_ci": [float(low), float(high)],
+            "verdict": verdict}
 
 
 def bleu_statistics(gts: Mapping[str, list[str]], res: Mapping[str, list[str]], n: int = 4) -> np.ndarray:
