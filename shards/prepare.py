@@ -82,7 +82,7 @@ from videobert.shards.cut import SegmentPlan, VideoJob, VideoResult, count_noun,
 from videobert.shards.decode import DecodeOptions, parse_crop
 from videobert.shards.ffmpeg_bin import ffmpeg_exe
 from videobert.shards.folders import ErrorLog, read_json_lines, write_json_atomic
-from videobert.shards.options import Flag, add_config_arguments, config_from_args
+from videobert.shards.options import Flag, add_config_arguments, config_from_args, parse_bytes
 from videobert.shards.parts import Part, PartOption, SummaryRules, claim_part, finish_part, in_sample
 from videobert.shards.ranks import available_cpus
 from videobert.shards.transcript_entries import FORMATS, SKIPPED, Problem
@@ -660,18 +660,6 @@ def _summarize(out: Path, config: PrepareConfig, counters: _Counters, videos_rea
 
 # ---------------------------------------------------------------------------------------------------
 # Command line
-
-
-def parse_bytes(text: str) -> int:
-    """``1G``, ``500M``, ``64k`` or a plain number of bytes (powers of 1024)."""
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    value = text.strip().lower().removesuffix("b").removesuffix("i")
-    try:
-        if value and value[-1] in units:
-            return int(float(value[:-1]) * units[value[-1]])
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 1G, 500M or 1048576") from None
 
 
 FLAGS = {

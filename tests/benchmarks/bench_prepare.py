@@ -1,7 +1,7 @@
 """Benchmark: ``shards prepare`` against a bare ffmpeg decode of the same videos.
 
     python tests/benchmarks/bench_prepare.py [--sources testsrc2:320x240,natural:640x360,natural:1280x720]
-                                             [--videos 4] [--seconds 30] [--workers N] [--repeats 2]
+                                             [--videos 4] [--seconds 30] [--workers N] [--repeats 3]
 
 Renders the videos of each source kind (H.264, 25 fps) with a caption.json covering every second of
 them: ``testsrc2`` is ffmpeg's test pattern; ``natural`` is a camera panning slowly over a texture
@@ -18,7 +18,8 @@ a usual quality (CRF 23): what decoding a filmed video costs, which a test patte
   (c) prepare: the stage itself (``shards.prepare.prepare``) with ``--workers N``.
 
 Prints frames/s for each, prepare's ratio to the faster bare decode (goal: >= 0.8) and to ffmpeg to a
-file (goal: >= 0.9), the realtime factor
+file (goal: >= 0.9; also round by round, each prepare run against the ffmpeg run just before it, and
+their median), the realtime factor
 (seconds of video per second) and bytes written per hour of video. Each measurement is repeated (the
 three kinds interleaved) and the best kept. On a shared machine wall times move with the neighbours'
 load, so CPU seconds (this process and all its children: workers, ffmpeg) are printed too: their
@@ -34,6 +35,7 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=20.0)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--folder", type=Path, help="work folder (default: a temporary one, removed after)")
     args = parser.parse_args(argv)
 
@@ -238,9 +240,11 @@ def report(args: argparse.Namespace, folder: Path, kind: str, size: str) -> None
           f"{cpu_ratio:.2f} in frames per CPU second ({extra:.2f} ms of CPU per output frame on top of ffmpeg)")
     to_file_ratio = written.wall / prepared.wall
     to_file_cpu = min(t.cpu for t in runs[to_file]) / min(t.cpu for t in runs[prepare_name])
+    rounds = sorted(f.wall / p.wall for f, p in zip(runs[to_file], runs[prepare_name]))
     print(f"prepare / ffmpeg to a file: {to_file_ratio:.2f} in frames/s (goal >= 0.90: "
           f"{'met' if to_file_ratio >= 0.9 else 'NOT met'}), {to_file_cpu:.2f} in frames per CPU second; the best "
-          f"of {args.repeats} runs each, interleaved")
+          f"of {args.repeats} runs each, interleaved; round by round (each prepare against the ffmpeg run just "
+          f"before it): median {statistics.median(rounds):.2f}, {', '.join(f'{r:.2f}' for r in rounds)}")
     hours = video_seconds / 3600
     print(f"written: {summary['bytes'] / 1e9:.3f} GB in {summary['shards']} shards, {summary['bytes'] / hours / 1e9:.1f} GB "
           f"per hour of video ({summary['segments_written']} samples, {summary['clips']} clips)")
