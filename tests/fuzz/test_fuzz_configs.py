@@ -42,17 +42,17 @@ VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**65, 2**65) | s
                       max_leaves=6)
 
 
-def _load(path, overrides, names) -> str:
-    """READ or REFUSED; any exception other than ConfigError fails the case, and a refusal names one of
-    ``names`` (the keys given, the recipe files)."""
+def _load(path, overrides) -> tuple[str, TrainConfig | ConfigError]:
+    """(READ, the config) or (REFUSED, the ConfigError); any other exception fails the case."""
     try:
         with time_limit():
-            config = load_config(path, overrides)
+            return READ, load_config(path, overrides)
     except ConfigError as e:
-        assert any(name in str(e) for name in names), f"the refusal names neither a key nor a file: {e}"
-        return REFUSED
-    assert isinstance(config, TrainConfig)
-    return READ
+        return REFUSED, e
+
+
+def _named(error: ConfigError, names: list[str]) -> bool:
+    return any(name in str(error) for name in names)
 
 
 @given(overrides=st.lists(st.tuples(st.sampled_from(KEYS) | st.text(max_size=10), VALUE_TEXT), max_size=4),
@@ -62,7 +62,12 @@ def test_overrides_load_or_are_refused_naming_the_key(tally, overrides, separato
     items = REQUIRED + [f"{key}{separator}{value}" for key, value in overrides]
     # a refusal names an override it was given, whole or by a part of its key (quoted where blank)
     names = [repr(item) for item in items] + [_shown_key(part) for key, _ in overrides for part in key.strip().split(".")]
-    outcome = _load(RECIPES / "demo.yaml", items, names)
+    outcome, found = _load(RECIPES / "demo.yaml", items)
+    if outcome == READ:  # a read config holds the required overrides unless the case gave the key again
+        assert isinstance(found, TrainConfig)
+        assert found.data.codebook == "codebook.safetensors" or any("codebook" in key for key, _ in overrides)
+    else:
+        assert _named(found, names), f"the refusal names no override it was given: {found}"
     tally.add("config overrides", "command lines", outcome)
 
 
@@ -100,5 +105,10 @@ def test_recipe_files_load_or_are_refused_naming_the_file(tmp_path_factory, tall
     if text is not None:
         (folder / "recipe.yaml").write_text(text)
     # a refusal names the recipe file, or one of the keys this case changed
-    outcome = _load(folder / "recipe.yaml", REQUIRED, [str(folder), *(k.split(".")[-1] for k in changed)])
+    outcome, found = _load(folder / "recipe.yaml", REQUIRED)
+    if outcome == READ:
+        assert isinstance(found, TrainConfig) and found.data.codebook == "codebook.safetensors"
+    else:
+        assert _named(found, [str(folder), *(k.split(".")[-1] for k in changed)]), \
+            f"the refusal names neither the recipe file nor a key this case changed: {found}"
     tally.add("config files", "recipes", outcome)
