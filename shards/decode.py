@@ -100,6 +100,11 @@ class DecodeOptions:
     allows is refused with ``crop=None`` (and cannot be cropped as asked otherwise)."""
     stall_timeout: float | None = 60.0
     """Seconds without a new frame after which ffmpeg is stopped; None waits for ever."""
+    threads: int = 0
+    """ffmpeg's threads for this video's decoder and filters; 0 leaves it to ffmpeg (about one per core).
+    Several videos decoded at once on as many cores decode fastest with one thread each: ffmpeg's own
+    choice then runs cores x cores threads that wait on each other. The frames are the same bytes
+    whatever the number."""
 
     def __post_init__(self) -> None:
         if not self.fps > 0:
@@ -112,6 +117,8 @@ class DecodeOptions:
         if self.max_frame_pixels < smallest:
             raise ValueError(f"max_frame_pixels must be at least {smallest} (the size and crop asked for), "
                              f"got {self.max_frame_pixels}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be 0 (ffmpeg's choice) or a positive number, got {self.threads}")
         if self.stall_timeout is not None and not self.stall_timeout > 0:
             raise ValueError(f"stall_timeout must be positive seconds (or None), got {self.stall_timeout}")
 
@@ -133,9 +140,11 @@ def ffmpeg_command(path: str | Path, options: DecodeOptions, output: str = "pipe
     """The ffmpeg argv that decodes ``path`` to rgb24 frames at ``output`` (also used by the benchmark)."""
     size = options.size
     long = max(size, options.max_frame_pixels // size)  # the bounding box's long side (module doc)
+    threads = {"threads": options.threads} if options.threads else {}  # an input option: the decoder's
     stream = (
         ffmpeg.input(f"file:{Path(path).absolute()}", hide_banner=None, nostdin=None, nostats=None, y=None,
-                     loglevel="level+info", protocol_whitelist="file", format_whitelist=",".join(DEMUXERS))["v:0"]
+                     loglevel="level+info", protocol_whitelist="file", format_whitelist=",".join(DEMUXERS),
+                     **threads)["v:0"]
         .filter("fps", fps=options.fps, start_time=0, round="up")
         .filter("scale", w=f"if(gt(iw,ih),{long},{size})", h=f"if(gt(iw,ih),{size},{long})",
                 force_original_aspect_ratio="decrease")
@@ -143,7 +152,10 @@ def ffmpeg_command(path: str | Path, options: DecodeOptions, output: str = "pipe
     if options.crop is not None:
         height, width = options.crop
         stream = stream.filter("crop", width, height)
-    return stream.output(output, format="rawvideo", pix_fmt="rgb24").compile(cmd=ffmpeg_exe())
+    output_stream = stream.output(output, format="rawvideo", pix_fmt="rgb24")
+    if options.threads:  # the filter graph's threads (it is compiled as a -filter_complex graph)
+        output_stream = output_stream.global_args("-filter_complex_threads", str(options.threads))
+    return output_stream.compile(cmd=ffmpeg_exe())
 
 
 class _StderrDrain(threading.Thread):

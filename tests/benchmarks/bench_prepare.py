@@ -9,9 +9,10 @@ with the 1/f spectrum of natural images, with sensor noise and a slow change of 
 a usual quality (CRF 23): what decoding a filmed video costs, which a test pattern does not show
 (nothing can be downloaded here). Then, per kind, in the same run:
 
-  (a) bare decode: ffmpeg with the very filter chain prepare uses (``shards.decode.ffmpeg_command``:
-      fps, scale to the short side, centre crop, rgb24) writing raw frames to /dev/null, one video at a
-      time, and with as many concurrent ffmpeg processes as prepare has workers;
+  (a) bare decode: ffmpeg with the very filter chain and threads per video prepare uses
+      (``shards.decode.ffmpeg_command``: fps, scale to the short side, centre crop, rgb24) writing raw
+      frames to /dev/null, one video at a time, and with as many concurrent ffmpeg processes as prepare
+      has workers (and once more with ffmpeg choosing its own number of threads, for comparison);
   (b) ffmpeg to a file: the same ffmpeg commands, as many at a time as prepare has workers, each
       writing its raw frames to a file in the output's folder (the same disk): the limit a user would
       compare prepare with, since prepare writes those same frame bytes;
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import os
 import random
@@ -46,7 +48,7 @@ import numpy as np
 
 from videobert.shards.decode import DecodeOptions, ffmpeg_command
 from videobert.shards.ffmpeg_bin import ffmpeg_exe
-from videobert.shards.prepare import PrepareConfig, prepare
+from videobert.shards.prepare import PrepareConfig, default_decode_threads, prepare
 
 
 def render(folder: Path, kind: str, count: int, seconds: float, size: str, workers: int) -> list[Path]:
@@ -201,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(args: argparse.Namespace, folder: Path, kind: str, size: str) -> None:
-    options = DecodeOptions(fps=args.fps, size=args.size, crop=(args.size, args.size))
+    # The ffmpeg runs use prepare's own decoding options, its threads per video included.
+    options = DecodeOptions(fps=args.fps, size=args.size, crop=(args.size, args.size),
+                            threads=default_decode_threads(args.workers))
+    ffmpeg_threads = dataclasses.replace(options, threads=0)
     started = time.perf_counter()
     paths = render(folder / "videos", kind, args.videos, args.seconds, size, args.workers)
     transcript = folder / "caption.json"
@@ -217,7 +222,9 @@ def report(args: argparse.Namespace, folder: Path, kind: str, size: str) -> None
     runs: dict[str, list[Timer]] = {"bare decode, sequential": [], f"bare decode, {args.workers} concurrent": [],
                                     to_file: [], f"prepare, {args.workers} workers": []}
     summary: dict = {}
+    own_threads: list[Timer] = []
     for _ in range(args.repeats):
+        own_threads.append(bare_decode(paths, ffmpeg_threads, args.workers))
         runs["bare decode, sequential"].append(bare_decode(paths, options, 1))
         runs[f"bare decode, {args.workers} concurrent"].append(bare_decode(paths, options, args.workers))
         runs[to_file].append(decode_to_files(paths, options, args.workers, folder / "frames"))
@@ -231,6 +238,11 @@ def report(args: argparse.Namespace, folder: Path, kind: str, size: str) -> None
     for name, timer in best.items():
         print(f"{name:<32} {timer.wall:7.2f} s  {frames / timer.wall:8.0f} frames/s  {video_seconds / timer.wall:6.1f}x "
               f"realtime  {min(t.cpu for t in runs[name]):7.2f} CPU s")
+    own = min(own_threads, key=lambda t: t.wall)
+    print(f"{'(bare decode, ' + str(args.workers) + ' concurrent, ffmpeg choosing its threads)':<32} {own.wall:7.2f} s  "
+          f"{frames / own.wall:8.0f} frames/s  {min(t.cpu for t in own_threads):7.2f} CPU s: "
+          f"{options.threads} thread(s) per video, as prepare runs it, "
+          f"{own.wall / best[f'bare decode, {args.workers} concurrent'].wall:.2f}x as fast")
     *bare, written, prepared = best.values()
     ratio = min(t.wall for t in bare) / prepared.wall
     prepare_name = list(runs)[3]

@@ -146,6 +146,38 @@ def test_a_flood_of_ffmpeg_errors_does_not_stall_the_pipe(tmp_path, media):
     assert len(frames) > 0 and decoder.damage is not None
 
 
+def test_the_frames_are_the_same_bytes_whatever_ffmpegs_threads(tmp_path):
+    """A filmed-like H.264 video (B-frames, a frame size the scaler splits into slices) decoded with
+    ffmpeg's own number of threads, one, and three: the same frames, byte for byte (prepare picks
+    the number from the CPUs and workers, and its output must not depend on the machine)."""
+    from videobert.shards.prepare import PrepareConfig, default_decode_threads
+    from videobert.shards.ranks import available_cpus
+
+    path = tmp_path / "pattern.mp4"
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=322x242:rate=25:duration=3", "-vf", "noise=alls=8:allf=t", "-c:v", "libx264",
+                    "-preset", "veryfast", "-bf", "3", "-pix_fmt", "yuv420p", str(path)], check=True)
+    for size, crop in ((112, None), (64, (48, 60))):
+        decoded = {threads: np.stack(list(iter_frames(path, DecodeOptions(size=size, crop=crop, threads=threads))))
+                   for threads in (0, 1, 3)}
+        assert len(decoded[0]) == 60
+        assert all(np.array_equal(decoded[0], other) for other in decoded.values()), (size, crop)
+
+    one = " ".join(ffmpeg_command(path, DecodeOptions(threads=1)))
+    assert "-threads 1 " in one and "-filter_complex_threads 1" in one
+    assert "threads" not in " ".join(ffmpeg_command(path, DecodeOptions()))
+    with pytest.raises(ValueError, match="threads"):
+        DecodeOptions(threads=-1)
+    # prepare shares the CPUs out among its workers, one thread each at least, unless told a number
+    config = dict(videos=(str(tmp_path),), transcripts=(str(tmp_path),), out=str(tmp_path / "out"))
+    for workers in (1, 2, 64):
+        assert PrepareConfig(**config, workers=workers).decode_options().threads == \
+            default_decode_threads(workers) == max(1, available_cpus() // workers)
+    assert PrepareConfig(**config, workers=64, decode_threads=3).decode_options().threads == 3
+    with pytest.raises(ValueError, match="--decode-threads must be 0"):
+        PrepareConfig(**config, decode_threads=-2)
+
+
 def test_options_are_validated():
     with pytest.raises(ValueError, match="fps"):
         DecodeOptions(fps=0)
