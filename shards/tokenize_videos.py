@@ -57,9 +57,8 @@ from videobert.shards.folders import write_json_atomic
 from videobert.shards.options import Flag, add_config_arguments, config_from_args
 from videobert.shards.parts import SummaryRules, claim_part, finish_part
 from videobert.shards.prepare import (
-    FLAGS as PREPARE_FLAGS, SPOOL_PREFIX, ArgumentsError, PrepareConfig, PrepareSummary, VideoFiles, _argument_differences,
-    _Counters, _execute, _input_problems, _plan_run, _Run, _start_errors, _summarize, inputs_fingerprint, list_videos,
-    part_videos, sampled_part,
+    FLAGS as PREPARE_FLAGS, SPOOL_PREFIX, ArgumentsError, PrepareConfig, PrepareSummary, _argument_differences,
+    _Counters, _execute, _input_problems, _plan_run, _Run, _start_errors, _summarize, sampled_part,
 )
 from videobert.shards.prepare import format_summary as prepare_summary
 from videobert.shards.ranks import available_cpus
@@ -68,6 +67,7 @@ from videobert.shards.tokenize_clips import (
 )
 from videobert.shards.transcript_entries import Problem
 from videobert.shards.transcripts import Transcripts, list_transcript_files, read_transcripts
+from videobert.shards.video_files import VideoFiles, inputs_fingerprint, list_videos, part_videos
 from videobert.shards.writer import ShardWriter, encode_members, resume_point
 
 STAGE = "tokenize-videos"
