@@ -171,7 +171,8 @@ def format_caption_tables(c: dict[str, Any]) -> str:
     """The captioning table, Table 3's order with paired intervals and, when they ran, the probes."""
     parts = [format_table(caption_table(c))]
     if c.get("order"):
-        parts[0] += "\nTable 3's order (paired difference over the same held-out segments, 95 % bootstrap interval):\n" \
+        parts[0] += "\nTable 3's order (paired difference over the same held-out segments, 95 % bootstrap interval over " \
+            "the segments; another training of the captioners can move a row by more):\n" \
             + "\n".join(f"  {line}" for line in order_lines(c))
     probes = c.get("probes", {}).get("accuracy")
     if probes:

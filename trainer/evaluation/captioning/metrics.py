@@ -173,7 +173,9 @@ def paired_difference(better: CaptionScores, than: CaptionScores, metric: str = 
     the mean of per-segment differences) with a 95 % interval from a bootstrap over the segments that
     resamples both rows together (paired: what varies from segment to segment for both rows cancels),
     and the verdict: ``holds`` when the interval lies above 0, ``reversed`` when below, else
-    ``unresolved`` (the interval holds 0: these segments cannot tell the rows apart)."""
+    ``unresolved`` (the interval holds 0: these segments cannot tell the rows apart). The interval is
+    that of the segments drawn, given the two captioners as trained; another training of either can
+    move the difference by more."""
     a, b = better.per_segment.get(metric), than.per_segment.get(metric)
     if a is None or b is None or len(a) != len(b):
         raise ValueError(f"a paired {metric} difference needs both rows' per-segment scores over the same segments")
