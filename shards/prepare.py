@@ -34,7 +34,7 @@ is decoded twice) and deletes the spool. Output is therefore the same bytes what
 workers, and memory stays bounded by one sample per worker however long a video is. At most two
 videos per worker are decoded ahead of the one being copied. Each ffmpeg gets the CPUs divided among
 the workers (``--decode-threads``; one thread each at the default of one worker per CPU): ffmpeg's own
-choice, a thread per core in every process, costs about a fifth more CPU when the workers already fill
+choice, a thread per core in every process, cost up to a fifth more CPU (measured) when the workers fill
 the cores.
 
 Output folder: ``shard-NNNNNN.tar`` + ``shard-NNNNNN.stats.json`` (see ``shards.writer``),
