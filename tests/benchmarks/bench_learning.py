@@ -72,15 +72,13 @@ def order_table(runs: dict[int, dict[str, Any]], seeds: list[int], report: Path,
         return
     table = Table("captioning: Table 3's order (paired CIDEr difference [95 % interval], verdict)",
                   ["pair", *(f"seed {s}" for s in seeds)], report)
+    by_seed = {s: {(o["better"], o["than"]): o for o in lookup(runs[s], ("captioning", "order")) or []} for s in seeds}
     summary["captioning_order"] = {}
-    for better, than in pairs:
-        cells = []
-        for seed in seeds:
-            found = [o for o in lookup(runs[seed], ("captioning", "order")) or [] if (o["better"], o["than"]) == (better, than)]
-            cells.append(f"{found[0]['difference']:+.3f} [{found[0]['difference_ci'][0]:+.3f}, "
-                         f"{found[0]['difference_ci'][1]:+.3f}] {found[0]['verdict']}" if found else "-")
-            summary["captioning_order"].setdefault(f"{better} > {than}", []).append(found[0] if found else None)
-        table.row(f"{better} > {than}", *cells)
+    for pair in pairs:
+        found = [by_seed[s].get(pair) for s in seeds]
+        summary["captioning_order"][" > ".join(pair)] = found
+        table.row(" > ".join(pair), *(f"{o['difference']:+.3f} [{o['difference_ci'][0]:+.3f}, {o['difference_ci'][1]:+.3f}] "
+                                      f"{o['verdict']}" if o else "-" for o in found))
 
 
 def run_demo(out: Path, seed: int, steps: int | None, every: int | None) -> float:

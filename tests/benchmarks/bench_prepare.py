@@ -241,7 +241,7 @@ def report(args: argparse.Namespace, folder: Path, kind: str, size: str) -> None
     own = min(own_threads, key=lambda t: t.wall)
     print(f"{'(bare decode, ' + str(args.workers) + ' concurrent, ffmpeg choosing its threads)':<32} {own.wall:7.2f} s  "
           f"{frames / own.wall:8.0f} frames/s  {min(t.cpu for t in own_threads):7.2f} CPU s: "
-          f"{options.threads} thread(s) per video, as prepare runs it, "
+          f"prepare's {options.threads} thread(s) per video decode "
           f"{own.wall / best[f'bare decode, {args.workers} concurrent'].wall:.2f}x as fast")
     *bare, written, prepared = best.values()
     ratio = min(t.wall for t in bare) / prepared.wall

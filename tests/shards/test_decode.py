@@ -12,6 +12,8 @@ from videobert.shards.decode import (
     parse_crop,
 )
 from videobert.shards.ffmpeg_bin import ffmpeg_exe
+from videobert.shards.prepare import PrepareConfig, default_decode_threads
+from videobert.shards.ranks import available_cpus
 
 
 def decode(path, fps=20.0, size=32, crop=(32, 32)) -> np.ndarray:
@@ -150,9 +152,6 @@ def test_the_frames_are_the_same_bytes_whatever_ffmpegs_threads(tmp_path):
     """A filmed-like H.264 video (B-frames, a frame size the scaler splits into slices) decoded with
     ffmpeg's own number of threads, one, and three: the same frames, byte for byte (prepare picks
     the number from the CPUs and workers, and its output must not depend on the machine)."""
-    from videobert.shards.prepare import PrepareConfig, default_decode_threads
-    from videobert.shards.ranks import available_cpus
-
     path = tmp_path / "pattern.mp4"
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
                     "testsrc2=size=322x242:rate=25:duration=3", "-vf", "noise=alls=8:allf=t", "-c:v", "libx264",

@@ -14,7 +14,8 @@ import math
 
 import pytest
 
-from videobert.trainer.evaluation.captioning.metrics import CaptionScorer, format_score, java_available
+from videobert.trainer.evaluation import intervals
+from videobert.trainer.evaluation.captioning.metrics import CaptionScorer, format_score, java_available, paired_difference
 
 needs_java = pytest.mark.skipif(not java_available(), reason="METEOR and the PTB tokenizer need a Java runtime")
 
@@ -98,9 +99,6 @@ def test_references_and_candidates_must_name_the_same_segments():
 
 
 def test_table_3s_order_is_a_paired_difference_with_its_interval(scorers):
-    from videobert.trainer.evaluation import intervals
-    from videobert.trainer.evaluation.captioning.metrics import paired_difference
-
     words = ["stir the soup", "cut the onion", "pour the milk", "whisk the egg", "slice the bread"]
     references = {f"s{i:02d}": [words[i % 5]] for i in range(40)}
     exact = {k: refs[0] for k, refs in references.items()}

@@ -259,7 +259,7 @@ def caption_markdown(c: dict[str, Any], pictures: str = "") -> list[str]:
                   "95 % interval from a bootstrap that resamples the segments of both rows together (paired); an "
                   "interval that holds 0 means these segments cannot tell the two rows apart. The interval covers the "
                   "choice of held-out segments, not the captioners' own training: captioners trained with another seed "
-                  "on the same features can differ by more (on the demo's corpus a row's CIDEr moves by about 0.25).", ""]
+                  "on the same features can differ by more.", ""]
         lines += [f"- {line}" for line in order_lines(c)]
     if c.get("skipped_rows"):
         lines += ["", f"Rows without their features (no encoder features in the shards): {', '.join(c['skipped_rows'])}."]

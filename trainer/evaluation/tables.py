@@ -153,8 +153,8 @@ def probe_table(accuracy: dict[str, dict[str, Any]], segments: int | None = None
                  note=f"{counted}{INTERVALS} (Wilson)")
 
 
-VERDICTS = {"holds": "holds", "reversed": "reversed",
-            "unresolved": "not resolved: the interval holds 0, these segments cannot tell the two rows apart"}
+VERDICTS = {"unresolved": "not resolved: the interval holds 0, these segments cannot tell the two rows apart"}
+"""How a verdict of ``metrics.paired_difference`` is printed, where it is not its own word."""
 
 
 def order_lines(c: dict[str, Any]) -> list[str]:
@@ -163,7 +163,7 @@ def order_lines(c: dict[str, Any]) -> list[str]:
     for o in c.get("order", []):
         low, high = o["difference_ci"]
         lines.append(f"{c['row_labels'][o['better']]} - {c['row_labels'][o['than']]}: {METRIC_LABELS[o['metric']]} "
-                     f"{o['difference']:+.3f} [{low:+.3f}, {high:+.3f}]: {VERDICTS[o['verdict']]}")
+                     f"{o['difference']:+.3f} [{low:+.3f}, {high:+.3f}]: {VERDICTS.get(o['verdict'], o['verdict'])}")
     return lines
 
 
