@@ -129,7 +129,19 @@ def _argument(f: dataclasses.Field, hint: Any, flag: Flag, doc: str) -> tuple[li
         options["required"] = True
     elif options.get("action") not in ("store_true", "store_false"):
         options["default"] = list(default) if isinstance(default, tuple) else default  # argparse adds to lists
+        if options.get("action") == "extend" and default:
+            options["action"] = _ExtendReplacingDefault
     return [name], options
+
+
+class _ExtendReplacingDefault(argparse.Action):
+    """``extend`` for a list with a non-empty default: the option's first use replaces the default
+    (``--rows encoder`` means that row alone), later uses add to what was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, self.dest, None)
+        kept = [] if given is None or given is self.default else list(given)
+        setattr(namespace, self.dest, kept + list(values))
 
 
 def _value_options(hint: Any, flag: Flag) -> dict[str, Any]:

@@ -50,6 +50,22 @@ def test_prepare_sizes_repeats_and_switches():
         _parse(prepare, "--videos a --transcripts t --out o --transcript-format docx".split())
 
 
+def test_a_list_option_with_a_default_replaces_it_when_given():
+    @dataclasses.dataclass(frozen=True)
+    class Rows:
+        rows: tuple[str, ...] = ("a", "b", "c")
+        files: tuple[str, ...] = ()
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Rows, {})
+    read = [config_from_args(Rows, parser.parse_args(argv.split())) for argv in
+            ("", "--rows b", "--rows b c", "--rows c --rows a --files x --files y")]
+    assert [r.rows for r in read] == [("a", "b", "c"), ("b",), ("b", "c"), ("c", "a")]
+    assert read[3].files == ("x", "y") and read[0].files == ()
+    again = config_from_args(Rows, parser.parse_args([]))  # a second parse starts from the default again
+    assert again.rows == ("a", "b", "c")
+
+
 def test_readme_fit_codebook_and_tokenize_lines():
     args = _parse(fit_codebook, "--clips /data/clips --out /data/codebook --encoder s3d --encoder-weights "
                                 "/models/s3d_kinetics400.pt --depth 4 --branching 12".split())

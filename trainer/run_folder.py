@@ -23,9 +23,10 @@ Layout of ``run_dir``::
     caption/                         captioning and linear probes (``videobert caption``, ``CaptionFolder``):
         config.yaml                  the caption run's resolved config
         features.safetensors         the frozen features of its segments (reused when they match)
-        tensorboard/                 each captioner's training loss, under its row's name
-        rows/ROW/checkpoints/step-N/ a captioner's checkpoint: weights, optimizer, state, COMPLETE
-        rows/ROW/captions.jsonl      its caption for every held-out segment
+        tensorboard/                 each captioner's training loss, under its row's name (ROW/K with several)
+        rows/ROW/captioner-K/checkpoints/step-N/
+                                     the row's captioner K's checkpoint: weights, optimizer, state, COMPLETE
+        rows/ROW/captions.jsonl      the row's captions of every held-out segment, one per captioner
         results.json, report.md      the table, the probes, the examples (caption_examples.png)
 
 An exported model directory (``videobert export``) keeps the run's config as ``EXPORT_CONFIG`` and
@@ -213,8 +214,9 @@ class CaptionFolder:
     def row(self, name: str) -> Path:
         return self.path / ROWS_DIR / name
 
-    def row_checkpoints(self, name: str) -> Path:
-        return self.row(name) / CHECKPOINTS_DIR
+    def row_checkpoints(self, name: str, member: int = 0) -> Path:
+        """Checkpoints of the row's captioner number ``member``."""
+        return self.row(name) / f"captioner-{member}" / CHECKPOINTS_DIR
 
     def row_captions(self, name: str) -> Path:
         return self.row(name) / CAPTIONS_FILE

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from videobert.trainer.evaluation import intervals
-from videobert.trainer.evaluation.captioning.metrics import CaptionScorer, format_score, java_available, paired_difference
+from videobert.trainer.evaluation.captioning.metrics import (
+    CaptionScorer, combine_captioners, format_score, java_available, paired_difference,
+)
 
 needs_java = pytest.mark.skipif(not java_available(), reason="METEOR and the PTB tokenizer need a Java runtime")
 
@@ -110,8 +113,9 @@ def test_table_3s_order_is_a_paired_difference_with_its_interval(scorers):
     # The difference is that of the two corpus CIDEr figures (each a mean over the same segments), and its
     # interval is the bootstrap of the per-segment differences.
     assert found["difference"] == pytest.approx(scored["exact"].cider - scored["wrong"].cider, rel=1e-9)
-    per_segment = scored["exact"].per_segment["cider"] - scored["wrong"].per_segment["cider"]
+    per_segment = scored["exact"].per_segment["cider"][0] - scored["wrong"].per_segment["cider"][0]
     assert found["difference_ci"] == pytest.approx(list(intervals.bootstrap_mean(per_segment)), rel=1e-12)
+    assert found["captioners"] == [1, 1] and found["difference_by_captioner"] == [pytest.approx(found["difference"])]
     assert found["verdict"] == "holds" and found["difference_ci"][0] > 0
     assert paired_difference(scored["wrong"], scored["exact"])["verdict"] == "reversed"
     same = paired_difference(scored["exact"], scored["exact"])
@@ -124,3 +128,60 @@ def test_table_3s_order_is_a_paired_difference_with_its_interval(scorers):
                                             "wrong": {k: wrong_often[k] for k in few}})
     unsure = paired_difference(small["exact"], small["wrong"])
     assert unsure["difference"] > 0 and unsure["difference_ci"][0] <= 0 and unsure["verdict"] == "unresolved"
+
+
+def test_a_row_of_several_captioners_is_their_mean_with_intervals_over_captioners_and_segments(scorers):
+    words = ["stir the soup", "cut the onion", "pour the milk", "whisk the egg", "slice the bread"]
+    references = {f"s{i:02d}": [words[i % 5]] for i in range(40)}
+    exact = {k: refs[0] for k, refs in references.items()}
+    wrong = {k: ("pour the milk" if int(k[1:]) % 4 == 0 and words[int(k[1:]) % 5] != "pour the milk" else exact[k])
+             for k in references}
+    scored = scorers[False].score_sets(references, {"exact": exact, "wrong": wrong})
+    row = combine_captioners([scored["exact"], scored["wrong"], scored["exact"]])
+    assert row.captioners == 3 and row.by_captioner["cider"] == [scored["exact"].cider, scored["wrong"].cider,
+                                                                  scored["exact"].cider]
+    for name in ("bleu3", "bleu4", "rouge_l", "cider"):
+        assert getattr(row, name) == pytest.approx((2 * getattr(scored["exact"], name) + getattr(scored["wrong"], name)) / 3)
+    assert row.per_segment["cider"].shape == (3, 40) and row.as_dict()["cider_by_captioner"] == row.by_captioner["cider"]
+    # One captioner is the row itself; three identical captioners give its very intervals.
+    assert combine_captioners([scored["wrong"]]) is scored["wrong"]
+    alike = combine_captioners([scored["wrong"]] * 3)
+    assert alike.cider == pytest.approx(scored["wrong"].cider)
+    assert {k: pytest.approx(v) for k, v in alike.intervals.items()} == scored["wrong"].intervals
+
+    # The interval against the two-level bootstrap written out: each resample draws each row's captioners
+    # with replacement and the segments with replacement, and averages the drawn captioners over the drawn
+    # segments.
+    cider = row.per_segment["cider"]
+    members = intervals.member_shares(3) * 3  # draws of each captioner per resample
+    segments = intervals.resample_indices(40)
+    by_hand = [sum(members[r, m] * cider[m, segments[r]].mean() for m in range(3)) / 3 for r in range(len(segments))]
+    assert row.intervals["cider"] == pytest.approx(list(np.percentile(by_hand, [2.5, 97.5])), rel=1e-9)
+    stats = row.bleu_stats
+    by_hand = [sum(members[r, m] * intervals.bleu_from_stats(stats[m, segments[r]].sum(axis=0), 4) for m in range(3)) / 3
+               for r in range(len(segments))]
+    assert row.intervals["bleu4"] == pytest.approx(list(np.percentile(by_hand, [2.5, 97.5])), rel=1e-9)
+
+
+def test_an_order_that_one_captioners_seed_flips_is_not_resolved(scorers):
+    """Two rows of three captioners each: the first row's captioners are mostly right, the second's
+    mostly wrong, but captioner by captioner the sign flips. Taking the captioners as fixed, every
+    segment's difference is the same positive share, so a bootstrap over the segments alone would call
+    the order resolved; resampling the captioners too shows another training could reverse it."""
+    words = ["stir the soup", "cut the onion", "pour the milk", "whisk the egg", "slice the bread"]
+    references = {f"s{i:02d}": [words[i % 5]] for i in range(40)}
+    exact = {k: refs[0] for k, refs in references.items()}
+    wrong = {k: ("pour the milk" if words[int(k[1:]) % 5] != "pour the milk" else "stir the soup") for k in references}
+    scored = scorers[False].score_sets(references, {"exact": exact, "wrong": wrong})
+    better = combine_captioners([scored["exact"], scored["wrong"], scored["exact"]])
+    than = combine_captioners([scored["wrong"], scored["exact"], scored["wrong"]])
+    found = paired_difference(better, than)
+    assert found["difference"] == pytest.approx((scored["exact"].cider - scored["wrong"].cider) / 3)
+    assert found["captioners"] == [3, 3] and len(found["difference_by_captioner"]) == 3
+    assert sorted(d > 0 for d in found["difference_by_captioner"]) == [False, True, True]
+    fixed = intervals.bootstrap_mean(better.per_segment["cider"].mean(axis=0) - than.per_segment["cider"].mean(axis=0))
+    assert fixed[0] > 0  # the captioners taken as they are: resolved
+    assert found["difference_ci"][0] < 0 < found["difference_ci"][1] and found["verdict"] == "unresolved"
+    # With the captioners agreeing, the same gap is resolved.
+    agree = paired_difference(combine_captioners([scored["exact"]] * 3), combine_captioners([scored["wrong"]] * 3))
+    assert agree["verdict"] == "holds"

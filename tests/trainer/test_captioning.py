@@ -128,6 +128,11 @@ def test_a_resumed_captioner_takes_the_steps_of_an_uninterrupted_one(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(CaptionTrainingError, match="trained with other identity"):
         train_captioner("row", 1, x, [8, 6], captions, words, settings, tmp_path / "resumed", {"v": 2})
+    # Another captioner of the same row starts from its own weights and batches; the same one again is the same.
+    other = train_captioner("row", 1, x, [8, 6], captions, words, settings, tmp_path / "other", {"v": 1}, member=1)
+    assert not torch.equal(other.projections[0].weight, straight.projections[0].weight)
+    with pytest.raises(CaptionTrainingError, match="trained with other member"):
+        train_captioner("row", 1, x, [8, 6], captions, words, settings, tmp_path / "other", {"v": 1})
 
 
 def test_probes_read_a_planted_label():
@@ -174,11 +179,17 @@ def test_the_caption_command_writes_its_table_and_resumes(corpus, untrained, cap
         assert o["difference"] == pytest.approx(results["rows"][o["better"]]["cider"] - results["rows"][o["than"]]["cider"])
     assert "Table 3's order" in printed and "VideoBERT + clip encoder features - clip encoder features: CIDEr" in printed
     assert results["train_segments"] == 96 and results["heldout_segments"] == 32
+    assert results["captioners"] == 3  # the default: each row is the mean of three captioners
     for scores in results["rows"].values():
         assert 0 <= scores["bleu4"] <= 1 and scores["cider"] >= 0 and scores["meteor"] is None
+        assert scores["captioners"] == 3 and scores["cider"] == pytest.approx(np.mean(scores["cider_by_captioner"]))
+    for o in results["order"]:
+        assert o["captioners"] == [3, 3] and len(o["difference_by_captioner"]) == 3
     for row in results["rows"]:
         lines = [json.loads(x) for x in (out / "rows" / row / "captions.jsonl").read_text().splitlines()]
         assert len(lines) == 32 and all(line["reference"].startswith("now let me show you how to") for line in lines)
+        assert all(len(line["captions"]) == 3 and line["caption"] == line["captions"][0] for line in lines)
+    assert "CIDEr by captioner" in printed and "captioner by captioner" in printed
     probes = results["probes"]
     assert set(probes["accuracy"]) == {"encoder", "videobert", "constant"} and probes["heldout_segments"] == 32
     report = (out / "report.md").read_text()
@@ -189,12 +200,19 @@ def test_the_caption_command_writes_its_table_and_resumes(corpus, untrained, cap
         assert image.format == "PNG" and image.size[1] > 3 * 64
         image.verify()
 
-    markers = {p: p.read_text() for p in out.glob("rows/*/checkpoints/step-*/COMPLETE")}
-    assert len(markers) == 4
+    markers = {p: p.read_text() for p in out.glob("rows/*/captioner-*/checkpoints/step-*/COMPLETE")}
+    assert len(markers) == 12
     assert cli.main(_caption_args(corpus, untrained, out)) == 0  # a rerun: nothing is trained again
     again = json.loads((out / "results.json").read_text())
     assert again["features_reused"] and again["rows"] == results["rows"]
-    assert {p: p.read_text() for p in out.glob("rows/*/checkpoints/step-*/COMPLETE")} == markers
+    assert {p: p.read_text() for p in out.glob("rows/*/captioner-*/checkpoints/step-*/COMPLETE")} == markers
+    # A fourth captioner per row: the three trained ones are reused, only the new one trains.
+    assert cli.main(_caption_args(corpus, untrained, out, "--captioners", "4", "--rows", "encoder")) == 0
+    four = json.loads((out / "results.json").read_text())["rows"]["encoder"]
+    assert four["cider_by_captioner"][:3] == results["rows"]["encoder"]["cider_by_captioner"]
+    now = {p: p.read_text() for p in out.glob("rows/*/captioner-*/checkpoints/step-*/COMPLETE")}
+    assert {p: now[p] for p in markers} == markers and sorted(set(now) - set(markers)) == [
+        out / "rows" / "encoder" / "captioner-3" / "checkpoints" / "step-20" / "COMPLETE"]
     capsys.readouterr()
     assert cli.main(_caption_args(corpus, untrained, out, "--lr", "0.01")) == 2
     assert "trained with other" in capsys.readouterr().err
@@ -214,7 +232,8 @@ def test_two_processes_share_the_rows_and_write_the_table_of_one(corpus, untrain
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert two["rows"] == one["rows"] and two["probes"] == one["probes"]
-    assert sorted(p.parent.name for p in (tmp_path / "two").glob("rows/*/checkpoints")) == sorted(one["rows"])
+    trained = sorted(p.parent.parent.name for p in (tmp_path / "two").glob("rows/*/captioner-*/checkpoints"))
+    assert trained == sorted(3 * list(one["rows"]))
 
 
 def test_inputs_captioning_cannot_use_are_refused(corpus, untrained, tmp_path, capsys):

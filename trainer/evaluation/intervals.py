@@ -203,6 +203,65 @@ def bleu_from_stats(totals: np.ndarray, n: int) -> np.ndarray:
         return np.where(ratio < 1, bleu * np.exp(1 - 1 / np.maximum(ratio, 1e-300)), bleu)
 
 
+def member_shares(n_members: int, n_resamples: int = N_RESAMPLES, seed: int = SEED, stream: int = 0) -> np.ndarray:
+    """(n_resamples, n_members): the share of each member (e.g. each of a row's captioners) in a
+    resample of the members drawn with replacement (draws / n_members, so a row sums to 1). Drawn
+    from their own generator (``stream`` keeps two sets of members apart), so that the draws of the
+    units stay those of ``resample_chunks``; one member always has the share 1."""
+    if n_members == 1:
+        return np.ones((n_resamples, 1))
+    idx = np.random.default_rng([seed, 0x3C3, stream]).integers(0, n_members, size=(n_resamples, n_members))
+    rows = np.arange(n_resamples)[:, None] * n_members
+    counts = np.bincount((idx + rows).ravel(), minlength=n_resamples * n_members).reshape(n_resamples, n_members)
+    return counts / n_members
+
+
+def two_level_interval(values: np.ndarray, minus: np.ndarray | None = None, n_resamples: int = N_RESAMPLES,
+                       seed: int = SEED, level: float = 0.95) -> tuple[float, float] | None:
+    """Interval of the mean of ``values`` (members, units), less the mean of ``minus`` (members',
+    same units) when given, resampling at two levels: the members of each array on their own (e.g.
+    the captioners of a row, each trained from its own seed) and the units of both together (the
+    held-out segments, paired). It covers another draw of units and another training of the
+    members; with one member per array it is ``bootstrap_mean`` of the per-unit values (the same
+    resamples). None when there are no units."""
+    values = np.atleast_2d(np.asarray(values, np.float64))
+    arrays = [values] if minus is None else [values, np.atleast_2d(np.asarray(minus, np.float64))]
+    n_units = values.shape[1]
+    if not n_units or any(a.shape[1] != n_units for a in arrays):
+        return None
+    shares = [member_shares(len(a), n_resamples, seed, stream) for stream, a in enumerate(arrays)]
+    found, start = [], 0
+    for idx in resample_chunks(n_units, n_resamples, seed):
+        rows = slice(start, start + len(idx))
+        start += len(idx)
+        per_unit = shares[0][rows] @ arrays[0]  # (resamples, units): each unit's mean over the drawn members
+        if minus is not None:
+            per_unit = per_unit - shares[1][rows] @ arrays[1]
+        found.append(np.take_along_axis(per_unit, idx, axis=1).mean(axis=1))
+    return percentile_interval(np.concatenate(found), level)
+
+
+def two_level_bleu_interval(stats: np.ndarray, n: int, n_resamples: int = N_RESAMPLES, seed: int = SEED,
+                            level: float = 0.95) -> tuple[float, float] | None:
+    """Interval of the members' mean corpus BLEU-``n``: ``stats`` (members, segments, 2 + 2 * max n)
+    per member as in ``corpus_bleu_interval``, which this is for one member; each resample draws the
+    members and the segments (as ``two_level_interval``) and recomputes every drawn member's BLEU
+    from its own counts over the drawn segments."""
+    stats = np.asarray(stats, np.float64)
+    if stats.ndim == 2:
+        stats = stats[None]
+    if not stats.shape[1]:
+        return None
+    shares = member_shares(len(stats), n_resamples, seed)
+    found, start = [], 0
+    for counts in resample_counts(stats.shape[1], n_resamples, seed):
+        rows = slice(start, start + len(counts))
+        start += len(counts)
+        totals = np.einsum("rs,msk->rmk", counts.astype(np.float64), stats)  # (resamples, members, stats)
+        found.append((shares[rows] * bleu_from_stats(totals, n)).sum(axis=1))
+    return percentile_interval(np.concatenate(found), level)
+
+
 def as_list(interval: tuple[float, float] | None) -> list[float] | None:
     """An interval as results.json stores it."""
     return None if interval is None else [float(interval[0]), float(interval[1])]

@@ -29,7 +29,8 @@ import numpy as np
 from videobert.models.vocab import JointVocab
 from videobert.shards.folders import read_json_lines
 from videobert.trainer.evaluation.tables import (
-    caption_table, heldout_table, in_turn_table, markdown_table, order_lines, probe_table, retrieval_table, zeroshot_table,
+    caption_table, captioners_of, encoder_explains_order, heldout_table, in_turn_table, markdown_table, order_lines,
+    probe_table, retrieval_table, zeroshot_table,
 )
 from videobert.trainer.run_folder import REPORT_FILE, RESULTS_FILE, RunFolder, write_json, write_text_atomic
 
@@ -243,24 +244,33 @@ def caption_markdown(c: dict[str, Any], pictures: str = "") -> list[str]:
 
     rows = c["rows"]
     tokenizer = next(iter(rows.values()))["tokenizer"] if rows else ""
+    k = captioners_of(c)
+    trained = (f"{k} small transformer encoder-decoders per row (trained alike from different seeds; a row's scores "
+               "are their mean)" if k > 1 else "A small transformer encoder-decoder per row")
     lines = ["## Captioning from frozen features", "",
              f"Features of the model at step {c['model'].get('step')}. "
-             f"A small transformer encoder-decoder trained on {c['train_segments']} labelled training segments for "
-             f"{c['steps']} steps per row, {c['decoding']} decoding, scored on {c['heldout_segments']} held-out segments "
+             f"{trained}, trained on {c['train_segments']} labelled training segments for "
+             f"{c['steps']} steps each, {c['decoding']} decoding, scored on {c['heldout_segments']} held-out segments "
              f"({c['distinct_references']} distinct reference sentences). VideoBERT features: the frozen model reads "
              f"`{c['template']}` before the video tokens; its outputs at the video tokens and at the masks are "
              f"averaged and concatenated. Tokens: {tokenizer}. BLEU, METEOR and ROUGE-L in %. In brackets: "
-             "95 % intervals, a bootstrap over the held-out segments (BLEU recomputed from each resample's n-gram "
-             "counts, ROUGE-L and CIDEr as means of per-segment scores with CIDEr's document frequencies kept from "
-             "the whole set); METEOR has none, its corpus score not being made of per-segment parts.", ""]
+             f"95 % intervals, a bootstrap over the held-out segments{' and over the captioners' if k > 1 else ''} "
+             "(BLEU recomputed from each resample's n-gram counts, ROUGE-L and CIDEr as means of per-segment scores "
+             "with CIDEr's document frequencies kept from the whole set); METEOR has none, its corpus score not "
+             "being made of per-segment parts.", ""]
     lines += markdown_table(caption_table(c))
     if c.get("order"):
+        cover = (f"and each row's {k} captioners, so it covers another training of the captioners as well as another "
+                 "draw of segments" if k > 1 else
+                 "together; it covers the choice of held-out segments, not the captioners' own training: captioners "
+                 "trained with another seed on the same features can differ by more")
         lines += ["", "Table 3's order: the difference of each pair of rows over the same held-out segments, with a "
-                  "95 % interval from a bootstrap that resamples the segments of both rows together (paired); an "
-                  "interval that holds 0 means these segments cannot tell the two rows apart. The interval covers the "
-                  "choice of held-out segments, not the captioners' own training: captioners trained with another seed "
-                  "on the same features can differ by more.", ""]
+                  f"95 % interval from a bootstrap that resamples the segments of both rows together (paired) {cover}. "
+                  "An interval that holds 0 means these segments and captioners cannot tell the two rows apart.", ""]
         lines += [f"- {line}" for line in order_lines(c)]
+        explained = encoder_explains_order(c)
+        if explained:
+            lines += ["", explained]
     if c.get("skipped_rows"):
         lines += ["", f"Rows without their features (no encoder features in the shards): {', '.join(c['skipped_rows'])}."]
     lines.append("")

@@ -129,16 +129,34 @@ def retrieval_table(r: dict[str, Any]) -> Table:
 
 
 def caption_table(c: dict[str, Any]) -> Table:
-    """The captioning table (the paper's Table 3 layout)."""
+    """The captioning table (the paper's Table 3 layout); with several captioners per row, a last
+    column gives each captioner's CIDEr."""
     def cell(scores: dict[str, Any], m: str) -> str:
         return with_interval(format_score(m, scores[m]), scores.get(f"{m}_ci"), lambda x: format_score(m, x))
 
-    rows = [(c["row_labels"][row], [cell(scores, m) for m in METRICS]) for row, scores in c["rows"].items()]
+    several = captioners_of(c) > 1
+    rows = [(c["row_labels"][row], [cell(scores, m) for m in METRICS]
+             + ([" / ".join(f"{v:.2f}" for v in scores.get("cider_by_captioner", []))] if several else []))
+            for row, scores in c["rows"].items()]
     tokenizer = next(iter(c["rows"].values()))["tokenizer"] if c["rows"] else ""
-    return Table("captioning", [METRIC_LABELS[m] for m in METRICS], rows, label_header="features",
+    return Table("captioning", [METRIC_LABELS[m] for m in METRICS] + (["CIDEr by captioner"] if several else []), rows,
+                 label_header="features",
                  note=f"{c['heldout_segments']} held-out segments, {c['distinct_references']} distinct references; "
                       f"{c['decoding']} decoding; tokens: {tokenizer}; BLEU, METEOR, ROUGE-L in %; {INTERVALS} "
-                      "(bootstrap over the segments; none for METEOR, whose corpus score is not made of per-segment parts)")
+                      f"({interval_basis(c)}; none for METEOR, whose corpus score is not made of per-segment parts)")
+
+
+def captioners_of(c: dict[str, Any]) -> int:
+    """Captioners per row of a captioning result (1 in results written before rows had several)."""
+    return int(c.get("captioners", 1))
+
+
+def interval_basis(c: dict[str, Any]) -> str:
+    """What the captioning intervals resample, in words."""
+    k = captioners_of(c)
+    if k > 1:
+        return f"each row the mean of {k} captioners trained from different seeds; bootstrap over the segments and the captioners"
+    return "one captioner per row; bootstrap over the segments"
 
 
 PROBE_ROWS = (("constant", "best constant guess"), ("encoder", "clip encoder features"), ("videobert", "VideoBERT features"))
@@ -153,27 +171,57 @@ def probe_table(accuracy: dict[str, dict[str, Any]], segments: int | None = None
                  note=f"{counted}{INTERVALS} (Wilson)")
 
 
-VERDICTS = {"unresolved": "not resolved: the interval holds 0, these segments cannot tell the two rows apart"}
+VERDICTS = {"unresolved": "not resolved: the interval holds 0, these segments and captioners cannot tell the two rows apart"}
 """How a verdict of ``metrics.paired_difference`` is printed, where it is not its own word."""
 
 
 def order_lines(c: dict[str, Any]) -> list[str]:
-    """Table 3's order, one line per pair of rows: the paired CIDEr difference, its interval, the verdict."""
+    """Table 3's order, one line per pair of rows: the paired CIDEr difference, its interval, the
+    verdict, and each pair of captioners' difference when there are several."""
     lines = []
     for o in c.get("order", []):
         low, high = o["difference_ci"]
+        each = o.get("difference_by_captioner", [])
+        spread = f" (captioner by captioner: {', '.join(f'{d:+.2f}' for d in each)})" if len(each) > 1 else ""
         lines.append(f"{c['row_labels'][o['better']]} - {c['row_labels'][o['than']]}: {METRIC_LABELS[o['metric']]} "
-                     f"{o['difference']:+.3f} [{low:+.3f}, {high:+.3f}]: {VERDICTS.get(o['verdict'], o['verdict'])}")
+                     f"{o['difference']:+.3f} [{low:+.3f}, {high:+.3f}]{spread}: "
+                     f"{VERDICTS.get(o['verdict'], o['verdict'])}")
     return lines
+
+
+def order_heading(c: dict[str, Any]) -> str:
+    """What the order's intervals cover, in a sentence."""
+    if captioners_of(c) > 1:
+        return (f"Table 3's order (paired difference over the same held-out segments, 95 % bootstrap interval over the "
+                f"segments and over each row's {captioners_of(c)} captioners: it covers another training of the captioners)")
+    return ("Table 3's order (paired difference over the same held-out segments, 95 % bootstrap interval over the "
+            "segments; one captioner per row, so another training of the captioners can move a row by more)")
+
+
+def encoder_explains_order(c: dict[str, Any], enough: float = 0.9) -> str | None:
+    """A sentence for a VideoBERT + encoder row that does not beat the encoder row when the linear
+    probes show the encoder's own features already name the verb and the noun of (nearly) every
+    held-out segment, the lower end of both 95 % intervals at ``enough`` or above; else None."""
+    order = {(o["better"], o["than"]): o for o in c.get("order", [])}
+    pair = order.get(("videobert_encoder", "encoder"))
+    encoder = c.get("probes", {}).get("accuracy", {}).get("encoder")
+    if pair is None or pair["verdict"] == "holds" or not encoder:
+        return None
+    if min(encoder.get("verb_ci", [0])[0], encoder.get("noun_ci", [0])[0]) < enough:
+        return None
+    return (f"The clip encoder's own features name the verb and the noun of {100 * encoder['verb']:.0f} % and "
+            f"{100 * encoder['noun']:.0f} % of the held-out segments (linear probes); VideoBERT's visual words are "
+            "drawn from those same features, so there is little left for VideoBERT's features to add to them here.")
 
 
 def format_caption_tables(c: dict[str, Any]) -> str:
     """The captioning table, Table 3's order with paired intervals and, when they ran, the probes."""
     parts = [format_table(caption_table(c))]
     if c.get("order"):
-        parts[0] += "\nTable 3's order (paired difference over the same held-out segments, 95 % bootstrap interval over " \
-            "the segments; another training of the captioners can move a row by more):\n" \
-            + "\n".join(f"  {line}" for line in order_lines(c))
+        parts[0] += f"\n{order_heading(c)}:\n" + "\n".join(f"  {line}" for line in order_lines(c))
+        explained = encoder_explains_order(c)
+        if explained:
+            parts[0] += f"\n  {explained}"
     probes = c.get("probes", {}).get("accuracy")
     if probes:
         parts.append(format_table(probe_table(probes, c["probes"].get("heldout_segments"))))

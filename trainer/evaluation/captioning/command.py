@@ -11,21 +11,24 @@ encoder rows) or clip shards of labelled segments, one sample per segment whose 
 caption: for YouCook2, shards prepared from its annotations (``shards prepare --transcripts
 youcook2_annotations.json``); for the synthetic corpus, from ``annotations.json``.
 
-The frozen model turns every segment into features (``trainer.evaluation.captioning.features``); then one
-captioner (``trainer.evaluation.captioning.captioner``) per row of the table is trained on the training segments
-and captions the held-out ones:
+The frozen model turns every segment into features (``trainer.evaluation.captioning.features``); then
+``--captioners`` captioners (``trainer.evaluation.captioning.captioner``; 3 by default, trained alike from
+different seeds) per row of the table are trained on the training segments and caption the held-out ones:
 
     no video             the captioner without input: a language model's best constant sentence
     clip encoder         the segment's mean clip-encoder feature (the paper's "S3D" row)
     VideoBERT            VideoBERT's features
     VideoBERT + encoder  both, side by side
 
-scored with BLEU-3/4, METEOR, ROUGE-L and CIDEr (``trainer.evaluation.captioning.metrics``). With
-``--labels`` and ``--vocabulary``, linear probes (``trainer.evaluation.captioning.probes``) read the verb and the
-noun from the encoder's and VideoBERT's features. Everything goes to ``--out`` (default:
-``RUN/caption``; ``trainer.run_folder.CaptionFolder`` lists the files). A rerun resumes: features that
-match are reused, each row's captioner continues from its newest complete checkpoint. Under a
-launcher every rank reads the features and the ranks share the rows; rank 0 scores and writes.
+scored with BLEU-3/4, METEOR, ROUGE-L and CIDEr (``trainer.evaluation.captioning.metrics``): a row's
+scores are its captioners' mean, and their intervals, like the paired differences that check Table 3's
+order, resample the captioners as well as the held-out segments, so a verdict holds across another
+training of the captioners, not only another draw of segments. With ``--labels`` and
+``--vocabulary``, linear probes (``trainer.evaluation.captioning.probes``) read the verb and the noun from
+the encoder's and VideoBERT's features. Everything goes to ``--out`` (default: ``RUN/caption``;
+``trainer.run_folder.CaptionFolder`` lists the files). A rerun resumes: features that match are reused,
+each captioner continues from its newest complete checkpoint. Under a launcher every rank reads the
+features and the ranks share the captioners; rank 0 scores and writes.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from videobert.trainer import distributed
 from videobert.trainer.evaluation import generate, report
 from videobert.trainer.evaluation.captioning.config import PAPER_ORDER, ROW_LABELS, ROWS, CaptionConfig
 from videobert.trainer.evaluation.captioning.features import LabelledSegment
-from videobert.trainer.evaluation.captioning.metrics import CaptionScorer, paired_difference
+from videobert.trainer.evaluation.captioning.metrics import CaptionScorer, combine_captioners, paired_difference
 from videobert.trainer.evaluation.captioning.probes import probe_labels, run_probes
 from videobert.trainer.evaluation.captioning.rows import FeatureSets, read_feature_sets, train_rows
 from videobert.trainer.evaluation.labels import read_labels, read_vocabulary
@@ -118,12 +121,15 @@ def _plain(value: Any) -> Any:
 # scores, probes, report
 
 
-def _finish(config: CaptionConfig, loaded: Any, sets: FeatureSets, captions: dict[str, list[str]], scorer,
+def _finish(config: CaptionConfig, loaded: Any, sets: FeatureSets, captions: dict[str, list[list[str]]], scorer,
             folder: CaptionFolder, timing: dict[str, float], started: float) -> dict[str, Any]:
 
     began = time.perf_counter()
     references = {s.key: [s.caption] for s in sets.heldout}
-    scored = scorer.score_sets(references, {row: dict(zip(references, captions[row])) for row in config.rows if row in captions})
+    rows = [row for row in config.rows if row in captions]
+    each = scorer.score_sets(references, {f"{row}/{k}": dict(zip(references, hypotheses))
+                                          for row in rows for k, hypotheses in enumerate(captions[row])})
+    scored = {row: combine_captioners([each[f"{row}/{k}"] for k in range(len(captions[row]))]) for row in rows}
     table = {row: scores.as_dict() for row, scores in scored.items()}
     timing["scoring"] = time.perf_counter() - began
     results: dict[str, Any] = {
@@ -135,6 +141,7 @@ def _finish(config: CaptionConfig, loaded: Any, sets: FeatureSets, captions: dic
         "train_segments": len(sets.train), "heldout_segments": len(sets.heldout),
         "distinct_references": len({s.caption for s in sets.heldout}),
         "decoding": config.decoding + (f" (beam {config.beam})" if config.decoding == "beam" else ""),
+        "captioners": config.captioners,
         "template": config.template, "features_reused": sets.reused, "steps": config.steps,
         "examples": _examples(sets.heldout, captions, config.examples),
     }
@@ -147,9 +154,10 @@ def _finish(config: CaptionConfig, loaded: Any, sets: FeatureSets, captions: dic
     return results
 
 
-def _examples(heldout: Sequence[LabelledSegment], captions: dict[str, list[str]], count: int) -> list[dict[str, Any]]:
+def _examples(heldout: Sequence[LabelledSegment], captions: dict[str, list[list[str]]], count: int) -> list[dict[str, Any]]:
+    """``count`` held-out segments spread over the set, with every row's first captioner's caption."""
     picks = np.unique(np.linspace(0, len(heldout) - 1, min(count, len(heldout))).round().astype(int)) if count else []
-    return [{"key": heldout[i].key, "reference": heldout[i].caption, **{row: c[i] for row, c in captions.items()}}
+    return [{"key": heldout[i].key, "reference": heldout[i].caption, **{row: c[0][i] for row, c in captions.items()}}
             for i in picks]
 
 

@@ -68,8 +68,8 @@ class CaptionConfig(CaptionerSettings):
         problems = [f"--rows: unknown row {r!r} (known: {', '.join(ROWS)})" for r in self.rows if r not in ROWS]
         if self.decoding not in ("beam", "greedy"):
             problems.append(f"--decoding {self.decoding!r}: use beam or greedy")
-        if self.beam < 1 or self.steps < 1 or self.batch_size < 1 or self.max_words < 1:
-            problems.append("--beam, --steps, --batch-size and --max-words must be positive")
+        if self.beam < 1 or self.steps < 1 or self.batch_size < 1 or self.max_words < 1 or self.captioners < 1:
+            problems.append("--beam, --steps, --batch-size, --max-words and --captioners must be positive")
         if bool(self.labels) != bool(self.vocabulary):
             problems.append("the probes need both --labels and --vocabulary")
         if problems:

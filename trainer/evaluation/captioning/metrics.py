@@ -17,6 +17,11 @@ the COCO code computes it); ROUGE-L and CIDEr, whose corpus scores are means of 
 by the mean of those scores (CIDEr's document frequencies stay those of the whole set). METEOR has
 none: its corpus score comes from pooled alignment statistics that its scorer does not expose per
 segment.
+
+A row of a table may be scored from several captioners trained alike from different seeds
+(``combine_captioners``): its scores are the captioners' mean, and its intervals, like those of a
+paired difference of two rows (``paired_difference``), resample the captioners as well as the
+segments (``intervals.two_level_interval``), so they cover another training of the captioners too.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass, field
-from typing import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -65,10 +70,17 @@ class CaptionScores:
     tokenizer: str
     intervals: dict[str, list[float]] = field(default_factory=dict)
     """95 % intervals by score name (no METEOR)."""
+    captioners: int = 1
+    """Captioners whose mean these scores are (``combine_captioners``)."""
+    by_captioner: dict[str, list[float]] = field(default_factory=dict)
+    """Each captioner's own score, by score name (one value when there is one captioner)."""
     per_segment: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
-    """The scores whose corpus figure is the mean of per-segment scores (ROUGE-L, CIDEr), one value per
-    segment in the order of the references' keys (sorted): what a paired comparison of two rows over
-    the same segments reads (``paired_difference``). Not part of ``as_dict``."""
+    """The scores whose corpus figure is the mean of per-segment scores (ROUGE-L, CIDEr), as
+    (captioners, segments) arrays, segments in the order of the references' keys (sorted): what a
+    paired comparison of two rows over the same segments reads (``paired_difference``). Not part of
+    ``as_dict``."""
+    bleu_stats: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """(captioners, segments, 10) per-segment BLEU statistics (``bleu_statistics``)."""
 
     def as_dict(self) -> dict[str, float | int | str | list[float] | None]:
         out: dict[str, float | int | str | list[float] | None] = {}
@@ -76,7 +88,8 @@ class CaptionScores:
             out[name] = getattr(self, name)
             if name in self.intervals:
                 out[f"{name}_ci"] = self.intervals[name]
-        return out | {"segments": self.segments, "tokenizer": self.tokenizer}
+        by = {f"{name}_by_captioner": values for name, values in self.by_captioner.items()}
+        return out | {"segments": self.segments, "tokenizer": self.tokenizer, "captioners": self.captioners} | by
 
 
 class CaptionScorer:
@@ -150,14 +163,11 @@ class CaptionScorer:
         rouge, rouge_each = Rouge().compute_score(gts, res)
         cider, cider_each = Cider().compute_score(gts, res)
         stats = bleu_statistics(gts, res)
-        found = {"bleu3": intervals.corpus_bleu_interval(stats, 3), "bleu4": intervals.corpus_bleu_interval(stats, 4),
-                 "rouge_l": intervals.bootstrap_mean(rouge_each), "cider": intervals.bootstrap_mean(cider_each)}
-        return CaptionScores(bleu3=float(bleu[2]), bleu4=float(bleu[3]), meteor=self._meteor_score(gts, res),
-                             rouge_l=float(rouge), cider=float(cider), segments=len(gts),
-                             tokenizer=PTB if self.java else PLAIN,
-                             intervals={k: intervals.as_list(v) for k, v in found.items() if v is not None},
-                             per_segment={"rouge_l": np.asarray(rouge_each, np.float64),
-                                          "cider": np.asarray(cider_each, np.float64)})
+        per_segment = {"rouge_l": np.asarray(rouge_each, np.float64)[None], "cider": np.asarray(cider_each, np.float64)[None]}
+        return _with_intervals(CaptionScores(
+            bleu3=float(bleu[2]), bleu4=float(bleu[3]), meteor=self._meteor_score(gts, res), rouge_l=float(rouge),
+            cider=float(cider), segments=len(gts), tokenizer=PTB if self.java else PLAIN,
+            by_captioner={"cider": [float(cider)]}, per_segment=per_segment, bleu_stats=stats[None]))
 
     def _meteor_score(self, gts: dict[str, list[str]], res: dict[str, list[str]]) -> float | None:
         if not self.java:
@@ -167,23 +177,54 @@ class CaptionScorer:
         return float(score)
 
 
-def paired_difference(better: CaptionScores, than: CaptionScores, metric: str = "cider") -> dict[str, float | list[float] | str]:
+def _with_intervals(scores: CaptionScores) -> CaptionScores:
+    """``scores`` with the 95 % intervals of its BLEU, ROUGE-L and CIDEr over its captioners and segments."""
+    found = {"bleu3": intervals.two_level_bleu_interval(scores.bleu_stats, 3),
+             "bleu4": intervals.two_level_bleu_interval(scores.bleu_stats, 4),
+             "rouge_l": intervals.two_level_interval(scores.per_segment["rouge_l"]),
+             "cider": intervals.two_level_interval(scores.per_segment["cider"])}
+    return replace(scores, intervals={k: intervals.as_list(v) for k, v in found.items() if v is not None})
+
+
+def combine_captioners(members: Sequence[CaptionScores]) -> CaptionScores:
+    """One row's scores from its captioners' (trained alike from different seeds, scored on the same
+    segments): each score is their mean, METEOR only when every captioner has one, and the intervals
+    resample the captioners as well as the segments (``intervals.two_level_interval``)."""
+    if not members:
+        raise ValueError("no captioners to combine")
+    if len(members) == 1:
+        return members[0]
+    if len({m.segments for m in members}) != 1 or len({m.tokenizer for m in members}) != 1:
+        raise ValueError("captioners of one row must be scored on the same segments with the same tokens")
+    meteors = [m.meteor for m in members]
+    return _with_intervals(CaptionScores(
+        bleu3=float(np.mean([m.bleu3 for m in members])), bleu4=float(np.mean([m.bleu4 for m in members])),
+        meteor=None if any(v is None for v in meteors) else float(np.mean(meteors)),
+        rouge_l=float(np.mean([m.rouge_l for m in members])), cider=float(np.mean([m.cider for m in members])),
+        segments=members[0].segments, tokenizer=members[0].tokenizer, captioners=sum(m.captioners for m in members),
+        by_captioner={"cider": [v for m in members for v in m.by_captioner.get("cider", [m.cider])]},
+        per_segment={k: np.concatenate([m.per_segment[k] for m in members]) for k in members[0].per_segment},
+        bleu_stats=np.concatenate([m.bleu_stats for m in members])))
+
+
+def paired_difference(better: CaptionScores, than: CaptionScores, metric: str = "cider") -> dict[str, Any]:
     """How sure the claim "``better`` scores above ``than``" is, for two rows scored on the same
     segments: the difference of their ``metric`` (a mean of per-segment scores, so the difference is
-    the mean of per-segment differences) with a 95 % interval from a bootstrap over the segments that
-    resamples both rows together (paired: what varies from segment to segment for both rows cancels),
-    and the verdict: ``holds`` when the interval lies above 0, ``reversed`` when below, else
-    ``unresolved`` (the interval holds 0: these segments cannot tell the rows apart). The interval is
-    that of the segments drawn, given the two captioners as trained; another training of either can
-    move the difference by more."""
+    the mean of per-segment differences) with a 95 % interval from a bootstrap that resamples the
+    segments of both rows together (paired: what varies from segment to segment for both rows
+    cancels) and, where a row has several captioners, that row's captioners too, and the verdict:
+    ``holds`` when the interval lies above 0, ``reversed`` when below, else ``unresolved`` (the
+    interval holds 0: these segments and captioners cannot tell the rows apart). With one captioner
+    per row the interval is that of the segments drawn, given the two captioners as trained: another
+    training of either can move the difference by more (``captioners`` says how many there were)."""
     a, b = better.per_segment.get(metric), than.per_segment.get(metric)
-    if a is None or b is None or len(a) != len(b):
+    if a is None or b is None or a.shape[1] != b.shape[1]:
         raise ValueError(f"a paired {metric} difference needs both rows' per-segment scores over the same segments")
-    difference = a - b
-    low, high = intervals.bootstrap_mean(difference) or (float("nan"), float("nan"))
+    low, high = intervals.two_level_interval(a, minus=b) or (float("nan"), float("nan"))
     verdict = "holds" if low > 0 else "reversed" if high < 0 else "unresolved"
-    return {"metric": metric, "difference": float(difference.mean()), "difference_ci": [float(low), float(high)],
-            "verdict": verdict}
+    by_captioner = [float(x.mean() - y.mean()) for x, y in zip(a, b)]
+    return {"metric": metric, "difference": float(a.mean() - b.mean()), "difference_ci": [float(low), float(high)],
+            "verdict": verdict, "captioners": [int(len(a)), int(len(b))], "difference_by_captioner": by_captioner}
 
 
 def bleu_statistics(gts: Mapping[str, list[str]], res: Mapping[str, list[str]], n: int = 4) -> np.ndarray:

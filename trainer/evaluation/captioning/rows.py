@@ -1,6 +1,7 @@
 """The rows of the captioning table: the frozen features each row reads (computed once, cached in the
-output folder and reused by a rerun that matches them), and one captioner per row trained on the
-training segments and decoding the held-out ones. Under a launcher the ranks share the rows."""
+output folder and reused by a rerun that matches them), and the captioners of each row (one or
+more, trained alike from different seeds) trained on the training segments and decoding the
+held-out ones. Under a launcher the ranks share the captioners."""
 
 from __future__ import annotations
 
@@ -115,32 +116,40 @@ def row_features(sets: FeatureSets, row: str) -> tuple[np.ndarray, np.ndarray, l
 # captioners
 
 
-def train_rows(config: CaptionConfig, sets: FeatureSets, folder: CaptionFolder, device: torch.device) -> dict[str, list[str]]:
-    """Each row this rank trains: its captions of the held-out segments; every rank's, assembled."""
+def train_rows(config: CaptionConfig, sets: FeatureSets, folder: CaptionFolder, device: torch.device) -> dict[str, list[list[str]]]:
+    """Each row's captions of the held-out segments, one list per captioner (``config.captioners`` per
+    row); the ranks share the (row, captioner) pairs and every rank returns them all. Rank 0 writes
+    each row's ``captions.jsonl``."""
     from torch.utils.tensorboard import SummaryWriter
 
-
     rows = [r for r in config.rows if all(s in sets.matrices for s in ROWS[r])]
+    units = [(row, member) for row in rows for member in range(config.captioners)]
     words = CaptionWords.from_captions([s.caption for s in sets.train])
+    settings = config.settings()
+    trained_alike = {k: v for k, v in asdict(settings).items() if k != "captioners"}  # not a captioner's own setting
     rank, world_size = distributed.world()
-    mine = distributed.share(rows, rank, world_size)
+    mine = distributed.share(units, rank, world_size)
     writer = SummaryWriter(log_dir=str(folder.tensorboard)) if mine else None
     done = []
     try:
         for index in mine:
-            row = rows[index]
+            row, member = units[index]
             train_x, held_x, slots = row_features(sets, row)
-            identity = {"settings": asdict(config.settings()), "features": list(ROWS[row]), "train": len(sets.train)}
+            identity = {"settings": trained_alike, "features": list(ROWS[row]), "train": len(sets.train)}
             model = train_captioner(row, list(ROWS).index(row), train_x, slots, [s.caption for s in sets.train], words,
-                                    config.settings(), folder.row_checkpoints(row), identity, writer,
-                                    progress=config.progress and distributed.is_main(), device=device)
-            hypotheses = decode(model.cpu(), words, held_x, config)
-            _write_captions(folder, row, sets.heldout, hypotheses)
-            done.append((row, hypotheses))
+                                    settings, folder.row_checkpoints(row, member), identity, writer,
+                                    progress=config.progress and distributed.is_main(), device=device, member=member)
+            done.append((row, member, decode(model.cpu(), words, held_x, config)))
     finally:
         if writer is not None:
             writer.close()
-    return dict(distributed.gather_lists(done))
+    found: dict[str, list[list[str]]] = {row: [[] for _ in range(config.captioners)] for row in rows}
+    for row, member, hypotheses in distributed.gather_lists(done):
+        found[row][member] = hypotheses
+    if distributed.is_main():
+        for row, captions in found.items():
+            _write_captions(folder, row, sets.heldout, captions)
+    return found
 
 
 def decode(model, words, features: np.ndarray, config: CaptionConfig, batch_size: int = 64) -> list[str]:
@@ -156,6 +165,9 @@ def decode(model, words, features: np.ndarray, config: CaptionConfig, batch_size
     return out
 
 
-def _write_captions(folder: CaptionFolder, row: str, segments: Sequence[LabelledSegment], hypotheses: Sequence[str]) -> None:
+def _write_captions(folder: CaptionFolder, row: str, segments: Sequence[LabelledSegment],
+                    captions: Sequence[Sequence[str]]) -> None:
+    """One line per held-out segment: its reference, the first captioner's caption and every captioner's."""
     write_jsonl(folder.row_captions(row), [{"key": s.key, "video": s.video, "start": s.start, "end": s.end,
-                                            "reference": s.caption, "caption": h} for s, h in zip(segments, hypotheses)])
+                                            "reference": s.caption, "caption": each[0], "captions": list(each)}
+                                           for s, each in zip(segments, zip(*captions))])

@@ -1,7 +1,9 @@
 """Training one captioner row: deterministic batches, checkpoints that resume exactly, TensorBoard.
 
-Every step's batch and dropout draw follow from (seed, row, step) alone, so a run resumed from its
-newest complete checkpoint takes the same steps the uninterrupted run would have taken. A checkpoint
+A row may train several captioners alike (``CaptionConfig.captioners``), told apart by their
+``member`` index: each starts from its own initialisation and draws its own batches. Every step's
+batch and dropout draw follow from (seed, row, member, step) alone, so a run resumed from its newest
+complete checkpoint takes the same steps the uninterrupted run would have taken. A checkpoint
 is ``rows/ROW/checkpoints/step-N/`` (``trainer.run_folder.CaptionFolder``) holding the weights
 (safetensors), the optimizer state (tensors only, read with ``weights_only=True``), the captioner's
 state (its arguments, words, step and the settings it was trained with) and, written last, the
@@ -33,6 +35,8 @@ from videobert.trainer.run_folder import (
 
 _CAPTION_BATCHES = 23
 """Purpose part of the seed of the captioner's batches."""
+_CAPTION_INIT = 29
+"""Purpose part of the seed of the captioner's initialisation."""
 
 
 class CaptionTrainingError(VideoBertError, ValueError):
@@ -76,6 +80,10 @@ class CaptionerSettings:
     """TensorBoard interval in steps."""
     seed: int = 0
     """Seed of the captioners' initialisation, batches and dropout, and of the probes."""
+    captioners: int = 3
+    """Captioners trained per row, alike but from different seeds: a row's scores are their mean, and
+    its intervals and Table 3's verdicts resample them as well as the segments, so that they cover
+    another training of the captioners (1: one captioner, intervals over the segments alone)."""
 
     def shape(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("width", "heads", "encoder_layers", "decoder_layers", "ffn", "dropout",
@@ -101,13 +109,14 @@ def learning_rate(step: int, s: CaptionerSettings) -> float:
 
 def train_captioner(row: str, row_index: int, features: np.ndarray, slot_dims: Sequence[int], captions: Sequence[str],
                     words: CaptionWords, settings: CaptionerSettings, checkpoints: Path, identity: dict[str, Any],
-                    writer: Any = None, progress: bool = False, device: torch.device | str = "cpu") -> Captioner:
-    """The row's trained captioner: resumed from ``checkpoints`` (see module doc), trained to
-    ``settings.steps``. On a CPU it trains on one thread: a model this small only loses to thread
-    hand-offs, more so on a busy machine."""
+                    writer: Any = None, progress: bool = False, device: torch.device | str = "cpu",
+                    member: int = 0) -> Captioner:
+    """The row's trained captioner number ``member``: resumed from ``checkpoints`` (see module doc),
+    trained to ``settings.steps``. On a CPU it trains on one thread: a model this small only loses to
+    thread hand-offs, more so on a busy machine."""
     with one_thread_on_cpu(device):
-        return _train(row, row_index, features, slot_dims, captions, words, settings, checkpoints, identity, writer,
-                      progress, torch.device(device))
+        return _train(row, row_index, member, features, slot_dims, captions, words, settings, checkpoints, identity,
+                      writer, progress, torch.device(device))
 
 
 @contextlib.contextmanager
@@ -122,38 +131,39 @@ def one_thread_on_cpu(device: torch.device | str):
         torch.set_num_threads(threads)
 
 
-def _train(row, row_index, features, slot_dims, captions, words, settings, checkpoints, identity, writer, progress,
-           device) -> Captioner:
+def _train(row, row_index, member, features, slot_dims, captions, words, settings, checkpoints, identity, writer,
+           progress, device) -> Captioner:
     from tqdm import tqdm
 
     x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
     y = targets_of(captions, words, settings.max_words).to(device)
-    torch.manual_seed(settings.seed * 1000 + row_index)  # the row's initialisation
+    torch.manual_seed(int(positional_rng(settings.seed, _CAPTION_INIT, row_index, member).integers(2**31)))
     model = Captioner(slot_dims, len(words), **settings.shape())
     model.set_standardisation(x.cpu())
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
-    state = {"row": row, "identity": identity, "words": list(words.words), "arguments": model.arguments}
+    state = {"row": row, "member": member, "identity": identity, "words": list(words.words), "arguments": model.arguments}
     step = _resume(model, optimizer, checkpoints, state)
     model.train()
-    with tqdm(total=settings.steps, initial=step, desc=f"caption {row}", unit="step", disable=not progress) as bar:
+    name = f"{row}/{member}" if settings.captioners > 1 else row
+    with tqdm(total=settings.steps, initial=step, desc=f"caption {name}", unit="step", disable=not progress) as bar:
         while step < settings.steps:
-            loss = _step(model, optimizer, x, y, row_index, step, settings)
+            loss = _step(model, optimizer, x, y, (row_index, member), step, settings)
             step += 1
             bar.update(1)
             if writer is not None and (step % settings.log_every == 0 or step == settings.steps):
-                writer.add_scalar(f"{row}/loss", loss, step)
-                writer.add_scalar(f"{row}/lr", learning_rate(step - 1, settings), step)
+                writer.add_scalar(f"{name}/loss", loss, step)
+                writer.add_scalar(f"{name}/lr", learning_rate(step - 1, settings), step)
             if step % settings.checkpoint_every == 0 or step == settings.steps:
                 save_checkpoint(model, optimizer, checkpoints, step, state)
     model.eval()
     return model
 
 
-def _step(model: Captioner, optimizer, x: torch.Tensor, y: torch.Tensor, row_index: int, step: int,
+def _step(model: Captioner, optimizer, x: torch.Tensor, y: torch.Tensor, who: tuple[int, int], step: int,
           s: CaptionerSettings) -> float:
-
-    rng = positional_rng(s.seed, _CAPTION_BATCHES, row_index, step)
+    """One step on the batch of (row index, member) ``who`` at ``step``."""
+    rng = positional_rng(s.seed, _CAPTION_BATCHES, *who, step)
     picks = torch.from_numpy(rng.choice(len(x), size=min(s.batch_size, len(x)), replace=False)).to(x.device)
     torch.manual_seed(int(rng.integers(2**31)))  # the step's dropout draw
     for group in optimizer.param_groups:
