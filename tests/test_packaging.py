@@ -86,7 +86,8 @@ def test_the_installed_command_runs_outside_the_repository(installed, tmp_path):
 def test_the_installed_demo_runs_at_reduced_size(installed, tmp_path):
     out = tmp_path / "demo"
     done = _run(installed, ["videobert", "demo", "--out", str(out), "--train-videos", "3", "--heldout-videos", "2",
-                            "--steps", "2", "--depth", "1", "--branching", "4", "--retrieval-segments", "8"],
+                            "--steps", "2", "--depth", "1", "--branching", "4", "--retrieval-segments", "8",
+                            "--captioners", "1"],
                 tmp_path, timeout=900)
     assert done.returncode == 0, done.stdout[-5000:]
     assert f"run folder: {out}" in done.stdout and "cross-modal" in done.stdout

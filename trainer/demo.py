@@ -77,6 +77,8 @@ class DemoSettings:
     """Processes for the shard stages."""
     retrieval_segments: int = 48
     """Held-out segments text-video retrieval ranks (S x S joint passes)."""
+    captioners: int = 3
+    """Captioners per row of the captioning table (their mean is the row; the intervals resample them)."""
 
 
 CAPTIONER = dict(width=64, ffn=128, encoder_layers=1, decoder_layers=2, steps=300, lr=2e-3, warmup_steps=30,
@@ -197,7 +199,7 @@ def caption_config(out: Path, s: DemoSettings):
     return CaptionConfig(model=str(out / "train"), train=(str(out / "tokens" / "train-labelled"),),
                          heldout=(str(out / "tokens" / "eval"),), labels=str(corpus / "labels.jsonl"),
                          vocabulary=str(corpus / "vocabulary.json"), clips=(str(out / "clips" / "eval"),),
-                         seed=s.seed, progress=False, **CAPTIONER)
+                         seed=s.seed, captioners=s.captioners, progress=False, **CAPTIONER)
 
 
 def caption(out: Path, s: DemoSettings) -> str:

@@ -70,7 +70,9 @@ def order_table(runs: dict[int, dict[str, Any]], seeds: list[int], report: Path,
     pairs = [(o["better"], o["than"]) for o in lookup(runs[seeds[0]], ("captioning", "order")) or []]
     if not pairs:
         return
-    table = Table("captioning: Table 3's order (paired CIDEr difference [95 % interval], verdict)",
+    captioners = lookup(runs[seeds[0]], ("captioning", "captioners")) or 1
+    table = Table(f"captioning: Table 3's order (paired CIDEr difference [95 % interval over the segments and each "
+                  f"row's {captioners} captioner{'s' if captioners > 1 else ''}], verdict)",
                   ["pair", *(f"seed {s}" for s in seeds)], report)
     by_seed = {s: {(o["better"], o["than"]): o for o in lookup(runs[s], ("captioning", "order")) or []} for s in seeds}
     summary["captioning_order"] = {}

@@ -18,7 +18,7 @@ from videobert.trainer.run_folder import COMPLETE, RunFolder, step_dirs
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
-SMALL = ["--train-videos", "4", "--heldout-videos", "2", "--steps", "4", "--depth", "1", "--branching", "4"]
+SMALL = ["--train-videos", "4", "--heldout-videos", "2", "--steps", "4", "--depth", "1", "--branching", "4", "--captioners", "1"]
 
 
 def demo(out: Path) -> str:

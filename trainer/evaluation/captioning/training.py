@@ -4,7 +4,7 @@ A row may train several captioners alike (``CaptionConfig.captioners``), told ap
 ``member`` index: each starts from its own initialisation and draws its own batches. Every step's
 batch and dropout draw follow from (seed, row, member, step) alone, so a run resumed from its newest
 complete checkpoint takes the same steps the uninterrupted run would have taken. A checkpoint
-is ``rows/ROW/checkpoints/step-N/`` (``trainer.run_folder.CaptionFolder``) holding the weights
+is ``rows/ROW/captioner-K/checkpoints/step-N/`` (``trainer.run_folder.CaptionFolder``) holding the weights
 (safetensors), the optimizer state (tensors only, read with ``weights_only=True``), the captioner's
 state (its arguments, words, step and the settings it was trained with) and, written last, the
 ``COMPLETE`` marker; only the newest complete one is kept. A checkpoint made with other settings
