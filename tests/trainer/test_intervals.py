@@ -12,7 +12,8 @@ from videobert.models.vocab import JointVocab
 from videobert.trainer.evaluation import intervals
 from videobert.trainer.evaluation.heldout import Tally, roc_auc
 from videobert.trainer.evaluation.tables import (
-    caption_table, format_table, heldout_table, in_turn_table, markdown_table, probe_table, retrieval_table, zeroshot_table,
+    caption_table, format_caption_tables, format_table, heldout_table, in_turn_table, markdown_table, probe_table,
+    retrieval_table, zeroshot_table,
 )
 
 
@@ -172,6 +173,35 @@ def test_tables_print_value_and_interval_in_its_own_format():
 
     text = format_table(probe_table({"videobert": {"verb": 0.8, "noun": 0.5, "verb_ci": list(intervals.wilson(8, 10))}}, 10))
     assert "80.0 % [49.0, 94.3]" in text and "10 labelled held-out segments" in text
+
+
+def _captioning(verdict: str, encoder_probe: tuple[float, float, float], captioners: int = 3) -> dict:
+    scores = {"bleu3": 0.3, "bleu4": 0.2, "meteor": None, "rouge_l": 0.5, "cider": 2.0, "cider_ci": [1.5, 2.5],
+              "segments": 60, "tokenizer": "plain", "captioners": captioners,
+              "cider_by_captioner": [1.8, 2.0, 2.2][:captioners]}
+    value, low, high = encoder_probe
+    return {"rows": {"encoder": scores, "videobert_encoder": scores}, "captioners": captioners,
+            "row_labels": {"encoder": "encoder", "videobert_encoder": "VideoBERT + encoder"}, "heldout_segments": 60,
+            "distinct_references": 60, "decoding": "greedy",
+            "order": [{"better": "videobert_encoder", "than": "encoder", "metric": "cider", "difference": 0.1,
+                       "difference_ci": [-0.3, 0.5], "verdict": verdict, "captioners": [captioners, captioners],
+                       "difference_by_captioner": [0.4, -0.2, 0.1][:captioners]}],
+            "probes": {"accuracy": {"encoder": {"verb": value, "noun": value, "verb_ci": [low, high],
+                                                "noun_ci": [low, high]}}, "heldout_segments": 60}}
+
+
+def test_the_captioning_order_says_what_its_interval_covers_and_when_the_encoder_leaves_nothing_to_add():
+    text = format_caption_tables(_captioning("unresolved", (1.0, 0.94, 1.0)))
+    assert "CIDEr by captioner" in text and "1.80 / 2.00 / 2.20" in text
+    assert "over each row's 3 captioners: it covers another training of the captioners" in text
+    assert "(captioner by captioner: +0.40, -0.20, +0.10): not resolved" in text
+    assert "clip encoder's own features name the verb and the noun of 100 % and 100 %" in text
+    # Only where the encoder's probes leave no doubt, and only when the order is not shown to hold.
+    assert "own features name" not in format_caption_tables(_captioning("unresolved", (0.9, 0.8, 0.96)))
+    assert "own features name" not in format_caption_tables(_captioning("holds", (1.0, 0.94, 1.0)))
+    one = format_caption_tables(_captioning("unresolved", (1.0, 0.94, 1.0), captioners=1))
+    assert "CIDEr by captioner" not in one and "captioner by captioner" not in one
+    assert "one captioner per row, so another training of the captioners can move a row by more" in one
 
 
 def test_wilson_reaches_the_ends_exactly():

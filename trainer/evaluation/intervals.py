@@ -9,6 +9,11 @@ Two kinds, chosen by what the figure is:
   percentile bootstrap over the units (``bootstrap`` and the helpers below), 1000 resamples by
   default, drawn by ``numpy.random.default_rng(seed)``.
 
+Where a figure is also averaged over members trained alike from different seeds (the captioners of
+a captioning row), the bootstrap has two levels (``two_level_interval``, ``two_level_bleu_interval``):
+each resample draws the members with replacement as well as the units, so the interval covers
+another training of the members and not only another draw of units.
+
 The unit of each bootstrap is the one the figure is averaged over: the scored examples for the
 held-out alignment figures (one example is one segment read with its own or another segment's
 video), the query segments for retrieval (the set ranked against stays fixed), the held-out
