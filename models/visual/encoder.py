@@ -10,6 +10,7 @@ by name with its options (e.g. the weights file of S3D).
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -92,6 +93,11 @@ def build_encoder(name: str, **options: Any) -> ClipEncoder:
     return encoder.eval().requires_grad_(False)
 
 
+BUILTIN_ENCODER_MODULES = ("videobert.models.visual.s3d", "videobert.models.visual.synthetic")
+"""Modules that register the built-in encoders when imported (they import this module's
+``register_encoder``, so they are imported on first use rather than at the top of this module)."""
+
+
 def _import_builtin_encoders() -> None:
-    # Imported for their registration side effect; kept lazy so importing this module stays cheap.
-    from videobert.models.visual import s3d, synthetic  # noqa: F401
+    for module in BUILTIN_ENCODER_MODULES:
+        importlib.import_module(module)
