@@ -48,6 +48,9 @@ class DistInfo:
     device: torch.device
     created_group: bool = False
     """Whether ``init_distributed`` created the process group (and ``leave_distributed`` ends it)."""
+    set_environment: tuple[str, ...] = ()
+    """Variables ``init_distributed`` put in the environment for a one-process group
+    (``leave_distributed`` takes them out again, so that the process is a plain one afterwards)."""
 
     @property
     def is_main(self) -> bool:
@@ -61,10 +64,12 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
     ``timeout_s``: how long a collective waits for the other ranks (None or 0: torch's default).
     """
     _ranks_from_slurm()
+    alone: dict[str, str] = {}
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         # A one-process group on a port of its own: a MASTER_PORT inherited without RANK belongs to
         # some other job, and two plain processes sharing it would collide.
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        alone = dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        os.environ.update(alone)
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not cuda:
@@ -80,18 +85,22 @@ def init_distributed(timeout_s: float | None = None) -> DistInfo:
         dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://", **timeout)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device,
-                    created_group=created)
+                    created_group=created, set_environment=tuple(alone))
 
 
 def leave_distributed(info: DistInfo | None, together: bool) -> None:
-    """End the process group if ``info`` created it. ``together``: wait for every rank first (a rank
-    that exits while gloo still serves a peer can abort in teardown); skipped after an error, when
-    another rank may never arrive."""
-    if info is None or not info.created_group or not dist.is_initialized():
+    """End the process group if ``info`` created it, and take out of the environment the variables
+    ``init_distributed`` put there for a one-process group. ``together``: wait for every rank first
+    (a rank that exits while gloo still serves a peer can abort in teardown); skipped after an error,
+    when another rank may never arrive."""
+    if info is None:
         return
-    if together:
-        dist.barrier()
-    dist.destroy_process_group()
+    if info.created_group and dist.is_initialized():
+        if together:
+            dist.barrier()
+        dist.destroy_process_group()
+    for name in info.set_environment:
+        os.environ.pop(name, None)
 
 
 def end_within(seconds: float, status: int) -> threading.Timer:
