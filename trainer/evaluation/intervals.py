@@ -104,8 +104,13 @@ def resample_counts(n_units: int, n_resamples: int = N_RESAMPLES, seed: int = SE
     """The resamples of ``resample_chunks`` as counts: chunks of (resamples, n_units), how many times
     each unit was drawn (the weights with which a resample counts each unit)."""
     for idx in resample_chunks(n_units, n_resamples, seed):
-        rows = np.arange(len(idx))[:, None] * n_units
-        yield np.bincount((idx + rows).ravel(), minlength=len(idx) * n_units).reshape(len(idx), n_units)
+        yield _draw_counts(idx, n_units)
+
+
+def _draw_counts(idx: np.ndarray, n_units: int) -> np.ndarray:
+    """(resamples, n_units) counts of each unit in each row of drawn indices ``idx`` (resamples, draws)."""
+    rows = np.arange(len(idx))[:, None] * n_units
+    return np.bincount((idx + rows).ravel(), minlength=len(idx) * n_units).reshape(len(idx), n_units)
 
 
 def bootstrap_mean(values: Sequence[float] | np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = SEED,
@@ -185,12 +190,9 @@ def corpus_bleu_interval(stats: np.ndarray, n: int, n_resamples: int = N_RESAMPL
     """Interval of corpus BLEU-``n`` recomputed on every resample of the segments from their own
     n-gram counts. ``stats``: (segments, 2 + 2 * max n) per segment: candidate length, the
     reference length BLEU compares it with, then for each order 1..max n the candidate's n-grams and
-    how many of them match (``bleu_from_stats`` has the formula)."""
-    stats = np.asarray(stats, np.float64)
-    if not len(stats):
-        return None
-    values = [bleu_from_stats(counts.astype(np.float64) @ stats, n) for counts in resample_counts(len(stats), n_resamples, seed)]
-    return percentile_interval(np.concatenate(values), level)
+    how many of them match (``bleu_from_stats`` has the formula). The one-captioner case of
+    ``two_level_bleu_interval``."""
+    return two_level_bleu_interval(np.asarray(stats)[None], n, n_resamples, seed, level)
 
 
 def bleu_from_stats(totals: np.ndarray, n: int) -> np.ndarray:
@@ -216,9 +218,7 @@ def member_shares(n_members: int, n_resamples: int = N_RESAMPLES, seed: int = SE
     if n_members == 1:
         return np.ones((n_resamples, 1))
     idx = np.random.default_rng([seed, 0x3C3, stream]).integers(0, n_members, size=(n_resamples, n_members))
-    rows = np.arange(n_resamples)[:, None] * n_members
-    counts = np.bincount((idx + rows).ravel(), minlength=n_resamples * n_members).reshape(n_resamples, n_members)
-    return counts / n_members
+    return _draw_counts(idx, n_members) / n_members
 
 
 def two_level_interval(values: np.ndarray, minus: np.ndarray | None = None, n_resamples: int = N_RESAMPLES,
@@ -248,13 +248,11 @@ def two_level_interval(values: np.ndarray, minus: np.ndarray | None = None, n_re
 
 def two_level_bleu_interval(stats: np.ndarray, n: int, n_resamples: int = N_RESAMPLES, seed: int = SEED,
                             level: float = 0.95) -> tuple[float, float] | None:
-    """Interval of the members' mean corpus BLEU-``n``: ``stats`` (members, segments, 2 + 2 * max n)
-    per member as in ``corpus_bleu_interval``, which this is for one member; each resample draws the
+    """Interval of the members' mean corpus BLEU-``n``: ``stats`` (members, segments, 2 + 2 * max n),
+    each member's as ``corpus_bleu_interval`` (this with one member) reads them; each resample draws the
     members and the segments (as ``two_level_interval``) and recomputes every drawn member's BLEU
     from its own counts over the drawn segments."""
     stats = np.asarray(stats, np.float64)
-    if stats.ndim == 2:
-        stats = stats[None]
     if not stats.shape[1]:
         return None
     shares = member_shares(len(stats), n_resamples, seed)

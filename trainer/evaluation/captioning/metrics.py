@@ -202,7 +202,7 @@ def combine_captioners(members: Sequence[CaptionScores]) -> CaptionScores:
         meteor=None if any(v is None for v in meteors) else float(np.mean(meteors)),
         rouge_l=float(np.mean([m.rouge_l for m in members])), cider=float(np.mean([m.cider for m in members])),
         segments=members[0].segments, tokenizer=members[0].tokenizer, captioners=sum(m.captioners for m in members),
-        by_captioner={"cider": [v for m in members for v in m.by_captioner.get("cider", [m.cider])]},
+        by_captioner={"cider": [v for m in members for v in m.by_captioner["cider"]]},
         per_segment={k: np.concatenate([m.per_segment[k] for m in members]) for k in members[0].per_segment},
         bleu_stats=np.concatenate([m.bleu_stats for m in members])))
 

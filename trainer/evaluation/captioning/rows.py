@@ -129,12 +129,13 @@ def train_rows(config: CaptionConfig, sets: FeatureSets, folder: CaptionFolder, 
     trained_alike = {k: v for k, v in asdict(settings).items() if k != "captioners"}  # not a captioner's own setting
     rank, world_size = distributed.world()
     mine = distributed.share(units, rank, world_size)
+    features = {row: row_features(sets, row) for row in dict.fromkeys(units[i][0] for i in mine)}
     writer = SummaryWriter(log_dir=str(folder.tensorboard)) if mine else None
     done = []
     try:
         for index in mine:
             row, member = units[index]
-            train_x, held_x, slots = row_features(sets, row)
+            train_x, held_x, slots = features[row]
             identity = {"settings": trained_alike, "features": list(ROWS[row]), "train": len(sets.train)}
             model = train_captioner(row, list(ROWS).index(row), train_x, slots, [s.caption for s in sets.train], words,
                                     settings, folder.row_checkpoints(row, member), identity, writer,
