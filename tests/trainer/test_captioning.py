@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from videobert.trainer import cli
-from videobert.trainer.evaluation.captioning.captioner import CaptionWords
+from videobert.trainer.evaluation.captioning.captioner import EOS, CaptionWords, beam_decode
 from videobert.trainer.evaluation.captioning.config import CaptionConfig
 from videobert.trainer.evaluation.captioning.features import (
     CAPTION_TEMPLATE, feature_prompt, prompt_rows, videobert_features,
@@ -102,6 +102,24 @@ def test_a_captioner_names_the_verb_only_when_it_reads_the_features(tmp_path):
         named[row] = np.mean([c.split()[:1] == [VERBS[v]] for c, v in zip(captions, test_verbs)])
     assert named["with features"] >= 0.9, named
     assert named["without"] <= 0.35, named  # one constant sentence: the most frequent verb at best
+
+
+def test_beam_search_captions_a_batch_as_it_captions_each_segment_alone(tmp_path):
+    """One decoder pass per step serves every segment of a batch; each segment keeps its own beam and
+    stops on its own, so its caption is the one it gets decoded alone, whatever else is in the batch."""
+    train_x, train_captions, _ = _planted(160, seed=4)
+    # Captions of several lengths, so that segments finish at different steps of the batch's search.
+    train_captions = [c if i % 3 else c.replace(" on the board", "") for i, c in enumerate(train_captions)]
+    held, _, _ = _planted(40, seed=5)
+    words = CaptionWords.from_captions(train_captions)
+    settings = CaptionerSettings(**{**SMALL.__dict__, "steps": 60})
+    model = train_captioner("row", 0, train_x, [8, 6], train_captions, words, settings, tmp_path / "row", {}).eval()
+    features = torch.from_numpy(held)
+    batch = beam_decode(model, features, beam=3)
+    alone = [beam_decode(model, features[i : i + 1], beam=3)[0] for i in range(len(held))]
+    assert batch == alone
+    assert len({len(ids) for ids in batch}) > 1, [words.decode(ids) for ids in batch]
+    assert all(len(ids) > 1 and ids.index(EOS) == len(ids) - 1 for ids in batch)  # words, then the end
 
 
 class _StopAt:

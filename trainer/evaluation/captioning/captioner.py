@@ -146,30 +146,42 @@ def greedy_decode(model: Captioner, features: torch.Tensor) -> list[list[int]]:
 
 @torch.no_grad()
 def beam_decode(model: Captioner, features: torch.Tensor, beam: int = 3, length_penalty: float = 1.0) -> list[list[int]]:
-    """Beam search per segment; hypotheses ranked by log-probability / length ** ``length_penalty``."""
+    """Beam search for each segment of a batch; hypotheses ranked by log-probability / length **
+    ``length_penalty``. Every segment keeps its own ``beam`` hypotheses and stops on its own (when
+    ``beam`` have ended and the best of them beats every live one); one decoder pass per step reads the
+    live hypotheses of all the segments still searching, so a segment's caption is the one it gets
+    decoded alone."""
     memory = model.memory(features)
-    return [_beam_one(model, memory[i : i + 1], beam, length_penalty) for i in range(features.shape[0])]
-
-
-def _beam_one(model: Captioner, memory: torch.Tensor, beam: int, length_penalty: float) -> list[int]:
-    alive = [([BOS], 0.0)]
-    finished: list[tuple[list[int], float]] = []
+    n = features.shape[0]
+    alive: list[list[tuple[list[int], float]]] = [[([BOS], 0.0)] for _ in range(n)]
+    finished: list[list[tuple[list[int], float]]] = [[] for _ in range(n)]
+    searching = list(range(n))
     for _ in range(model.max_words + 1):
-        words = torch.tensor([w for w, _ in alive], device=memory.device)
-        step = torch.log_softmax(model.logits(memory.expand(len(alive), -1, -1), words)[:, -1].float(), dim=-1)
-        step[:, PAD] = step[:, BOS] = -float("inf")
-        scores = torch.tensor([s for _, s in alive], device=memory.device)[:, None] + step  # (alive, vocab)
-        top = torch.topk(scores.flatten(), min(2 * beam, scores.numel()))
-        candidates = []
-        for value, flat in zip(top.values.tolist(), top.indices.tolist()):
-            row, word = divmod(flat, scores.shape[1])
-            seq = alive[row][0] + [word]
-            (finished if word == EOS else candidates).append((seq, value))
-        alive = candidates[:beam]
-        if not alive or len(finished) >= beam and _best(finished, length_penalty)[1] >= _normalised(alive[0], length_penalty):
+        if not searching:
             break
-    best = _best(finished or alive, length_penalty)[0]
-    return best[1:]
+        hyps = [(i, h) for i in searching for h in alive[i]]
+        owners = torch.tensor([i for i, _ in hyps], device=memory.device)
+        words = torch.tensor([w for _, (w, _) in hyps], device=memory.device)
+        step = torch.log_softmax(model.logits(memory[owners], words)[:, -1].float(), dim=-1)
+        step[:, PAD] = step[:, BOS] = -float("inf")
+        scores = torch.tensor([s for _, (_, s) in hyps], device=memory.device)[:, None] + step  # (hyps, vocab)
+        still, first = [], 0
+        for i in searching:
+            block = scores[first : first + len(alive[i])]
+            first += len(alive[i])
+            top = torch.topk(block.flatten(), min(2 * beam, block.numel()))
+            candidates = []
+            for value, flat in zip(top.values.tolist(), top.indices.tolist()):
+                row, word = divmod(flat, block.shape[1])
+                seq = alive[i][row][0] + [word]
+                (finished[i] if word == EOS else candidates).append((seq, value))
+            alive[i] = candidates[:beam]
+            done = not alive[i] or (len(finished[i]) >= beam
+                                    and _best(finished[i], length_penalty)[1] >= _normalised(alive[i][0], length_penalty))
+            if not done:
+                still.append(i)
+        searching = still
+    return [_best(finished[i] or alive[i], length_penalty)[0][1:] for i in range(n)]
 
 
 def _normalised(hyp: tuple[list[int], float], length_penalty: float) -> float:
