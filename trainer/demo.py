@@ -53,8 +53,10 @@ class DemoSettings:
 
     train_videos: int = 40
     """Videos rendered for training."""
-    heldout_videos: int = 10
-    """Videos rendered for the held-out evaluation."""
+    heldout_videos: int = 30
+    """Videos rendered for the held-out evaluation. Every held-out figure is a sample of them: with 10
+    videos (about 85 held-out segments) the same trained model's alignment ROC-AUC read 0.79 on its
+    own held-out videos and 0.84 on 40; 30 keep the sampling spread of a figure near half of that."""
     seed: int = 0
     """Seed of the corpus, the codebook and the run."""
     fps: float = 10.0

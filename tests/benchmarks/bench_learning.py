@@ -5,7 +5,8 @@
 
 Runs ``videobert demo`` (the synthetic corpus, the demo recipe, DeepSpeed on this machine) once per
 seed, each into ``OUT/seed-S`` (an existing folder resumes), then prints every headline figure of
-each run and their mean and spread (sample standard deviation, min, max) over the seeds, and draws
+each run and their mean and spread (sample standard deviation, min, max) over the seeds, with the
+ceiling a caption-word oracle reaches on the same held-out captions and videos (``word_oracle_auc``), and draws
 the held-out alignment ROC-AUC against training steps for every seed (``OUT/auc_by_step.png``) from
 the held-out passes training ran every ``--heldout-every-steps``. ``--steps`` beyond the demo's
 shows how many steps a figure needs. Everything lands in ``OUT/learning.md`` and ``OUT/summary.json``.
@@ -21,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
@@ -81,6 +84,36 @@ def order_table(runs: dict[int, dict[str, Any]], seeds: list[int], report: Path,
         summary["captioning_order"][" > ".join(pair)] = found
         table.row(" > ".join(pair), *(f"{o['difference']:+.3f} [{o['difference_ci'][0]:+.3f}, {o['difference_ci'][1]:+.3f}] "
                                       f"{o['verdict']}" if o else "-" for o in found))
+
+
+def word_oracle_auc(run: Path) -> float | None:
+    """The held-out alignment ROC-AUC of a reader that knows which verbs and nouns each held-out video
+    shows (the corpus's labels of the segments its clips overlap) and scores a caption with a video by
+    the words of the caption that match them (+1 each) or do not (-1 each), over every pair of a
+    caption with its own video and with another video's: the ceiling the caption words allow, since a
+    caption that names neither (filler) cannot be told from any video."""
+    from videobert.shards import reader
+    from videobert.trainer.evaluation.labels import read_vocabulary
+
+    corpus, shards = run / "corpus", sorted((run / "tokens" / "heldout").glob("*.tar"))
+    if not (corpus / "labels.jsonl").exists() or not shards:
+        return None
+    vocabulary = read_vocabulary(corpus / "vocabulary.json")
+    segments: dict[str, list[dict[str, Any]]] = {}
+    for line in (corpus / "labels.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        segments.setdefault(row["video"], []).append(row)
+    named, shown = [], []
+    for sample in reader.iter_samples([str(s) for s in shards]):
+        words = set(sample.text.lower().split())
+        named.append(words & set(vocabulary.verbs + vocabulary.nouns))
+        overlap = [r for r in segments.get(sample.meta.video_id, []) if r["start"] < sample.meta.end and r["end"] > sample.meta.start]
+        shown.append({r["verb"] for r in overlap} | {r["noun"] for r in overlap})
+    score = np.array([[sum(1 if w in video else -1 for w in text) for video in shown] for text in named], np.float64)
+    own, other = np.diag(score), score[~np.eye(len(score), dtype=bool)]
+    if not len(other):
+        return None
+    return float(((own[:, None] > other[None, :]).mean() + 0.5 * (own[:, None] == other[None, :]).mean()))
 
 
 def run_demo(out: Path, seed: int, steps: int | None, every: int | None) -> float:
@@ -157,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         sd = statistics.stdev(values) if len(values) > 1 else float("nan")
         per_seed.row(label, *values, statistics.fmean(values), sd, min(values), max(values), base)
         summary["figures"][label] = {"values": values, "mean": statistics.fmean(values), "sd": sd, "baseline": bases}
+    oracle = [word_oracle_auc(out / f"seed-{s}") for s in seeds]
+    if all(v is not None for v in oracle):
+        per_seed.row("held-out alignment ROC-AUC of the caption-word oracle (ceiling)", *oracle, statistics.fmean(oracle),
+                     statistics.stdev(oracle) if len(oracle) > 1 else float("nan"), min(oracle), max(oracle), 0.5)
+        summary["figures"]["word oracle alignment ROC-AUC"] = {"values": oracle, "mean": statistics.fmean(oracle)}
     per_seed.note("demo wall time per seed: " + ", ".join(f"seed {s}: {t:.0f} s" for s, t in seconds.items()))
     order_table(runs, seeds, report, summary)
 
