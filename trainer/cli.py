@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from videobert.models.errors import VideoBertError, printable
 from videobert.shards import cli as shards_cli
 from videobert.shards.options import normalize_option_names
+from videobert.trainer.process import end_process
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("videobert.trainer.train", "pretrain on shards with DeepSpeed ZeRO-3 (resumable)"),
@@ -61,5 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_status
 
 
+def entry(argv: list[str] | None = None) -> NoReturn:
+    """The ``videobert`` command and the modules launchers start: ``main``, then the process ends with
+    its status by ``trainer.process.end_process`` (Python's shutdown work done, the libraries' teardown
+    skipped). An argument error or an uncaught exception ends the process as Python would."""
+    end_process(main(argv))
+
+
 if __name__ == "__main__":  # `python -m videobert.trainer.cli shards prepare ...`, as launchers start it
-    sys.exit(main())
+    entry()

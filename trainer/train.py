@@ -507,6 +507,6 @@ def train(cfg: TrainConfig, dist_info=None) -> Trainer:
 
 
 if __name__ == "__main__":  # `python -m videobert.trainer.train`, as launchers start it
-    from videobert.trainer.cli import main
+    from videobert.trainer.cli import entry
 
-    sys.exit(main(["train", *sys.argv[1:]]))
+    entry(["train", *sys.argv[1:]])

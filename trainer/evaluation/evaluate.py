@@ -414,6 +414,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # `python -m videobert.trainer.evaluation.evaluate`, as launchers start it
-    from videobert.trainer.cli import main
+    from videobert.trainer.cli import entry
 
-    sys.exit(main(["eval", *sys.argv[1:]]))
+    entry(["eval", *sys.argv[1:]])

@@ -213,6 +213,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # `python -m videobert.trainer.evaluation.captioning.command`, as launchers start it
-    from videobert.trainer.cli import main
+    from videobert.trainer.cli import entry
 
-    sys.exit(main(["caption", *sys.argv[1:]]))
+    entry(["caption", *sys.argv[1:]])
