@@ -11,18 +11,16 @@ from typing import NoReturn
 
 def end_process(status: int) -> NoReturn:
     """End the process with ``status`` after Python's own shutdown work and before the interpreter's
-    teardown: other threads are joined as the interpreter would join them, the atexit handlers run
-    (the run lock, logging, worker processes), the streams are flushed, and then the process ends
-    without the module teardown and the C++ libraries' static destructors. One of those can abort a
-    process whose work is done, saved and synchronised, its process group left (SIGABRT, "terminate
-    called without an active exception", seen in one rank of a 3-rank gloo run on CPUs just after its
-    last checkpoint), and a launcher reads that as a failed rank. For the command line and the
-    modules launchers start, never for a function called inside another program."""
-    current = threading.current_thread()
-    for thread in threading.enumerate():
-        if thread is not current and not thread.daemon:
-            thread.join()
+    teardown: the first two steps of the interpreter's shutdown run (threading's: executors are told to
+    stop, the other non-daemon threads joined; then the atexit handlers: the run lock, logging, worker
+    processes), the streams are flushed, and the process ends without the module teardown and the C++
+    libraries' static destructors. One of those can abort a process whose work is done, saved and
+    synchronised, its process group left (SIGABRT, "terminate called without an active exception",
+    seen in one rank of a 3-rank gloo run on CPUs just after its last checkpoint), and a launcher
+    reads that as a failed rank. For the command line and the modules launchers start, never for a
+    function called inside another program."""
     try:
+        threading._shutdown()  # what the interpreter runs first: executors told to stop, other threads joined
         atexit._run_exitfuncs()
     finally:
         for stream in (sys.stdout, sys.stderr):

@@ -7,6 +7,7 @@ import sys
 
 CHILD = """
 import atexit, os, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
 from videobert.trainer.process import end_process
 
 out = sys.argv[1]
@@ -21,6 +22,8 @@ class Teardown:
         os.abort()
 
 keep = Teardown()
+pool = ThreadPoolExecutor(1)  # left open, its worker idle: the interpreter tells it to stop before joining it
+pool.submit(write, "pool").result()
 atexit.register(write, "atexit")
 threading.Thread(target=lambda: (time.sleep(0.5), write("thread"))).start()
 print("printed", end="")  # still in the buffer
@@ -40,10 +43,10 @@ def test_a_process_ends_with_its_status_after_its_threads_and_exit_handlers_and_
     done, written = _child(tmp_path, "end_process")
     assert done.returncode == 7, done.stderr
     assert done.stdout == "printed"
-    assert written == ["thread", "atexit"]  # the thread joined first, as the interpreter joins it
+    assert written == ["pool", "thread", "atexit"]  # the thread joined first, as the interpreter joins it
 
 
 def test_the_same_process_left_to_the_interpreter_aborts_in_its_teardown(tmp_path):
     done, written = _child(tmp_path, "sys.exit")
     assert done.returncode < 0, (done.returncode, done.stderr)  # SIGABRT: the launcher would read a failed rank
-    assert written == ["thread", "atexit"]
+    assert written == ["pool", "thread", "atexit"]
