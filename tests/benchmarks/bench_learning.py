@@ -93,6 +93,7 @@ def word_oracle_auc(run: Path) -> float | None:
     caption with its own video and with another video's: the ceiling the caption words allow, since a
     caption that names neither (filler) cannot be told from any video."""
     from videobert.shards import reader
+    from videobert.trainer.evaluation.heldout import roc_auc
     from videobert.trainer.evaluation.labels import read_vocabulary
 
     corpus, shards = run / "corpus", sorted((run / "tokens" / "heldout").glob("*.tar"))
@@ -110,10 +111,7 @@ def word_oracle_auc(run: Path) -> float | None:
         overlap = [r for r in segments.get(sample.meta.video_id, []) if r["start"] < sample.meta.end and r["end"] > sample.meta.start]
         shown.append({r["verb"] for r in overlap} | {r["noun"] for r in overlap})
     score = np.array([[sum(1 if w in video else -1 for w in text) for video in shown] for text in named], np.float64)
-    own, other = np.diag(score), score[~np.eye(len(score), dtype=bool)]
-    if not len(other):
-        return None
-    return float(((own[:, None] > other[None, :]).mean() + 0.5 * (own[:, None] == other[None, :]).mean()))
+    return roc_auc(score.ravel(), np.eye(len(score), dtype=bool).ravel())  # own video: the diagonal
 
 
 def run_demo(out: Path, seed: int, steps: int | None, every: int | None) -> float:
